@@ -1,0 +1,169 @@
+"""The command line. Thin: each command is a library function whose signature *is* the CLI.
+
+Positional parameters become positional arguments, keyword-only ones become ``--flags`` with their
+defaults shown, and the ``name: help`` lines of the docstring become the help text.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect as pyinspect
+import json
+import sys
+import typing
+from typing import Any, Callable
+
+from selectune.data import DataError
+
+
+def _docs(fn: Callable) -> tuple[str, dict[str, str]]:
+    doc = pyinspect.getdoc(fn) or ""
+    summary = doc.split("\n\n")[0].replace("\n", " ")
+    helps = {}
+    for line in doc.splitlines():
+        name, sep, text = line.strip().partition(": ")
+        if sep and name.isidentifier():
+            helps[name] = text
+    return summary, helps
+
+
+def _add_command(sub, name: str, fn: Callable) -> None:
+    summary, helps = _docs(fn)
+    parser = sub.add_parser(name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = typing.get_type_hints(fn)
+    for pname, param in pyinspect.signature(fn).parameters.items():
+        kind = hints.get(pname, str)
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else kind
+        text = helps.get(pname, " ")
+        if param.default is pyinspect.Parameter.empty and param.kind == param.POSITIONAL_OR_KEYWORD:
+            parser.add_argument(pname, type=base, help=text)
+            continue
+        flag = "--" + pname.replace("_", "-")
+        required = param.default is pyinspect.Parameter.empty
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=param.default, help=text)
+        else:
+            parser.add_argument(flag, type=base, default=None if required else param.default, required=required, help=text)
+    parser.set_defaults(_fn=fn)
+
+
+def methods() -> list[dict[str, Any]]:
+    """List the selection methods with their options."""
+    from selectune.methods import METHODS
+
+    return [{"name": s.name, "summary": s.summary, "default_lr": s.default_lr,
+             "options": [{"name": n, "default": d, "help": h} for n, d, h in s.option_docs()]} for s in METHODS.values()]
+
+
+def inspect(model: str, *, method: str = "bitfit", num_labels: int = 2) -> dict[str, Any]:
+    """Show what METHOD would train on MODEL, per role, without training.
+
+    model: HF model folder, `minilm`, or a tabular model folder
+    method: method with options, e.g. bitfit:roles=query+mlp_in
+    num_labels: labels for the new classifier head (text models)
+    """
+    from selectune.methods import parse_method
+    from selectune.models import resolve_model
+    from selectune.selection import select, trainable_report
+    from selectune.train.tabular import is_tabular_model_dir
+    from selectune.train.tasks import Task
+
+    path = resolve_model(model)
+    if is_tabular_model_dir(path):
+        from selectune.train.tabular import TabularMLP
+        net = TabularMLP.from_pretrained(path)
+        setattr(net, "_selectune_new_parameters", [])
+    else:
+        net = Task(kind="text-classification", label_col="label", labels=[str(i) for i in range(num_labels)]).load_model(path)
+    name, options = parse_method(method)
+    selection = select(net, name, **options)
+    return {"model": path, "method": name, "options": selection.options, "new_parameters": selection.new_parameters,
+            "trainable_parameters": selection.trainable_parameters, "total_parameters": selection.total_parameters,
+            "trainable_percent": selection.trainable_percent, "roles": trainable_report(net, selection)}
+
+
+def data(name: str, out: str) -> dict[str, str]:
+    """Export a bundled real data set (drug-reviews, breast-cancer, diabetes) as CSV files into OUT.
+
+    name: drug-reviews, breast-cancer or diabetes
+    out: output directory
+    """
+    from selectune.data import export_bundled
+
+    return export_bundled(name, out)
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Fixed-width text table; floats to 4 significant decimals."""
+    def cell(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+    body = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    return "\n".join([line, "  ".join("-" * w for w in widths)] + ["  ".join(v.ljust(w) for v, w in zip(b, widths)) for b in body])
+
+
+def _print_result(command: str, result: Any) -> None:
+    if command == "methods":
+        for m in result:
+            print(f"{m['name']:<8} {m['summary']}  (default lr {m['default_lr']:g})")
+            for o in m["options"]:
+                print(f"{'':<10}{o['name']}={o['default']}: {o['help']}")
+    elif command == "inspect":
+        print(f"{result['method']} {result['options']} on {result['model']}")
+        for row in result["roles"]:
+            row["% of role"], row["% of model"] = f"{row['pct_of_role']:.3f}", f"{row['pct_of_model']:.4f}"
+        print(table(result["roles"], ["role", "tensors", "trainable", "total", "% of role", "% of model"]))
+        if result["new_parameters"]:
+            print(f"new (random-init, always trained): {', '.join(result['new_parameters'])}")
+    elif command == "train":
+        rows = []
+        if result.get("majority_baseline"):
+            rows.append({"model": "majority class", **result["majority_baseline"], "trainable %": "-"})
+        if result.get("test"):
+            rows.append({"model": result["method"], **result["test"], "trainable %": f"{result['trainable_percent']:.3f}"})
+        cols = ["model", "n", "accuracy", "macro_f1", "auroc", "trainable %"] if "accuracy" in (result.get("test") or {}) else ["model", "n", "mae", "rmse", "r2", "trainable %"]
+        print(f"\n{result['method']}: {result['trainable_parameters']:,} of {result['total_parameters']:,} parameters "
+              f"({result['trainable_percent']:.3f}%), lr {result['lr']:g}, best epoch {result['best_epoch']}, "
+              f"{result['train_seconds']:.0f} s ({result['examples_per_second']:.1f} ex/s)")
+        if rows:
+            print(table(rows, cols))
+    elif isinstance(result, (dict, list)):
+        print(json.dumps(result, indent=2, default=str))
+    elif result is not None:
+        print(result)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from selectune.evaluate.run import evaluate, predict
+    from selectune.models import merge
+    from selectune.train.run import train
+
+    parser = argparse.ArgumentParser(prog="selectune", description="Selective fine-tuning (BitFit and friends) with tiny, verifiable deltas.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn in (("train", train), ("evaluate", evaluate), ("predict", predict), ("inspect", inspect),
+                     ("merge", merge), ("methods", methods), ("data", data)):
+        _add_command(sub, name, fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    command, fn = args.pop("command"), args.pop("_fn")
+    from selectune.delta import DeltaError
+    from selectune.train.tasks import ModelLoadError
+
+    try:
+        result = fn(**args)
+    except (DataError, DeltaError, ModelLoadError, FileExistsError, ValueError) as err:
+        print(f"selectune {command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"selectune {command}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    _print_result(command, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

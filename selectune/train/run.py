@@ -1,0 +1,172 @@
+"""``selectune train``: data -> select -> fit -> evaluate -> delta, with every setting saved beside it.
+
+Everything is written to a partial folder first and renamed at the end, so a failed run (bad data, a
+crash, Ctrl-C) leaves no half-written output behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import selectune
+from selectune.data import load_splits
+from selectune.delta import atomic_write_json, save_delta
+from selectune.evaluate.metrics import majority_baseline
+from selectune.methods import get_method, parse_method
+from selectune.models import TASK_FILE, resolve_model
+from selectune.selection import select, trainable_report
+from selectune.train.loop import TrainConfig, fit, make_accelerator, predict, score
+from selectune.train.tasks import Task
+from torch.utils.data import DataLoader
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def environment() -> dict[str, str]:
+    import accelerate
+    import sklearn
+    import transformers
+
+    return {"selectune": selectune.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "accelerate": accelerate.__version__, "scikit-learn": sklearn.__version__,
+            "platform": platform.platform()}
+
+
+def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col: str = "label", text_col: str | None = None,
+          feature_cols: str | None = None, task: str = "classification", validation: str | None = None, test: str | None = None,
+          val_fraction: float = 0.15, test_fraction: float = 0.0, group_col: str | None = None,
+          lr: float | None = None, epochs: int = 3, batch_size: int = 32, max_length: int = 128, weight_decay: float = 0.0,
+          warmup_ratio: float = 0.1, seed: int = 0, grad_accum: int = 1, mixed_precision: str = "no", metric: str | None = None,
+          patience: int | None = None, keep_best: bool = True, class_weight: str | None = None, hidden: str = "64,64",
+          save_model: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune MODEL on TRAIN with a selective METHOD; write the delta, metrics and resolved config to OUT.
+
+    train: training data file (csv, tsv, jsonl, parquet)
+    model: base model: a local HF folder, `minilm` (bundled all-MiniLM-L6-v2), `mlp` (new tabular MLP) or a tabular model folder
+    out: output directory (delta/, metrics.json, run_config.json); refused if it exists unless --overwrite
+    method: selection method with options, e.g. bitfit, full, head, bitfit:roles=query+mlp_in
+    label_col: column with the label
+    text_col: column with the text (text classification)
+    feature_cols: comma-separated numeric feature columns (tabular)
+    task: classification or regression (tabular)
+    validation: validation file; default: split --val-fraction off TRAIN
+    test: test file; default: split --test-fraction off TRAIN (0 = no test)
+    val_fraction: fraction of TRAIN held out for validation when --validation is not given
+    test_fraction: fraction of TRAIN held out for test when --test is not given
+    group_col: patient/group id column: all rows of a group stay in one split
+    lr: learning rate (default: the method's, bitfit 1e-3, full 3e-5)
+    epochs: training epochs
+    batch_size: examples per optimizer step per process
+    max_length: max tokens per text
+    weight_decay: AdamW weight decay on matrices
+    warmup_ratio: fraction of steps with linear warmup
+    seed: seed for splits, init, shuffling and dropout
+    grad_accum: gradient accumulation steps
+    mixed_precision: no, fp16 or bf16
+    metric: validation metric for keep-best/early stopping (default macro_f1, or rmse for regression)
+    patience: stop after this many epochs without validation improvement
+    keep_best: restore the best validation epoch at the end
+    class_weight: `balanced` weights the loss by inverse class frequency
+    hidden: hidden layer sizes of a new tabular MLP
+    save_model: also write the merged model to OUT/model (always done for a new MLP)
+    overwrite: replace OUT if it exists
+    progress: show the progress bar
+    """
+    target = Path(out)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    if text_col and feature_cols:
+        raise ValueError("give either --text-col (text) or --feature-cols (tabular), not both")
+    kind = "text-classification" if text_col else f"tabular-{task}"
+    if task not in ("classification", "regression") or (text_col and task != "classification"):
+        raise ValueError(f"--task must be classification or regression (regression only for tabular data), got {task!r}")
+    method_name, method_options = parse_method(method)
+    spec = get_method(method_name)
+    spec.resolve_options(method_options)  # fail on a bad option before reading any data
+    features = [c.strip() for c in feature_cols.split(",") if c.strip()] if feature_cols else []
+    metric = metric or ("macro_f1" if task == "classification" else "rmse")
+    config = TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+                         seed=seed, grad_accum=grad_accum, mixed_precision=mixed_precision, metric=metric, patience=patience,
+                         keep_best=keep_best, class_weight=class_weight, progress=progress)
+    if class_weight not in (None, "balanced"):
+        raise ValueError(f"--class-weight must be 'balanced' or omitted, got {class_weight!r}")
+
+    # setup: data, task, model, selection
+    torch.manual_seed(seed)
+    splits = load_splits(train, validation, test, label_col=label_col, text_col=text_col, feature_cols=features or None,
+                         task=task, val_fraction=val_fraction, test_fraction=test_fraction, group_col=group_col, seed=seed)
+    the_task = Task(kind=kind, label_col=label_col, labels=splits.labels, text_col=text_col, feature_cols=features, max_length=max_length)
+    model_path = resolve_model(model)
+    net = the_task.load_model(model_path, splits.train, hidden=[int(h) for h in hidden.split(",") if h.strip()])
+    selection = select(net, method_name, **method_options)
+    lr_used = lr if lr is not None else spec.default_lr
+    accelerator = make_accelerator(config)
+
+    # train
+    train_rows = the_task.examples(splits.train)
+    val_rows = the_task.examples(splits.validation)
+    result = fit(net, the_task, train_rows, val_rows, config, lr_used, accelerator)
+    net = accelerator.unwrap_model(net)
+
+    # evaluate on test, beside the majority-class floor
+    test_metrics, baseline = None, None
+    if splits.test is not None and len(splits.test):
+        loader = accelerator.prepare(DataLoader(the_task.examples(splits.test), batch_size=config.eval_batch_size, collate_fn=the_task.collate))
+        outputs, test_loss = predict(net, the_task, loader, accelerator)
+        y_test = the_task.label_ids(splits.test)
+        test_metrics = {**score(the_task, outputs, y_test), "loss": test_loss}
+        if the_task.is_classification:
+            baseline = majority_baseline(the_task.label_ids(splits.train), y_test, the_task.n_outputs)
+
+    summary = {
+        "method": method_name, "method_options": selection.options, "lr": lr_used,
+        "trainable_parameters": selection.trainable_parameters, "total_parameters": selection.total_parameters,
+        "trainable_percent": selection.trainable_percent, "best_epoch": result.best_epoch,
+        "best_validation": {config.metric: result.best_metric}, "test": test_metrics, "majority_baseline": baseline,
+        "train_seconds": result.train_seconds, "examples_per_second": result.examples_per_second,
+    }
+    if not accelerator.is_main_process:
+        return summary
+
+    # save: everything into a partial folder, renamed into place at the end
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        resolved = {"command": "selectune train", "argv": sys.argv, "train": train, "validation": validation, "test": test,
+                    "model": model, "model_path": model_path, "method": method_name, "method_options": selection.options,
+                    "label_col": label_col, "text_col": text_col, "feature_cols": features, "task": kind,
+                    "val_fraction": val_fraction, "test_fraction": test_fraction, "group_col": group_col, "hidden": hidden,
+                    "max_length": max_length, "train_config": {**vars(config), "lr": lr_used}, "num_processes": accelerator.num_processes}
+        data_files = {role: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
+                      for role, p in (("train", train), ("validation", validation), ("test", test)) if p}
+        metadata = {"task": the_task.metadata(), "base_model": model_path if model != "mlp" else "mlp",
+                    "model_class": type(net).__name__, "train_config": resolved["train_config"], "seed": seed, "data_files": data_files}
+        save_delta(net, selection, partial / "delta", metadata=metadata)
+        atomic_write_json(partial / "metrics.json", {**summary, "history": result.history, "split_protocol": splits.protocol,
+                                                     "roles": trainable_report(net, selection), "environment": environment(),
+                                                     "config": resolved})
+        atomic_write_json(partial / "run_config.json", {**resolved, "data_files": data_files, "environment": environment()})
+        if save_model or model == "mlp":
+            the_task.save_model(net, partial / "model")
+            (partial / "model" / TASK_FILE).write_text(json.dumps(the_task.metadata(), indent=2, sort_keys=True) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return summary
