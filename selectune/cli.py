@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import inspect as pyinspect
 import json
+import os
 import sys
 import typing
 from typing import Any, Callable
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"selectune {command}: interrupted; nothing was written", file=sys.stderr)
         return 130
-    _print_result(command, result)
+    if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`, one process reports
+        _print_result(command, result)
     return 0
 
 

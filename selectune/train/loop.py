@@ -61,7 +61,9 @@ class FitResult:
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
     # Seedable sampler: the shuffle order depends on the seed alone, on one process or many.
-    return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
+    # cpu=True on a machine without an accelerator lets `accelerate launch --multi_gpu`/torchrun run DDP over gloo.
+    no_accelerator = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    return Accelerator(cpu=no_accelerator, mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum,
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
 
 
