@@ -36,7 +36,10 @@ def _add_command(sub, name: str, fn: Callable) -> None:
         base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else kind
         text = helps.get(pname, " ")
         if param.default is pyinspect.Parameter.empty and param.kind == param.POSITIONAL_OR_KEYWORD:
-            parser.add_argument(pname, type=base, help=text)
+            if typing.get_origin(base) is list:
+                parser.add_argument(pname, nargs="+", type=typing.get_args(base)[0], help=text)
+            else:
+                parser.add_argument(pname, type=base, help=text)
             continue
         flag = "--" + pname.replace("_", "-")
         required = param.default is pyinspect.Parameter.empty
@@ -93,6 +96,35 @@ def data(name: str, out: str) -> dict[str, str]:
     return export_bundled(name, out)
 
 
+def summary(runs: list[str], *, reference: str | None = None) -> list[dict[str, Any]]:
+    """Compare the test metrics of training RUNS side by side, with the majority-class floor.
+
+    runs: output folders of `selectune train`
+    reference: a benchmark JSON (benchmarks/results/*.json) whose chosen runs of other methods are added as rows
+    """
+    from pathlib import Path
+
+    rows: list[dict[str, Any]] = []
+    for run in runs:
+        path = Path(run) / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found; give folders written by `selectune train --out`")
+        m = json.loads(path.read_text())
+        if not rows and m.get("majority_baseline"):
+            rows.append({"model": "majority class", "source": "train labels", **m["majority_baseline"]})
+        delta = Path(run) / "delta" / "delta.safetensors"
+        rows.append({"model": m["method"], "source": run, **(m.get("test") or {}), "trainable %": f"{m['trainable_percent']:.3f}",
+                     "delta KB": f"{delta.stat().st_size / 1000:.0f}", "train s": f"{m['train_seconds']:.0f}"})
+    if reference:
+        ref = json.loads(Path(reference).read_text())
+        have = {r["model"] for r in rows}
+        for method, r in ref.get("chosen", {}).items():
+            if method not in have:
+                rows.append({"model": method, "source": Path(reference).name, "accuracy": r["test_accuracy"], "macro_f1": r["test_macro_f1"],
+                             "trainable %": f"{r['trainable_percent']:.3f}", "delta KB": f"{r['delta_bytes'] / 1000:.0f}"})
+    return rows
+
+
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """Fixed-width text table; floats to 4 significant decimals."""
     def cell(v):
@@ -128,6 +160,8 @@ def _print_result(command: str, result: Any) -> None:
               f"{result['train_seconds']:.0f} s ({result['examples_per_second']:.1f} ex/s)")
         if rows:
             print(table(rows, cols))
+    elif command == "summary":
+        print(table(result, ["model", "accuracy", "macro_f1", "auroc", "trainable %", "delta KB", "train s", "source"]))
     elif isinstance(result, (dict, list)):
         print(json.dumps(result, indent=2, default=str))
     elif result is not None:
@@ -142,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selectune", description="Selective fine-tuning (BitFit and friends) with tiny, verifiable deltas.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn in (("train", train), ("evaluate", evaluate), ("predict", predict), ("inspect", inspect),
-                     ("merge", merge), ("methods", methods), ("data", data)):
+                     ("merge", merge), ("methods", methods), ("data", data), ("summary", summary)):
         _add_command(sub, name, fn)
     return parser
 
@@ -156,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = fn(**args)
-    except (DataError, DeltaError, ModelLoadError, FileExistsError, ValueError) as err:
+    except (DataError, DeltaError, ModelLoadError, FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"selectune {command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from selectune.selection import NEW_PARAMETERS_ATTR
 from selectune.evaluate.metrics import HIGHER_IS_BETTER, classification_metrics, regression_metrics
 from selectune.train.tasks import Task
 
@@ -28,6 +29,10 @@ from selectune.train.tasks import Task
 class TrainConfig:
     lr: float | None = None
     """Learning rate; None takes the method's default (bitfit 1e-3, full 3e-5)."""
+    new_lr: float | None = 1e-2
+    """Learning rate of new parameters (a fresh classifier); None = ``lr``. They start random with nothing
+    pretrained to preserve, and MiniLM's pooler outputs are ~0.03 in scale, so at lr 1e-3 a fresh
+    classifier cannot grow large enough in a few hundred steps to separate classes under any method."""
     epochs: int = 3
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -100,14 +105,21 @@ def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dic
     """Train the parameters of ``model`` that require grad; validate each epoch; keep the best."""
     accelerator = accelerator or make_accelerator(config)
     set_seed(config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise ValueError("no parameter requires grad: call selectune.select(model, method) before fit")
-    # Bias-like 1-D tensors are not decayed (standard practice; decaying a bias toward 0 has no prior).
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    new = set(getattr(model, NEW_PARAMETERS_ATTR, ()))
+    if {n for n, _ in named} <= new:
+        new = set()  # training from scratch (a fresh MLP): --lr is the learning rate of everything
+    groups = []
+    for is_new in (False, True):
+        for decayed in (True, False):
+            # Bias-like 1-D tensors are not decayed (standard practice; decaying a bias toward 0 has no prior).
+            chosen = [p for n, p in named if (n in new) == is_new and (p.ndim >= 2) == decayed]
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": config.weight_decay if decayed else 0.0,
+                               "lr": (config.new_lr or lr) if is_new else lr})
+    optimizer = torch.optim.AdamW(groups, lr=lr)
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(train_rows, batch_size=config.batch_size, shuffle=True, collate_fn=task.collate, generator=generator)
     val_loader = DataLoader(val_rows, batch_size=config.eval_batch_size, shuffle=False, collate_fn=task.collate)

@@ -50,7 +50,7 @@ def environment() -> dict[str, str]:
 def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col: str = "label", text_col: str | None = None,
           feature_cols: str | None = None, task: str = "classification", validation: str | None = None, test: str | None = None,
           val_fraction: float = 0.15, test_fraction: float = 0.0, group_col: str | None = None,
-          lr: float | None = None, epochs: int = 3, batch_size: int = 32, max_length: int = 128, weight_decay: float = 0.0,
+          lr: float | None = None, new_lr: float = 1e-2, epochs: int = 3, batch_size: int = 32, max_length: int = 128, weight_decay: float = 0.0,
           warmup_ratio: float = 0.1, seed: int = 0, grad_accum: int = 1, mixed_precision: str = "no", metric: str | None = None,
           patience: int | None = None, keep_best: bool = True, class_weight: str | None = None, hidden: str = "64,64",
           save_model: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -70,6 +70,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
     test_fraction: fraction of TRAIN held out for test when --test is not given
     group_col: patient/group id column: all rows of a group stay in one split
     lr: learning rate (default: the method's, bitfit 1e-3, full 3e-5)
+    new_lr: learning rate of new parameters (a fresh classifier) when pretrained ones train too
     epochs: training epochs
     batch_size: examples per optimizer step per process
     max_length: max tokens per text
@@ -100,7 +101,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
     spec.resolve_options(method_options)  # fail on a bad option before reading any data
     features = [c.strip() for c in feature_cols.split(",") if c.strip()] if feature_cols else []
     metric = metric or ("macro_f1" if task == "classification" else "rmse")
-    config = TrainConfig(lr=lr, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+    config = TrainConfig(lr=lr, new_lr=new_lr, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                          seed=seed, grad_accum=grad_accum, mixed_precision=mixed_precision, metric=metric, patience=patience,
                          keep_best=keep_best, class_weight=class_weight, progress=progress)
     if class_weight not in (None, "balanced"):

