@@ -30,10 +30,12 @@ from selectune.train.tasks import Task
 METHODS = ["full", "bitfit", "head"]
 
 
+MODEL = "minilm"
+
+
 def load(device: str):
     task = Task(kind="text-classification", label_col="rating", labels=["negative", "neutral", "positive"])
-    model = task.load_model(resolve_model("minilm")).to(device)
-    return model
+    return task.load_model(resolve_model(MODEL)).to(device)
 
 
 def make_batch(model, batch: int, length: int, device: str) -> dict[str, torch.Tensor]:
@@ -78,14 +80,17 @@ def measure_memory(method: str, batch: int, length: int, steps: int, device: str
 
 
 def main() -> None:
+    global MODEL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_time.json"))
+    parser.add_argument("--model", default=MODEL, help="model folder (default: the bundled MiniLM)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    MODEL = args.model
     if args.memory_child:
         print(json.dumps(measure_memory(args.memory_child, args.batch, args.length, 2, args.device)))
         return
@@ -113,7 +118,7 @@ def main() -> None:
 
     memory = {}
     for method in METHODS:
-        out = subprocess.run([sys.executable, __file__, "--memory-child", method, "--batch", str(args.batch),
+        out = subprocess.run([sys.executable, __file__, "--memory-child", method, "--model", args.model, "--batch", str(args.batch),
                               "--length", str(args.length), "--device", args.device], capture_output=True, text=True, check=True)
         memory[method] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes_beyond_weights"]
 
@@ -133,7 +138,7 @@ def main() -> None:
     for method, row in rows.items():
         row["step_time_ratio_to_full"] = row["median_step_seconds"] / full["median_step_seconds"]
         row["memory_ratio_to_full"] = row["peak_memory_beyond_weights_mb"] / full["peak_memory_beyond_weights_mb"]
-    result = {"benchmark": "step_time", "model": "all-MiniLM-L6-v2", "batch": args.batch, "length": args.length,
+    result = {"benchmark": "step_time", "model": args.model, "batch": args.batch, "length": args.length,
               "rounds": args.rounds, "device": args.device, "torch_threads": torch.get_num_threads(), "methods": rows,
               "environment": environment()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
