@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = fn(**args)
-    except (DataError, DeltaError, ModelLoadError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except (DataError, DeltaError, ModelLoadError, OSError, ValueError) as err:  # OSError: existing/unwritable --out
         print(f"selectune {command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -71,7 +71,7 @@ def base_fingerprint(model: nn.Module, exclude: Iterable[str] = ()) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -124,7 +124,7 @@ def save_delta(model: nn.Module, selection: Selection, out_dir: str | os.PathLik
         "selectune_version": selectune.__version__,
         "selection": selection.to_dict(),
         "tensors": {n: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for n, t in tensors.items()},
-        "weights_sha256": _file_sha256(out / DELTA_WEIGHTS),
+        "weights_sha256": file_sha256(out / DELTA_WEIGHTS),
         "metadata": metadata or {},
     }
     # The config is written last: a directory with a config always has complete weights.
@@ -170,7 +170,7 @@ def read_delta(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
         raise DeltaError(f"{config_path} is not valid JSON ({err}); the delta is damaged, re-export it.") from None
     if config.get("format") != FORMAT:
         raise DeltaError(f"{config_path} is not a selectune delta config (format={config.get('format')!r}).")
-    actual = _file_sha256(weights)
+    actual = file_sha256(weights)
     if config.get("weights_sha256") != actual:
         raise DeltaError(
             f"{weights} does not match its recorded hash ({config.get('weights_sha256')} recorded, {actual} on disk); "

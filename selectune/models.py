@@ -59,7 +59,11 @@ def load_with_delta(delta: str, model: str | None = None, force: bool = False) -
     task = Task.from_metadata(meta["task"])
     base = model or meta.get("base_model")
     if base == "mlp":
-        raise DeltaError(f"delta {delta} trained a new MLP from scratch; use the model/ folder written beside it as --model.")
+        # A base trained from scratch has no prior checkpoint: `train` wrote it as model/ beside delta/.
+        beside = Path(delta).resolve().parent / "model"
+        if not beside.is_dir():
+            raise DeltaError(f"delta {delta} trained a new MLP from scratch and no model/ folder is beside it; pass --model MODEL_DIR.")
+        base = str(beside)
     net = task.load_model(resolve_model(base))
     load_delta(net, delta, force=force)
     return net, task, config

@@ -7,9 +7,13 @@ substring: ``"bias" in name`` also matches ``unbiased_proj.weight``.
 """
 from __future__ import annotations
 
+import re
+
 import torch.nn as nn
 
 ROLES = ("query", "key", "value", "qkv", "attn_out", "mlp_in", "mlp_out", "norm", "head", "embed", "other")
+# Roles that only a family table can assign; the others are found by structure on any nn.Module.
+ARCHITECTURE_ROLES = ("query", "key", "value", "qkv", "attn_out", "mlp_in", "mlp_out")
 
 # (trailing module-path segments, role); the first matching row wins, so specific rows come first.
 # BERT / RoBERTa / ELECTRA family (HF naming).
@@ -30,8 +34,23 @@ _BERT = [
     # leftover never trained for classification, and frozen it made BitFit predict one class only.
     (("pooler", "dense"), "head"),
     (("classifier",), "head"),
-    (("classifier", "dense"), "head"),
+    (("classifier", "dense"), "head"),  # RoBERTa / ELECTRA classification head
     (("classifier", "out_proj"), "head"),
+]
+# DistilBERT: its own names for the same block (q_lin/k_lin, ffn.lin1/lin2, two LayerNorms per block).
+_DISTILBERT = [
+    (("attention", "q_lin"), "query"),
+    (("attention", "k_lin"), "key"),
+    (("attention", "v_lin"), "value"),
+    (("attention", "out_lin"), "attn_out"),
+    (("ffn", "lin1"), "mlp_in"),
+    (("ffn", "lin2"), "mlp_out"),
+    (("sa_layer_norm",), "norm"), (("output_layer_norm",), "norm"),
+    (("embeddings", "LayerNorm"), "norm"),
+    (("embeddings", "word_embeddings"), "embed"),
+    (("embeddings", "position_embeddings"), "embed"),
+    # pre_classifier is DistilBERT's pooler (dense + ReLU on [CLS]); like BERT's it counts as head.
+    (("pre_classifier",), "head"), (("classifier",), "head"),
 ]
 # GPT-2 (transformers Conv1D; c_attn fuses q, k and v into one (768, 2304) weight, so it gets "qkv").
 _GPT2 = [
@@ -56,6 +75,19 @@ _LLAMA = [
     (("embed_tokens",), "embed"),
     (("score",), "head"), (("lm_head",), "head"),
 ]
+# T5 / mT5: no biases anywhere except a classification head; wi (ReLU) or wi_0 + wi_1 (gated) feed the MLP.
+_T5 = [
+    *((("SelfAttention", a), r) for a, r in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "attn_out"))),
+    *((("EncDecAttention", a), r) for a, r in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "attn_out"))),
+    # A learned (buckets, heads) table added to attention scores by relative position: position embedding.
+    (("SelfAttention", "relative_attention_bias"), "embed"),
+    (("DenseReluDense", "wi"), "mlp_in"), (("DenseReluDense", "wi_0"), "mlp_in"), (("DenseReluDense", "wi_1"), "mlp_in"),
+    (("DenseReluDense", "wo"), "mlp_out"),
+    (("layer_norm",), "norm"), (("final_layer_norm",), "norm"),
+    (("shared",), "embed"), (("embed_tokens",), "embed"),
+    (("lm_head",), "head"),
+    (("classification_head", "dense"), "head"), (("classification_head", "out_proj"), "head"),
+]
 # selectune's own tabular MLP (selectune.train.tabular.TabularMLP).
 _TABULAR = [
     (("head",), "head"),
@@ -63,8 +95,10 @@ _TABULAR = [
 ]
 FAMILIES = {
     "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT, "electra": _BERT,
+    "distilbert": _DISTILBERT,
     "gpt2": _GPT2,
     "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA,
+    "t5": _T5, "mt5": _T5,
     "selectune-tabular-mlp": _TABULAR,
 }
 # Used when the model declares no known family (any nn.Module): norm layers by type, common head names.
@@ -100,10 +134,15 @@ def module_roles(model: nn.Module) -> dict[str, str]:
     return roles
 
 
+def is_norm_module(module: nn.Module) -> bool:
+    """A normalisation layer, by type, or by class name for the many custom ones (LlamaRMSNorm, T5LayerNorm)."""
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm)):
+        return True
+    return type(module).__name__.endswith(("LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm"))
+
+
 def _generic_role(parts: tuple[str, ...], module: nn.Module) -> str:
-    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)) or type(module).__name__.endswith(
-        ("LayerNorm", "RMSNorm")
-    ):
+    if is_norm_module(module):
         return "norm"
     if isinstance(module, nn.Embedding):
         return "embed"
@@ -133,3 +172,29 @@ def parse_roles(roles: str | list[str] | tuple[str, ...] | None) -> tuple[str, .
     if unknown:
         raise ValueError(f"unknown role(s) {unknown}; choose from {', '.join(ROLES)} (e.g. roles=query,mlp_in)")
     return roles
+
+
+def unknown_architecture_error(model: nn.Module, wanted: str) -> ValueError:
+    """The error for a selection that needs architecture knowledge this model's family lacks.
+
+    Names the model, a sample of its module paths and a ``pattern`` selection built from them, since a
+    regex over parameter names works on any model.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    family = f"model_type {model_type!r}" if model_type else "no HF config.model_type"
+    paths = [p for p, m in model.named_modules() if p and any(True for _ in m.parameters(recurse=False))]
+    sample = ", ".join(paths[:8]) + (f", ... ({len(paths)} in all)" if len(paths) > 8 else "")
+    example = "|".join(re.escape(p) + r"\..*" for p in paths[:2]) or ".*"
+    return ValueError(
+        f"{wanted} needs to know the architecture, but {type(model).__name__} ({family}) is not a known family "
+        f"(known: {', '.join(sorted(FAMILIES))}). Its modules include: {sample}. "
+        f"Select by parameter name instead: --method 'pattern:include={example}' "
+        "(a regex matched against whole parameter names; use | between alternatives, since commas separate options)."
+    )
+
+
+def require_family(model: nn.Module, roles: tuple[str, ...] | list[str] | None, wanted: str) -> None:
+    """Raise ``unknown_architecture_error`` if ``roles`` holds a role only a family table can find."""
+    needs_table = sorted(set(roles or ()) & set(ARCHITECTURE_ROLES))
+    if needs_table and model_family(model) is None:
+        raise unknown_architecture_error(model, f"{wanted} with role(s) {', '.join(needs_table)}")

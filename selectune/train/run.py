@@ -5,7 +5,6 @@ crash, Ctrl-C) leaves no half-written output behind.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -19,7 +18,7 @@ import torch
 
 import selectune
 from selectune.data import load_splits
-from selectune.delta import atomic_write_json, save_delta
+from selectune.delta import atomic_write_json, file_sha256, save_delta
 from selectune.evaluate.metrics import majority_baseline
 from selectune.methods import get_method, parse_method
 from selectune.models import TASK_FILE, resolve_model
@@ -27,14 +26,6 @@ from selectune.selection import select, trainable_report
 from selectune.train.loop import TrainConfig, fit, make_accelerator, predict, score
 from selectune.train.tasks import Task
 from torch.utils.data import DataLoader
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def environment() -> dict[str, str]:

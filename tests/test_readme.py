@@ -1,0 +1,44 @@
+"""The README stays true: its two commands, its CLI examples and its results tables."""
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from benchmarks.readme_table import readme_block, render
+from selectune.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def code_blocks(text):
+    return re.findall(r"```(?:bash|python)?\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_second():
+    first = code_blocks(README)[0].splitlines()
+    assert first[0].startswith("bash scripts/main-job.sh")
+    assert first[1].startswith("bash scripts/test.sh")
+    assert (ROOT / "scripts" / "main-job.sh").is_file() and (ROOT / "scripts" / "test.sh").is_file()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/test.sh" in ci and "pytest" not in ci  # the README's command, nothing looser
+
+
+def selectune_commands():
+    for block in code_blocks(README):
+        joined = block.replace("\\\n", " ")
+        for line in joined.splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("selectune "):
+                yield line
+
+
+@pytest.mark.parametrize("line", list(selectune_commands()))
+def test_every_cli_example_parses(line):
+    argv = shlex.split(line)[1:]
+    build_parser().parse_args(argv)  # exits (SystemExit) on an unknown command or flag
+
+
+def test_results_tables_are_generated_from_the_benchmark_json():
+    assert readme_block(README) == render()
