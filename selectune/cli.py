@@ -137,10 +137,11 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def _print_result(command: str, result: Any) -> None:
     if command == "methods":
+        width = max(len(m["name"]) for m in result) + 2
         for m in result:
-            print(f"{m['name']:<8} {m['summary']}  (default lr {m['default_lr']:g})")
+            print(f"{m['name']:<{width}}{m['summary']}  (default lr {m['default_lr']:g})")
             for o in m["options"]:
-                print(f"{'':<10}{o['name']}={o['default']}: {o['help']}")
+                print(f"{'':<{width + 2}}{o['name']}={o['default']}: {o['help']}")
     elif command == "inspect":
         print(f"{result['method']} {result['options']} on {result['model']}")
         for row in result["roles"]:

@@ -4,6 +4,10 @@ A role names what a parameter does in a transformer block, so methods can say "t
 first-MLP biases" (BitFit's 0.04% subset) without knowing any architecture. Matching is on the
 *module* path (parameter name minus ``.weight``/``.bias``), by exact trailing segments, never by
 substring: ``"bias" in name`` also matches ``unbiased_proj.weight``.
+
+A model of no known family still gets the roles structure can find (norm and embedding layers by type,
+heads by conventional name); asking it for a role only a table knows (query, mlp_in, ...) raises an
+error that shows its module names and a ``pattern`` selection to use instead.
 """
 from __future__ import annotations
 
@@ -138,7 +142,7 @@ def is_norm_module(module: nn.Module) -> bool:
     """A normalisation layer, by type, or by class name for the many custom ones (LlamaRMSNorm, T5LayerNorm)."""
     if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm)):
         return True
-    return type(module).__name__.endswith(("LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm"))
+    return type(module).__name__.endswith(("Norm", "Norm1d", "Norm2d", "Norm3d"))
 
 
 def _generic_role(parts: tuple[str, ...], module: nn.Module) -> str:
@@ -174,23 +178,22 @@ def parse_roles(roles: str | list[str] | tuple[str, ...] | None) -> tuple[str, .
     return roles
 
 
-def unknown_architecture_error(model: nn.Module, wanted: str) -> ValueError:
-    """The error for a selection that needs architecture knowledge this model's family lacks.
-
-    Names the model, a sample of its module paths and a ``pattern`` selection built from them, since a
-    regex over parameter names works on any model.
-    """
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    family = f"model_type {model_type!r}" if model_type else "no HF config.model_type"
+def pattern_hint(model: nn.Module) -> str:
+    """A sample of ``model``'s module paths and a ``pattern`` selection built from them, for error messages:
+    a regex over parameter names works on any model."""
     paths = [p for p, m in model.named_modules() if p and any(True for _ in m.parameters(recurse=False))]
     sample = ", ".join(paths[:8]) + (f", ... ({len(paths)} in all)" if len(paths) > 8 else "")
     example = "|".join(re.escape(p) + r"\..*" for p in paths[:2]) or ".*"
-    return ValueError(
-        f"{wanted} needs to know the architecture, but {type(model).__name__} ({family}) is not a known family "
-        f"(known: {', '.join(sorted(FAMILIES))}). Its modules include: {sample}. "
-        f"Select by parameter name instead: --method 'pattern:include={example}' "
-        "(a regex matched against whole parameter names; use | between alternatives, since commas separate options)."
-    )
+    return (f"Its modules include: {sample}. Select by parameter name instead: --method 'pattern:include={example}' "
+            "(a regex matched against whole parameter names; use | between alternatives, since commas separate options).")
+
+
+def unknown_architecture_error(model: nn.Module, wanted: str) -> ValueError:
+    """The error for a selection that needs architecture knowledge this model's family lacks."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    family = f"model_type {model_type!r}" if model_type else "no HF config.model_type"
+    return ValueError(f"{wanted} needs to know the architecture, but {type(model).__name__} ({family}) is not a known "
+                      f"family (known: {', '.join(sorted(FAMILIES))}). {pattern_hint(model)}")
 
 
 def require_family(model: nn.Module, roles: tuple[str, ...] | list[str] | None, wanted: str) -> None:

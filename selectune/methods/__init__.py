@@ -21,6 +21,10 @@ def register_method(spec: MethodSpec) -> MethodSpec:
         raise ValueError(f"method {spec.name!r} is already registered")
     if not dataclasses.is_dataclass(spec.options):
         raise TypeError(f"method {spec.name!r}: options must be a dataclass type")
+    example_name, example_options = parse_method(spec.example_text)
+    if example_name != spec.name:
+        raise ValueError(f"method {spec.name!r}: its example {spec.example!r} names another method")
+    spec.resolve_options(example_options)  # the example (or the defaults) must be valid options
     METHODS[spec.name] = spec
     return spec
 
@@ -33,13 +37,19 @@ def get_method(name: str) -> MethodSpec:
 
 
 def parse_method(text: str) -> tuple[str, dict[str, Any]]:
-    """``"bitfit:roles=query+mlp_in,include_key_bias=true"`` -> ("bitfit", {...}). Used by the CLI."""
+    """``"bitfit:roles=query+mlp_in,include_key_bias=true"`` -> ("bitfit", {...}). Used by the CLI.
+
+    Commas separate options, so a value cannot hold one: list values take ``+`` (``roles=query+mlp_in``,
+    ``ranges=0-1+5``) and regexes take ``|`` alternation (``include=.*\\.bias|classifier\\..*``).
+    The first ``=`` ends the key, so a value may contain ``=``.
+    """
     name, _, rest = text.partition(":")
     options: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq:
-            raise ValueError(f"method option {item!r} must look like key=value (e.g. bitfit:roles=query+mlp_in)")
+            raise ValueError(f"method option {item!r} in {text!r} must look like key=value. Commas separate options, so write "
+                             "lists with + (roles=query+mlp_in, ranges=0-1+5) and regex alternatives with | (include=a|b)")
         options[key.strip().replace("-", "_")] = _parse_value(value.strip())
     return name.strip(), options
 
@@ -56,8 +66,11 @@ def _parse_value(value: str) -> Any:
     return value
 
 
-from selectune.methods import bitfit, full, head  # noqa: E402
+from selectune.methods import bitfit, full, head, layernorm, layers, pattern  # noqa: E402
 
 register_method(bitfit.SPEC)
 register_method(full.SPEC)
 register_method(head.SPEC)
+register_method(layernorm.SPEC)
+register_method(layers.SPEC)
+register_method(pattern.SPEC)

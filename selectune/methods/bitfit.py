@@ -4,8 +4,11 @@ Biases are found by structure: the ``bias`` Parameter of a Linear, Conv1d/2d, tr
 or a norm layer; never by the substring "bias" in a name.
 
 The attention key bias is skipped by default: softmax(q.k + q.b_k) over keys is shift-invariant per
-query, since q.b_k is the same for every key, so dL/db_k == 0 exactly (tests/test_methods.py checks
+query, since q.b_k is the same for every key, so dL/db_k == 0 exactly (tests/test_selection.py checks
 this on a real model). Training it would only spend optimizer state and delta bytes.
+
+Models without biases outside their head (LLaMA, Mistral, T5) are refused rather than silently reduced
+to a linear probe; the error points to ``head``, ``layernorm``, ``layers`` and ``pattern``.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from selectune.methods.spec import MethodSpec
-from selectune.roles import parameter_roles, parse_roles
+from selectune.roles import is_norm_module, parameter_roles, parse_roles, require_family
 
 
 @dataclass
@@ -31,10 +34,10 @@ class BitFitOptions:
 def _has_bias(module: nn.Module) -> bool:
     if not isinstance(getattr(module, "bias", None), nn.Parameter):
         return False
-    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_norm_module(module):
         return True
-    # transformers' Conv1D (GPT-2) and custom norm classes (T5LayerNorm-style) by class name.
-    return type(module).__name__ in ("Conv1D",) or type(module).__name__.endswith(("LayerNorm", "Norm"))
+    # transformers' Conv1D (GPT-2's fused projections) by class name: importing it would tie us to its path.
+    return type(module).__name__ == "Conv1D"
 
 
 def bias_names(model: nn.Module) -> list[str]:
@@ -43,10 +46,12 @@ def bias_names(model: nn.Module) -> list[str]:
 
 
 def select_bitfit(model: nn.Module, roles: list[str] | None = None, include_key_bias: bool = False, head_weights: bool = False) -> list[str]:
+    require_family(model, roles, "bitfit")
     role_of = parameter_roles(model)
     wanted = set(roles) if roles else None
+    biases = bias_names(model)
     chosen = []
-    for name in bias_names(model):
+    for name in biases:
         role = role_of[name]
         if role == "key" and not include_key_bias:
             continue
@@ -54,6 +59,17 @@ def select_bitfit(model: nn.Module, roles: list[str] | None = None, include_key_
             chosen.append(name)
     if head_weights and (wanted is None or "head" in wanted):
         chosen += [n for n, r in role_of.items() if r == "head"]
+    # Only head biases (or none) where the body was asked for: the result would be a linear probe.
+    if not chosen or (wanted != {"head"} and all(role_of[n] == "head" for n in chosen)):
+        asked = f"with role(s) {'+'.join(sorted(wanted))} " if wanted else ""
+        where = "in" if wanted == {"head"} else "outside the task head of"
+        present = sorted({role_of[n] for n in biases}) or ["none"]
+        raise ValueError(
+            f"bitfit found no bias terms {asked}{where} {type(model).__name__} (roles that have biases "
+            f"here: {', '.join(present)}); {'it would train only the head' if chosen else 'only new parameters would train'}. Use --method head for that, or layernorm, "
+            "layers:last=2 or pattern:include=... for a model without biases (LLaMA, Mistral and T5 have none)."
+            + (" The key bias is skipped unless include_key_bias=true." if wanted and "key" in wanted and not include_key_bias else "")
+        )
     return sorted(set(chosen))
 
 

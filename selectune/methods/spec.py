@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
+REQUIRED = "(required)"
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -15,15 +17,36 @@ class MethodSpec:
     select: Callable[..., list[str]]
     default_lr: float
     """Learning rate used when the user gives none (bias-only needs ~30x full fine-tuning's)."""
+    example: str = ""
+    """A typical CLI method string (``layers:last=1``), shown in errors; needed when an option is required.
+    The conformance suite runs every method through it; defaults to the bare name."""
+
+    @property
+    def example_text(self) -> str:
+        return self.example or self.name
 
     def resolve_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        fields = {f.name for f in dataclasses.fields(self.options)}
-        unknown = sorted(set(options) - fields)
+        fields = dataclasses.fields(self.options)
+        unknown = sorted(set(options) - {f.name for f in fields})
         if unknown:
-            allowed = ", ".join(sorted(fields)) or "none"
+            allowed = ", ".join(sorted(f.name for f in fields)) or "none"
             raise ValueError(f"method {self.name!r} has no option(s) {unknown}; its options are: {allowed}")
+        # A missing required option would otherwise surface as a TypeError from the dataclass.
+        missing = [f.name for f in fields if f.name not in options and _is_required(f)]
+        if missing:
+            raise ValueError(f"method {self.name!r} needs option(s) {', '.join(missing)}, e.g. --method '{self.example_text}'")
         return dataclasses.asdict(self.options(**options))
 
     def option_docs(self) -> list[tuple[str, Any, str]]:
-        """(name, default, help) per option, for ``selectune methods``."""
-        return [(f.name, f.default, f.metadata.get("help", "")) for f in dataclasses.fields(self.options)]
+        """(name, default, help) per option, for ``selectune methods``; the default of a required one is ``(required)``."""
+        return [(f.name, _default(f), f.metadata.get("help", "")) for f in dataclasses.fields(self.options)]
+
+
+def _is_required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return REQUIRED if f.default_factory is dataclasses.MISSING else f.default_factory()
