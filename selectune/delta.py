@@ -179,31 +179,57 @@ def read_delta(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     return load_file(str(weights)), config
 
 
-def load_delta(model: nn.Module, path: str | os.PathLike, *, force: bool = False) -> dict[str, Any]:
-    """Apply the delta at ``path`` to ``model`` in place; returns its config.
+def verify_base(model: nn.Module, selection: Selection, path: str | os.PathLike, *, force: bool = False) -> None:
+    """Refuse ``model`` unless its fingerprint is the one ``selection`` was trained on (warn instead with ``force``).
 
-    Refuses a model whose fingerprint differs from the one the delta was trained on, unless ``force``.
+    New and inserted parameters are excluded: random per load, or absent from the base.
     """
-    tensors, config = read_delta(path)
-    selection = Selection.from_dict(config["selection"])
-    params = dict(model.named_parameters())
-    for name, value in tensors.items():
-        if name not in params:
-            raise DeltaError(f"delta {path} has parameter {name}, which this model lacks; is this the right kind of base model?")
-        if tuple(params[name].shape) != tuple(value.shape):
-            raise DeltaError(
-                f"delta {path}: {name} has shape {tuple(value.shape)} but the model's is {tuple(params[name].shape)} "
-                "(e.g. a different number of labels)."
-            )
-    actual = base_fingerprint(model, exclude=selection.new_parameters)
+    actual = base_fingerprint(model, exclude=[*selection.new_parameters, *selection.inserted_parameters])
     if actual != selection.base_fingerprint:
         if not force:
             raise DeltaFingerprintMismatch(selection.base_fingerprint, actual, str(path))
         warnings.warn(
             f"applying delta {path} to a base with fingerprint {actual}; it was trained on {selection.base_fingerprint} (force=True)",
-            stacklevel=2,
+            stacklevel=3,
         )
+
+
+def write_delta_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], selection: Selection, path: str | os.PathLike) -> list[str]:
+    """Insert the zero biases the delta needs and the model lacks, check names and shapes, then copy ``tensors`` in.
+
+    Returns the biases it inserted. On a bad name or shape nothing is left changed.
+    """
+    from selectune.methods.bias_insertion import insert_biases, remove_biases
+
+    have = {n for n, _ in model.named_parameters()}
+    try:
+        inserted = insert_biases(model, [n for n in selection.inserted_parameters if n not in have])
+    except ValueError as err:
+        raise DeltaError(f"delta {path}: {err}; is this the right kind of base model?") from None
+    params = dict(model.named_parameters())
+    for name, value in tensors.items():
+        if name not in params:
+            problem = f"has parameter {name}, which this model lacks; is this the right kind of base model?"
+        elif tuple(params[name].shape) != tuple(value.shape):
+            problem = f"{name} has shape {tuple(value.shape)} but the model's is {tuple(params[name].shape)} (e.g. a different number of labels)."
+        else:
+            continue
+        remove_biases(model, inserted)
+        raise DeltaError(f"delta {path}: {problem}")
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value.to(params[name].dtype))
+    return inserted
+
+
+def load_delta(model: nn.Module, path: str | os.PathLike, *, force: bool = False) -> dict[str, Any]:
+    """Apply the delta at ``path`` to ``model`` in place; returns its config.
+
+    Refuses a model whose fingerprint differs from the one the delta was trained on, unless ``force``.
+    Zero biases the delta's selection inserted (bitfit ``add_missing_biases``) are inserted again first.
+    """
+    tensors, config = read_delta(path)
+    selection = Selection.from_dict(config["selection"])
+    verify_base(model, selection, path, force=force)
+    write_delta_tensors(model, tensors, selection, path)
     return config

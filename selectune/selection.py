@@ -36,6 +36,9 @@ class Selection:
     """Role of every trainable parameter (query, mlp_in, head, ...)."""
     total_parameters: int
     trainable_parameters: int
+    inserted_parameters: list[str] = dataclasses.field(default_factory=list)
+    """Zero biases the method added (bitfit add_missing_biases), sorted: absent from the base, so excluded from
+    its fingerprint; ``load_delta`` inserts them again. They train only if in ``trainable`` (others stay zero)."""
 
     @property
     def trainable_percent(self) -> float:
@@ -83,8 +86,10 @@ def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str
     new = sorted(set(new_parameters if new_parameters is not None else new_parameters_of(model)))
     # Fingerprint first: the base must be pristine, and new parameters are random per load.
     fingerprint = base_fingerprint(model, exclude=new)
+    before = {n for n, _ in model.named_parameters()}
     chosen = set(spec.select(model, **resolved)) | set(new)
     params = dict(model.named_parameters())
+    inserted = sorted(set(params) - before)  # whatever the method added is not in the base checkpoint
     roles = parameter_roles(model)
     selection = Selection(
         method=spec.name,
@@ -95,6 +100,7 @@ def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str
         roles={n: roles[n] for n in sorted(chosen)},
         total_parameters=sum(p.numel() for p in params.values()),
         trainable_parameters=sum(params[n].numel() for n in chosen),
+        inserted_parameters=inserted,
     )
     selection.apply(model)
     return selection

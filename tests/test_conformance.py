@@ -31,6 +31,7 @@ from tests.tiny_models import TINY_TEXT_MODELS, PlainNet, tiny_tabular_batch, ti
 ROWS = [spec.example_text for spec in METHODS.values()] + [
     "bitfit:roles=query+mlp_in",
     "bitfit:include_key_bias=true,head_weights=true",
+    "bitfit:add_missing_biases=true",  # inserts zero biases on LLaMA; changes nothing where biases exist
     "layers:first=1",
     r"pattern:include=.*\.weight,exclude=.*embed.*",
 ]
@@ -39,7 +40,9 @@ ROWS = [spec.example_text for spec in METHODS.values()] + [
 _NO_BIASES = "no bias terms .*outside the task head"
 _NO_BLOCKS = r"no stack of repeated blocks.*pattern:include="
 CANNOT_APPLY = {
-    **{(row, model): _NO_BIASES for model in ("llama", "t5") for row in ROWS if row.startswith("bitfit")},
+    **{(row, model): _NO_BIASES for model in ("llama", "t5") for row in ROWS if row.startswith("bitfit")
+       and "add_missing_biases" not in row},
+    ("bitfit:add_missing_biases=true", "t5"): r"add_missing_biases: .*'t5'.*no flag to build biases",
     ("bitfit:roles=query+mlp_in", "plain"): r"not a known family.*modules include: conv.*pattern:include=",
     ("bitfit:roles=query+mlp_in", "tabular"): "no bias terms with role",
     ("layers:last=1", "plain"): _NO_BLOCKS, ("layers:first=1", "plain"): _NO_BLOCKS,
@@ -144,7 +147,8 @@ def test_method_on_model(row, model_name, tmp_path):
     # (the attention key bias: softmax is shift-invariant per query).
     largest_grad = _train(model, case)
     after = _snapshot(model)
-    changed = {n for n in after if not torch.equal(after[n], base[n])}
+    # A tensor the selection inserted (a zero bias) starts from zeros.
+    changed = {n for n in after if not torch.equal(after[n], base.get(n, torch.zeros_like(after[n])))}
     assert changed <= trainable, f"frozen tensors changed: {sorted(changed - trainable)[:5]}"
     assert changed, "training changed nothing"
     stuck = {n: largest_grad[n] for n in trainable - changed if largest_grad[n] > 1e-6}

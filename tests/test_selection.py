@@ -11,7 +11,7 @@ from tests.tiny_models import PlainNet, tiny_batch, tiny_bert
 def test_registry_lists_first_methods_with_options():
     assert {"bitfit", "full", "head"} <= set(METHODS)
     opts = {n for n, _, _ in METHODS["bitfit"].option_docs()}
-    assert opts == {"roles", "include_key_bias", "head_weights"}
+    assert opts == {"roles", "include_key_bias", "head_weights", "add_missing_biases"}
 
 
 def test_bitfit_selects_biases_by_structure_plus_new_head():

@@ -8,7 +8,10 @@ query, since q.b_k is the same for every key, so dL/db_k == 0 exactly (tests/tes
 this on a real model). Training it would only spend optimizer state and delta bytes.
 
 Models without biases outside their head (LLaMA, Mistral, T5) are refused rather than silently reduced
-to a linear probe; the error points to ``head``, ``layernorm``, ``layers`` and ``pattern``.
+to a linear probe; the error points to ``head``, ``layernorm``, ``layers`` and ``pattern``. With
+``add_missing_biases=true`` a LLaMA instead gets zero biases on its projections (``bias_insertion.py``):
+whole config groups (all of q/k/v/o_proj, or all of gate/up/down_proj) are filled so the merged model's
+``attention_bias``/``mlp_bias`` flags hold, but only the biases of the asked-for roles train.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch.nn as nn
 
+from selectune.methods.bias_insertion import insert_missing_biases, remove_biases
 from selectune.methods.spec import MethodSpec
 from selectune.roles import is_norm_module, parameter_roles, parse_roles, require_family
 
@@ -25,6 +29,8 @@ class BitFitOptions:
     roles: list[str] | None = field(default=None, metadata={"help": "roles whose biases train, e.g. query+mlp_in (default: all)"})
     include_key_bias: bool = field(default=False, metadata={"help": "also train the attention key bias (its gradient is zero)"})
     head_weights: bool = field(default=False, metadata={"help": "also train the weights of head modules (pooler, classifier)"})
+    add_missing_biases: bool = field(default=False, metadata={
+        "help": "give bias-free projections (LLaMA) zero biases and train them; sets attention_bias/mlp_bias for export"})
 
     def __post_init__(self):
         parsed = parse_roles(self.roles)
@@ -45,8 +51,18 @@ def bias_names(model: nn.Module) -> list[str]:
     return sorted(f"{path}.bias" if path else "bias" for path, module in model.named_modules() if _has_bias(module))
 
 
-def select_bitfit(model: nn.Module, roles: list[str] | None = None, include_key_bias: bool = False, head_weights: bool = False) -> list[str]:
+def select_bitfit(model: nn.Module, roles: list[str] | None = None, include_key_bias: bool = False, head_weights: bool = False,
+                  add_missing_biases: bool = False) -> list[str]:
     require_family(model, roles, "bitfit")
+    inserted = insert_missing_biases(model, roles) if add_missing_biases else []
+    try:
+        return _choose_biases(model, roles, include_key_bias, head_weights)
+    except ValueError:
+        remove_biases(model, inserted)  # a refused selection leaves the model as it found it
+        raise
+
+
+def _choose_biases(model: nn.Module, roles: list[str] | None, include_key_bias: bool, head_weights: bool) -> list[str]:
     role_of = parameter_roles(model)
     wanted = set(roles) if roles else None
     biases = bias_names(model)
@@ -67,7 +83,8 @@ def select_bitfit(model: nn.Module, roles: list[str] | None = None, include_key_
         raise ValueError(
             f"bitfit found no bias terms {asked}{where} {type(model).__name__} (roles that have biases "
             f"here: {', '.join(present)}); {'it would train only the head' if chosen else 'only new parameters would train'}. Use --method head for that, or layernorm, "
-            "layers:last=2 or pattern:include=... for a model without biases (LLaMA, Mistral and T5 have none)."
+            "layers:last=2 or pattern:include=... for a model without biases (LLaMA, Mistral and T5 have none; "
+            "on LLaMA, add_missing_biases=true inserts zero biases to train)."
             + (" The key bias is skipped unless include_key_bias=true." if wanted and "key" in wanted and not include_key_bias else "")
         )
     return sorted(set(chosen))
