@@ -3,7 +3,7 @@
 Step time: all methods in one process, measured in interleaved rounds (so drift in machine load hits
 every method alike); median over rounds. Peak memory beyond the loaded weights: one child process per
 method (a process's peak RSS only grows, so methods cannot share one), peak RSS during training minus
-RSS once the model is loaded; on CUDA, max_memory_allocated minus allocated after load.
+RSS once the model is loaded (the peak counter is reset after loading); on CUDA, max_memory_allocated minus allocated after load.
 
     python benchmarks/step_time.py            # ~3 min on 2 CPU cores
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -56,6 +55,20 @@ def rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def reset_peak_rss() -> None:
+    # Linux: writing 5 to clear_refs resets VmHWM, so the peak of loading the model does not count.
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def measure_memory(method: str, batch: int, length: int, steps: int, device: str) -> dict:
     """Run in a child process: peak memory of training steps beyond the loaded model."""
     torch.manual_seed(0)
@@ -66,6 +79,7 @@ def measure_memory(method: str, batch: int, length: int, steps: int, device: str
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
+        reset_peak_rss()
         base = rss_bytes()
     select(model, method)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
@@ -75,7 +89,7 @@ def measure_memory(method: str, batch: int, length: int, steps: int, device: str
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        peak = peak_rss_bytes()
     return {"method": method, "peak_bytes_beyond_weights": peak - base}
 
 

@@ -2,7 +2,8 @@
 
 Layout of a delta directory::
 
-    delta.safetensors    trained tensors, by parameter name (dense, whole tensors)
+    delta.safetensors    trained tensors, by parameter name: whole tensors dense; a masked tensor as
+                         ``<name>.__indices__`` (k,) int64 flat indices + ``<name>.__values__`` (k,)
     delta_config.json    format, library version, the Selection (method, options, base fingerprint,
                          new parameters), tensor shapes, sha256 of the safetensors file, task metadata
 
@@ -24,12 +25,14 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 import selectune
+from selectune.masks import SparseEntries, effective_tensor, flat_indices
 from selectune.selection import Selection
 
 DELTA_WEIGHTS = "delta.safetensors"
 DELTA_CONFIG = "delta_config.json"
 FORMAT = "selectune-delta"
 FORMAT_VERSION = 1
+INDICES, VALUES = ".__indices__", ".__values__"  # key suffixes of a masked tensor's entries
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
 
 
@@ -106,13 +109,27 @@ def save_delta(model: nn.Module, selection: Selection, out_dir: str | os.PathLik
     Refuses non-finite values: a NaN delta would silently poison every prediction after merge.
     """
     out = Path(out_dir)
-    params = dict(model.named_parameters())
-    tensors = {}
+    tensors, described = {}, {}
+    masked = set(selection.masked)
+    if masked - set(selection.masks):
+        raise DeltaError(f"the selection masks {sorted(masked - set(selection.masks))[:3]} but holds no mask tensors; "
+                         "save with the Selection that select() returned")
     for name in selection.trainable:
-        value = params[name].detach().to("cpu").contiguous().clone()
+        # The tensor the forward pass uses: works on a masked (parametrized) model and after merge_masks.
+        full = effective_tensor(model, name).detach()
+        if name in masked:
+            indices = flat_indices(selection.masks[name]).to(full.device)
+            value = full.reshape(-1)[indices].to("cpu").clone()  # (k,)
+        else:
+            value = full.to("cpu").contiguous().clone()
         if not torch.isfinite(value).all():
             raise DeltaError(f"parameter {name} holds NaN or inf values; the delta was not saved. Lower the learning rate or check the data.")
-        tensors[name] = value
+        described[name] = {"shape": list(full.shape), "dtype": str(value.dtype).replace("torch.", "")}
+        if name in masked:
+            tensors[name + INDICES], tensors[name + VALUES] = indices.to("cpu"), value
+            described[name]["nonzero"] = value.numel()
+        else:
+            tensors[name] = value
     out.mkdir(parents=True, exist_ok=True)
     # safetensors writes the file itself; write to a temp name in the same folder and rename.
     tmp = out / f".{DELTA_WEIGHTS}.tmp"
@@ -123,7 +140,7 @@ def save_delta(model: nn.Module, selection: Selection, out_dir: str | os.PathLik
         "format_version": FORMAT_VERSION,
         "selectune_version": selectune.__version__,
         "selection": selection.to_dict(),
-        "tensors": {n: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")} for n, t in tensors.items()},
+        "tensors": described,
         "weights_sha256": file_sha256(out / DELTA_WEIGHTS),
         "metadata": metadata or {},
     }
@@ -150,8 +167,11 @@ def _refuse_non_safetensors(path: Path) -> None:
         )
 
 
-def read_delta(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a delta directory (or its ``delta.safetensors``): (tensors, config). Verifies the file hash."""
+def read_delta(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor | SparseEntries], dict[str, Any]]:
+    """Read a delta directory (or its ``delta.safetensors``): (tensors, config). Verifies the file hash.
+
+    Tensors are keyed by parameter name: whole ones dense, masked ones as ``SparseEntries`` (indices + values).
+    """
     path = Path(path)
     if not path.exists():
         raise DeltaError(f"delta not found: {path}. Give the directory written by `selectune train --out`.")
@@ -176,7 +196,22 @@ def read_delta(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
             f"{weights} does not match its recorded hash ({config.get('weights_sha256')} recorded, {actual} on disk); "
             "the file was changed or damaged. Restore it from the original delta."
         )
-    return load_file(str(weights)), config
+    return _decode_sparse(load_file(str(weights)), config, path), config
+
+
+def _decode_sparse(raw: dict[str, torch.Tensor], config: dict[str, Any], path: Path) -> dict[str, torch.Tensor | SparseEntries]:
+    tensors: dict[str, torch.Tensor | SparseEntries] = {n: t for n, t in raw.items() if not n.endswith((INDICES, VALUES))}
+    for key in raw:
+        if key.endswith(INDICES):
+            name = key[: -len(INDICES)]
+            values, shape = raw.get(name + VALUES), config.get("tensors", {}).get(name, {}).get("shape")
+            if values is None or shape is None or values.shape != raw[key].shape:
+                raise DeltaError(f"{path}: masked tensor {name} lacks its values or recorded shape; the delta is damaged, re-export it.")
+            tensors[name] = SparseEntries(raw[key], values, tuple(shape))
+    orphans = [k for k in raw if k.endswith(VALUES) and k[: -len(VALUES)] not in tensors]
+    if orphans:
+        raise DeltaError(f"{path}: {orphans[0]} has no matching indices; the delta is damaged, re-export it.")
+    return tensors
 
 
 def verify_base(model: nn.Module, selection: Selection, path: str | os.PathLike, *, force: bool = False) -> None:
@@ -212,13 +247,19 @@ def write_delta_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], sele
             problem = f"has parameter {name}, which this model lacks; is this the right kind of base model?"
         elif tuple(params[name].shape) != tuple(value.shape):
             problem = f"{name} has shape {tuple(value.shape)} but the model's is {tuple(params[name].shape)} (e.g. a different number of labels)."
+        elif isinstance(value, SparseEntries) and value.indices.numel() and not (
+                0 <= int(value.indices.min()) and int(value.indices.max()) < params[name].numel()):
+            problem = f"masked tensor {name} has indices outside its {params[name].numel()} entries; the delta is damaged."
         else:
             continue
         remove_biases(model, inserted)
         raise DeltaError(f"delta {path}: {problem}")
     with torch.no_grad():
         for name, value in tensors.items():
-            params[name].copy_(value.to(params[name].dtype))
+            if isinstance(value, SparseEntries):
+                value.write_into(params[name])  # index_put_ on the flat view: only the masked entries
+            else:
+                params[name].copy_(value.to(params[name].dtype))
     return inserted
 
 

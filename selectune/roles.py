@@ -15,6 +15,8 @@ import re
 
 import torch.nn as nn
 
+from selectune.masks import plain_named_parameters
+
 ROLES = ("query", "key", "value", "qkv", "attn_out", "mlp_in", "mlp_out", "norm", "head", "embed", "other")
 # Roles that only a family table can assign; the others are found by structure on any nn.Module.
 ARCHITECTURE_ROLES = ("query", "key", "value", "qkv", "attn_out", "mlp_in", "mlp_out")
@@ -159,7 +161,7 @@ def parameter_roles(model: nn.Module) -> dict[str, str]:
     """Map every parameter name (as in ``named_parameters``) to its role."""
     by_module = module_roles(model)
     out = {}
-    for name, _ in model.named_parameters():
+    for name, _ in plain_named_parameters(model):  # a masked (parametrized) weight under its plain name
         module_path = name.rsplit(".", 1)[0] if "." in name else ""
         out[name] = by_module.get(module_path, "other")
     return out

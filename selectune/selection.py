@@ -1,16 +1,23 @@
 """A Selection is data, not a wrapper: which parameters train, how they were chosen, and the base's
 fingerprint taken before anything changed. Applying it only sets ``requires_grad``, so the model stays a
 plain ``nn.Module`` that HF ``Trainer``, Accelerate, DDP/FSDP and hand-written loops all train unchanged.
+
+Element masks (``random``, ``pafi``, ``fish``, ``lt_sft``) are the exception: a masked weight is parametrized
+so that only its (k,) ``values`` train (``selectune.masks``); ``merge_masks`` makes the model plain again.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections import Counter
-from typing import Any
+from typing import Any, Iterable
 
+import torch
 import torch.nn as nn
 
+from selectune.masks import apply_masks, plain_named_parameters, plain_parameter_names
+from selectune.methods.spec import MaskedResult
 from selectune.roles import ROLES, parameter_roles
 
 # Set by selectune's loaders to HF's ``missing_keys``: parameters the checkpoint did not contain
@@ -39,13 +46,19 @@ class Selection:
     inserted_parameters: list[str] = dataclasses.field(default_factory=list)
     """Zero biases the method added (bitfit add_missing_biases), sorted: absent from the base, so excluded from
     its fingerprint; ``load_delta`` inserts them again. They train only if in ``trainable`` (others stay zero)."""
+    masked: list[str] = dataclasses.field(default_factory=list)
+    """Names in ``trainable`` that train only at the entries of an element mask (sorted); the rest train whole."""
+    masks: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    """In memory only: bool mask per name in ``masked``, the parameter's shape. Not in JSON: a delta stores
+    masks as flat indices in its safetensors."""
 
     @property
     def trainable_percent(self) -> float:
         return 100.0 * self.trainable_parameters / max(self.total_parameters, 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Not dataclasses.asdict: it would deep-copy every mask tensor only to drop it.
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "masks"}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Selection":
@@ -56,13 +69,20 @@ class Selection:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2)
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Freeze everything except ``trainable``; returns the same module."""
+        """Freeze everything except ``trainable``; masked names train through their mask only
+        (``selectune.masks.apply_masks``). Returns the same module."""
         chosen = set(self.trainable)
-        missing = chosen - {n for n, _ in model.named_parameters()}
+        missing = chosen - plain_parameter_names(model)
         if missing:
             raise ValueError(f"selection names parameters this model does not have: {sorted(missing)[:5]}")
+        no_mask = sorted(set(self.masked) - set(self.masks))
+        if no_mask:
+            raise ValueError(f"selection masks {no_mask[:3]} but holds no mask tensors (read from JSON?); masks live in "
+                             "the delta's safetensors: use load_delta, or select again")
+        whole = chosen - set(self.masked)
         for name, param in model.named_parameters():
-            param.requires_grad_(name in chosen)
+            param.requires_grad_(name in whole)
+        apply_masks(model, {n: self.masks[n] for n in self.masked})
         return model
 
 
@@ -72,22 +92,30 @@ def new_parameters_of(model: nn.Module) -> list[str]:
     return sorted(n for n in getattr(model, NEW_PARAMETERS_ATTR, ()) if n in names)
 
 
-def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str] | None = None, **options) -> Selection:
+def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str] | None = None,
+           batches: Iterable[dict[str, Any]] | None = None, **options) -> Selection:
     """Choose what trains with a registered ``method``, apply it to ``model`` and return the Selection.
 
     ``new_parameters``: names the checkpoint lacked (HF ``missing_keys``); defaults to what selectune's
     loaders recorded on the model. They train whatever the method says.
+    ``batches``: for data-driven methods (``spec.needs_data``: fish, lt_sft), an iterable of dicts that
+    ``model(**batch)`` turns into an output with ``.loss``; other methods ignore it.
     """
     from selectune.delta import base_fingerprint
     from selectune.methods import get_method
 
     spec = get_method(method)
     resolved = spec.resolve_options(options)
+    if spec.needs_data and batches is None:
+        raise ValueError(f"method {spec.name!r} is fitted on data: pass batches=[...] (dicts that model(**batch) "
+                         "turns into an output with .loss)")
     new = sorted(set(new_parameters if new_parameters is not None else new_parameters_of(model)))
     # Fingerprint first: the base must be pristine, and new parameters are random per load.
     fingerprint = base_fingerprint(model, exclude=new)
     before = {n for n, _ in model.named_parameters()}
-    chosen = set(spec.select(model, **resolved)) | set(new)
+    result = spec.select(model, batches=batches, **resolved) if spec.needs_data else spec.select(model, **resolved)
+    masks = {n: m for n, m in result.masks.items() if n not in new} if isinstance(result, MaskedResult) else {}
+    chosen = set(result.whole if isinstance(result, MaskedResult) else result) | set(masks) | set(new)
     params = dict(model.named_parameters())
     inserted = sorted(set(params) - before)  # whatever the method added is not in the base checkpoint
     roles = parameter_roles(model)
@@ -99,8 +127,10 @@ def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str
         base_fingerprint=fingerprint,
         roles={n: roles[n] for n in sorted(chosen)},
         total_parameters=sum(p.numel() for p in params.values()),
-        trainable_parameters=sum(params[n].numel() for n in chosen),
+        trainable_parameters=sum(int(masks[n].sum()) if n in masks else params[n].numel() for n in chosen),
         inserted_parameters=inserted,
+        masked=sorted(masks),
+        masks=masks,
     )
     selection.apply(model)
     return selection
@@ -113,11 +143,11 @@ def trainable_report(model: nn.Module, selection: Selection) -> list[dict[str, A
     total = Counter()
     trained = Counter()
     tensors = Counter()
-    for name, param in model.named_parameters():
+    for name, param in plain_named_parameters(model):
         role = roles[name]
         total[role] += param.numel()
         if name in chosen:
-            trained[role] += param.numel()
+            trained[role] += int(selection.masks[name].sum()) if name in selection.masks else param.numel()
             tensors[role] += 1
     all_params = sum(total.values())
     rows = []

@@ -8,6 +8,8 @@ code. Each cell checks the promises every method makes:
   (d) the Selection round-trips through JSON (as it does inside every delta);
   (e) a NaN in a trained tensor is refused by save_delta, and nothing is written.
 A cell where a method cannot apply (biases on a bias-free LLaMA) must instead refuse with a clear error.
+Methods fitted on data (``spec.needs_data``) get the cell's batch; element-mask methods train through a
+parametrization (``selectune.masks``), merged back into plain weights before the tensors are compared.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from selectune import DeltaError, Selection, load_delta, read_delta, save_delta, select
 from selectune.delta import DELTA_CONFIG
+from selectune.masks import merge_masks, plain_name, trainable_names
 from selectune.methods import METHODS, parse_method
 from selectune.selection import NEW_PARAMETERS_ATTR
 from tests.tiny_models import TINY_TEXT_MODELS, PlainNet, tiny_tabular_batch, tiny_tabular_mlp, tiny_text_batch
@@ -48,6 +51,8 @@ CANNOT_APPLY = {
     ("layers:last=1", "plain"): _NO_BLOCKS, ("layers:first=1", "plain"): _NO_BLOCKS,
     ("layers:last=1", "tabular"): _NO_BLOCKS, ("layers:first=1", "tabular"): _NO_BLOCKS,
     (r"pattern:include=.*\.bias", "llama"): "matches no parameter",
+    # PlainNet's forward takes a tensor, not a dict of inputs + labels, so it cannot score batches itself.
+    **{(row, "plain"): r"needs batches that PlainNet\(\*\*batch\) accepts" for row in ROWS if row.split(":")[0] in ("fish", "lt_sft")},
 }
 
 
@@ -107,14 +112,14 @@ def _train(model, case, steps=3, lr=0.1) -> dict[str, float]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr)
     batch = case.batch(model)
-    largest = {n: 0.0 for n, p in model.named_parameters() if p.requires_grad}
+    largest = {plain_name(n): 0.0 for n, p in model.named_parameters() if p.requires_grad}  # a mask's values: its weight
     model.train()
     for _ in range(steps):
         loss, _ = case.run(model, batch)
         loss.backward()
         for n, p in model.named_parameters():
             if p.grad is not None:
-                largest[n] = max(largest[n], p.grad.abs().max().item())
+                largest[plain_name(n)] = max(largest[plain_name(n)], p.grad.abs().max().item())
         opt.step()
         opt.zero_grad()
     return largest
@@ -131,22 +136,28 @@ def test_method_on_model(row, model_name, tmp_path):
     method, options = parse_method(row)
     model = case.build()
     refusal = CANNOT_APPLY.get((row, model_name))
+    data = {"batches": [case.batch(model)]} if METHODS[method].needs_data else {}
     if refusal:
         with pytest.raises(ValueError, match=refusal):
-            select(model, method, **options)
+            select(model, method, **data, **options)
         assert all(p.requires_grad for p in model.parameters()), "a refused selection must leave the model untouched"
         return
 
     base = _snapshot(model)
-    sel = select(model, method, **options)
+    sel = select(model, method, **data, **options)
     trainable = set(sel.trainable)
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+    assert trainable_names(model) == trainable
     assert set(sel.new_parameters) <= trainable
+    assert set(sel.masked) <= trainable - set(sel.new_parameters)
 
     # (a) exactly the selected tensors change; a selected one may stay put only with a zero gradient
-    # (the attention key bias: softmax is shift-invariant per query).
+    # (the attention key bias: softmax is shift-invariant per query). A masked tensor changes only inside its mask.
     largest_grad = _train(model, case)
+    assert merge_masks(model) == sel.masked
     after = _snapshot(model)
+    for name in sel.masked:
+        outside = ~sel.masks[name]
+        assert torch.equal(after[name][outside], base[name][outside]), f"{name} changed outside its mask"
     # A tensor the selection inserted (a zero bias) starts from zeros.
     changed = {n for n in after if not torch.equal(after[n], base.get(n, torch.zeros_like(after[n])))}
     assert changed <= trainable, f"frozen tensors changed: {sorted(changed - trainable)[:5]}"
@@ -180,10 +191,11 @@ def test_method_on_model(row, model_name, tmp_path):
     assert Selection.from_dict(json.loads(sel.to_json())) == sel
     assert Selection.from_dict(config["selection"]) == sel
 
-    # (e) a NaN in a trained tensor is refused before anything is written.
+    # (e) a NaN in a trained entry (one that changed, so inside any mask) is refused before anything is written.
     name = sorted(changed)[0]
+    first = int((after[name] != base.get(name, torch.zeros_like(after[name]))).reshape(-1).nonzero()[0])
     with torch.no_grad():
-        dict(model.named_parameters())[name].view(-1)[0] = float("nan")
+        dict(model.named_parameters())[name].view(-1)[first] = float("nan")
     with pytest.raises(DeltaError, match="NaN"):
         save_delta(model, sel, tmp_path / "nan")
     assert not (tmp_path / "nan" / DELTA_CONFIG).exists()

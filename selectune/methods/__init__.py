@@ -2,6 +2,8 @@
 
 A method is a plain function ``select(model, **options) -> list[str]`` over ``named_parameters``
 plus a dataclass of options (one docstring per field, shown by ``selectune methods``).
+Element-mask methods return a ``MaskedResult`` (whole tensors + bool masks) instead; those fitted on data
+set ``needs_data=True`` and are called ``select(model, batches=..., **options)`` (``sparse.py``).
 """
 from __future__ import annotations
 
@@ -66,7 +68,7 @@ def _parse_value(value: str) -> Any:
     return value
 
 
-from selectune.methods import bitfit, full, head, layernorm, layers, pattern  # noqa: E402
+from selectune.methods import bitfit, fish, full, head, layernorm, layers, lt_sft, pafi, pattern, random_mask  # noqa: E402
 
 register_method(bitfit.SPEC)
 register_method(full.SPEC)
@@ -74,3 +76,7 @@ register_method(head.SPEC)
 register_method(layernorm.SPEC)
 register_method(layers.SPEC)
 register_method(pattern.SPEC)
+register_method(random_mask.SPEC)
+register_method(pafi.SPEC)
+register_method(fish.SPEC)
+register_method(lt_sft.SPEC)

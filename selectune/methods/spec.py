@@ -1,11 +1,27 @@
-"""What a method is: a selection function, its options dataclass, a summary and a default learning rate."""
+"""What a method is: a selection function, its options dataclass, a summary and a default learning rate.
+
+A selection function returns the names of whole tensors to train, ``list[str]``, or, for element masks, a
+``MaskedResult``. A method with ``needs_data`` is called as ``select(model, batches=..., **options)``.
+"""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
+
 REQUIRED = "(required)"
+
+
+@dataclass
+class MaskedResult:
+    """What an element-mask method chose: tensors that train whole, and bool masks (the parameter's shape)."""
+
+    whole: list[str]
+    """Trained whole (biases, when the method trains them); new parameters are added by ``select``."""
+    masks: dict[str, torch.Tensor]
+    """Parameter name -> bool mask; only the True entries train."""
 
 
 @dataclass(frozen=True)
@@ -14,12 +30,15 @@ class MethodSpec:
     summary: str
     options: type
     """A dataclass; its fields are the method's options, validated by ``resolve_options``."""
-    select: Callable[..., list[str]]
+    select: Callable[..., "list[str] | MaskedResult"]
     default_lr: float
     """Learning rate used when the user gives none (bias-only needs ~30x full fine-tuning's)."""
     example: str = ""
     """A typical CLI method string (``layers:last=1``), shown in errors; needed when an option is required.
     The conformance suite runs every method through it; defaults to the bare name."""
+    needs_data: bool = False
+    """The method is fitted on batches (fish, lt_sft): ``select`` is called with ``batches=`` (dicts that
+    ``model(**batch)`` turns into an output with ``.loss``)."""
 
     @property
     def example_text(self) -> str:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from selectune.masks import plain_name
 from selectune.selection import NEW_PARAMETERS_ATTR
 from selectune.evaluate.metrics import HIGHER_IS_BETTER, classification_metrics, regression_metrics
 from selectune.train.tasks import Task
@@ -115,7 +116,8 @@ def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dic
     for is_new in (False, True):
         for decayed in (True, False):
             # Bias-like 1-D tensors are not decayed (standard practice; decaying a bias toward 0 has no prior).
-            chosen = [p for n, p in named if (n in new) == is_new and (p.ndim >= 2) == decayed]
+            # A masked weight trains through its 1-D ``values`` (selectune.masks): decayed as the weight would be.
+            chosen = [p for n, p in named if (n in new) == is_new and (p.ndim >= 2 or plain_name(n) != n) == decayed]
             if chosen:
                 groups.append({"params": chosen, "weight_decay": config.weight_decay if decayed else 0.0,
                                "lr": (config.new_lr or lr) if is_new else lr})

@@ -6,6 +6,7 @@ crash, Ctrl-C) leaves no half-written output behind.
 from __future__ import annotations
 
 import json
+from itertools import islice
 import os
 import platform
 import shutil
@@ -20,6 +21,7 @@ import selectune
 from selectune.data import load_splits
 from selectune.delta import atomic_write_json, file_sha256, save_delta
 from selectune.evaluate.metrics import majority_baseline
+from selectune.masks import merge_masks
 from selectune.methods import get_method, parse_method
 from selectune.models import TASK_FILE, resolve_model
 from selectune.selection import select, trainable_report
@@ -105,7 +107,12 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
     the_task = Task(kind=kind, label_col=label_col, labels=splits.labels, text_col=text_col, feature_cols=features, max_length=max_length)
     model_path = resolve_model(model)
     net = the_task.load_model(model_path, splits.train, hidden=[int(h) for h in hidden.split(",") if h.strip()])
-    selection = select(net, method_name, **method_options)
+    batches = None
+    if spec.needs_data:
+        # Data-driven masks (fish, lt_sft) are fitted on the first training batches; each takes its n_batches.
+        loader = DataLoader(the_task.examples(splits.train), batch_size=batch_size, shuffle=False, collate_fn=the_task.collate)
+        batches = list(islice(loader, 32))
+    selection = select(net, method_name, batches=batches, **method_options)
     lr_used = lr if lr is not None else spec.default_lr
     accelerator = make_accelerator(config)
 
@@ -154,6 +161,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
                                                      "config": resolved})
         atomic_write_json(partial / "run_config.json", {**resolved, "data_files": data_files, "environment": environment()})
         if save_model or model == "mlp":
+            merge_masks(net)  # masked weights become plain tensors with plain names before save_pretrained
             the_task.save_model(net, partial / "model")
             (partial / "model" / TASK_FILE).write_text(json.dumps(the_task.metadata(), indent=2, sort_keys=True) + "\n")
         if target.exists():
