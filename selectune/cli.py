@@ -100,7 +100,7 @@ def summary(runs: list[str], *, reference: str | None = None) -> list[dict[str, 
     """Compare the test metrics of training RUNS side by side, with the majority-class floor.
 
     runs: output folders of `selectune train`
-    reference: a benchmark JSON (benchmarks/results/*.json) whose chosen runs of other methods are added as rows
+    reference: a benchmark JSON (benchmarks/results/*.json) whose chosen run per method is added as a row
     """
     from pathlib import Path
 
@@ -113,15 +113,15 @@ def summary(runs: list[str], *, reference: str | None = None) -> list[dict[str, 
         if not rows and m.get("majority_baseline"):
             rows.append({"model": "majority class", "source": "train labels", **m["majority_baseline"]})
         delta = Path(run) / "delta" / "delta.safetensors"
-        rows.append({"model": m["method"], "source": run, **(m.get("test") or {}), "trainable %": f"{m['trainable_percent']:.3f}",
+        rows.append({"model": m["method"], "source": run, **(m.get("test") or {}), "epochs": m["config"]["train_config"]["epochs"],
+                     "trainable %": f"{m['trainable_percent']:.3f}",
                      "delta KB": f"{delta.stat().st_size / 1000:.0f}", "train s": f"{m['train_seconds']:.0f}"})
     if reference:
         ref = json.loads(Path(reference).read_text())
-        have = {r["model"] for r in rows}
-        for method, r in ref.get("chosen", {}).items():
-            if method not in have:
-                rows.append({"model": method, "source": Path(reference).name, "accuracy": r["test_accuracy"], "macro_f1": r["test_macro_f1"],
-                             "trainable %": f"{r['trainable_percent']:.3f}", "delta KB": f"{r['delta_bytes'] / 1000:.0f}"})
+        for method, r in ref.get("chosen", {}).items():  # rows of methods run above too: the same recipe reproduces them
+            rows.append({"model": method, "source": Path(reference).name, "accuracy": r["test_accuracy"], "macro_f1": r["test_macro_f1"],
+                         "epochs": ref.get("recipe", {}).get("epochs", ""),
+                         "trainable %": f"{r['trainable_percent']:.3f}", "delta KB": f"{r['delta_bytes'] / 1000:.0f}"})
     return rows
 
 
@@ -162,7 +162,7 @@ def _print_result(command: str, result: Any) -> None:
         if rows:
             print(table(rows, cols))
     elif command == "summary":
-        print(table(result, ["model", "accuracy", "macro_f1", "auroc", "trainable %", "delta KB", "train s", "source"]))
+        print(table(result, ["model", "accuracy", "macro_f1", "auroc", "epochs", "trainable %", "delta KB", "train s", "source"]))
     elif isinstance(result, (dict, list)):
         print(json.dumps(result, indent=2, default=str))
     elif result is not None:

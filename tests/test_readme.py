@@ -42,3 +42,11 @@ def test_every_cli_example_parses(line):
 
 def test_results_tables_are_generated_from_the_benchmark_json():
     assert readme_block(README) == render()
+
+
+def test_python_api_example_runs(tmp_path, monkeypatch):
+    python = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    assert len(python) == 1
+    monkeypatch.chdir(tmp_path)
+    exec(compile(python[0], "README.md", "exec"), {})
+    assert (tmp_path / "out" / "delta" / "delta.safetensors").stat().st_size < 150_000
