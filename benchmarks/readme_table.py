@@ -49,10 +49,24 @@ def step_table(path: Path = RESULTS / "step_time.json", what: str = "MiniLM") ->
     return "\n".join(lines)
 
 
+def sparse_table() -> str:
+    d = json.loads((RESULTS / "sparse_cost.json").read_text())
+    return "\n".join([
+        f"FISH mask at {d['budget']:.1%} on MiniLM, after {d['steps']} AdamW steps on drug-review batches "
+        "(`python benchmarks/sparse_cost.py`).",
+        "",
+        "| masked entries | delta size | of the dense base | optimizer state | with dense masking | ratio |",
+        "|---|---|---|---|---|---|",
+        f"| {d['mask_entries']:,} in {d['masked_tensors']} tensors (+{d['whole_tensors_trained']} whole tensors: biases, classifier) | "
+        f"{d['delta_bytes'] / 1000:,.0f} KB | {d['delta_fraction_of_base']:.2%} | {d['optimizer_state_bytes_masked'] / 1e6:.2f} MB | "
+        f"{d['optimizer_state_bytes_dense_masking'] / 1e6:.2f} MB | {d['optimizer_state_ratio']:.3f} |",
+    ])
+
+
 def render() -> str:
     gpu = step_table(RESULTS / "h200" / "step_time_h200.json",
                      "a MiniLM-shaped BERT with random weights (the real weights could not be carried to the GPU machine)")
-    return "\n\n".join([BEGIN, accuracy_table(), step_table(), gpu.replace("cuda", "one NVIDIA H200, fp32"), END])
+    return "\n\n".join([BEGIN, accuracy_table(), step_table(), gpu.replace("cuda", "one NVIDIA H200, fp32"), sparse_table(), END])
 
 
 def readme_block(text: str) -> str:
