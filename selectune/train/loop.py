@@ -131,8 +131,8 @@ def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dic
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, val_loader, scheduler)
 
     class_weights = None
-    y_train = torch.stack([torch.as_tensor(r["labels"]) for r in train_rows])
     if config.class_weight == "balanced" and task.is_classification:
+        y_train = torch.stack([torch.as_tensor(r["labels"]) for r in train_rows])
         counts = torch.bincount(y_train, minlength=task.n_outputs).float().clamp_min(1)
         class_weights = counts.sum() / (task.n_outputs * counts)  # (C,), sklearn's "balanced"
     y_val = np.array([np.asarray(r["labels"]) for r in val_rows])
