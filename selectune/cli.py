@@ -169,16 +169,33 @@ def _print_result(command: str, result: Any) -> None:
         print(result)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from selectune.evaluate.run import evaluate, predict
-    from selectune.models import merge
-    from selectune.train.run import train
+# The one list of commands: name -> "module:function". The function's signature is the command line.
+# A function may carry a ``render(result) -> str`` attribute to print its result as text (else JSON),
+# and may return a dict with an ``exit_code`` (e.g. a failed gate exits 1).
+COMMANDS = {
+    "train": "selectune.train.run:train",
+    "evaluate": "selectune.evaluate.run:evaluate",
+    "predict": "selectune.evaluate.run:predict",
+    "inspect": "selectune.cli:inspect",
+    "merge": "selectune.models:merge",
+    "methods": "selectune.cli:methods",
+    "data": "selectune.cli:data",
+    "summary": "selectune.cli:summary",
+}
 
+
+def _resolve(target: str) -> Callable:
+    import importlib
+
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selectune", description="Selective fine-tuning (BitFit and friends) with tiny, verifiable deltas.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, fn in (("train", train), ("evaluate", evaluate), ("predict", predict), ("inspect", inspect),
-                     ("merge", merge), ("methods", methods), ("data", data), ("summary", summary)):
-        _add_command(sub, name, fn)
+    for name, target in COMMANDS.items():
+        _add_command(sub, name, _resolve(target))
     return parser
 
 
@@ -198,8 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selectune {command}: interrupted; nothing was written", file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`, one process reports
-        _print_result(command, result)
-    return 0
+        render = getattr(fn, "render", None)
+        if render is not None:
+            print(render(result))
+        else:
+            _print_result(command, result)
+    return int(result.get("exit_code", 0)) if isinstance(result, dict) else 0
 
 
 if __name__ == "__main__":
