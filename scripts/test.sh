@@ -3,6 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The report test renders HTML in a real headless browser: Debian's chromium.
+if ! command -v chromium >/dev/null; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  echo "installing chromium (Debian) for the report test ..."
+  $SUDO apt-get install -y -q chromium >.venv/apt.log 2>&1 || { $SUDO apt-get update -q >>.venv/apt.log 2>&1 && $SUDO apt-get install -y -q chromium >>.venv/apt.log 2>&1; } || { tail -n 20 .venv/apt.log >&2; echo "setup failed: apt-get install chromium" >&2; exit 1; }
+fi
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python -m pytest -q "$@"
