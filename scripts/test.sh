@@ -7,6 +7,7 @@ bash scripts/setup.sh
 if ! command -v chromium >/dev/null; then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   echo "installing chromium (Debian) for the report test ..."
+  export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get install -y -q chromium >.venv/apt.log 2>&1 || { $SUDO apt-get update -q >>.venv/apt.log 2>&1 && $SUDO apt-get install -y -q chromium >>.venv/apt.log 2>&1; } || { tail -n 20 .venv/apt.log >&2; echo "setup failed: apt-get install chromium" >&2; exit 1; }
 fi
 . .venv/bin/activate

@@ -77,10 +77,12 @@ def inspect(model: str, *, method: str = "bitfit", num_labels: int = 2) -> dict[
         net = TabularMLP.from_pretrained(path)
         setattr(net, "_selectune_new_parameters", [])
     else:
-        net = Task(kind="text-classification", label_col="label", labels=[str(i) for i in range(num_labels)]).load_model(path)
+        task = Task(kind="text-classification", label_col="label", labels=[str(i) for i in range(num_labels)])
+        net = task.load_model(path, with_tokenizer=False)
     name, options = parse_method(method)
     selection = select(net, name, **options)
     return {"model": path, "method": name, "options": selection.options, "new_parameters": selection.new_parameters,
+            "inserted_parameters": selection.inserted_parameters,
             "trainable_parameters": selection.trainable_parameters, "total_parameters": selection.total_parameters,
             "trainable_percent": selection.trainable_percent, "roles": trainable_report(net, selection)}
 
@@ -149,6 +151,10 @@ def _print_result(command: str, result: Any) -> None:
         print(table(result["roles"], ["role", "tensors", "trainable", "total", "% of role", "% of model"]))
         if result["new_parameters"]:
             print(f"new (random-init, always trained): {', '.join(result['new_parameters'])}")
+        if result["inserted_parameters"]:
+            inserted = result["inserted_parameters"]
+            print(f"inserted (zero-init biases on bias-free layers, outputs unchanged until trained): {len(inserted)} tensors, "
+                  f"e.g. {', '.join(inserted[:3])}")
     elif command == "train":
         rows = []
         if result.get("majority_baseline"):

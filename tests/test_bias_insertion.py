@@ -156,3 +156,17 @@ def test_selection_without_the_new_field_still_loads():
     data = select(tiny_bert(), "bitfit").to_dict()
     del data["inserted_parameters"]
     assert Selection.from_dict(data).inserted_parameters == []
+
+
+def test_inspect_cli_lists_inserted_biases_on_a_tokenizerless_llama(tmp_path, capsys):
+    # `selectune inspect` looks at parameters only: a model folder without a tokenizer is enough.
+    from selectune.cli import main
+
+    tiny_llama().save_pretrained(tmp_path / "llama")
+    assert main(["inspect", str(tmp_path / "llama"), "--method", "bitfit:add_missing_biases=true", "--num-labels", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "inserted (zero-init biases on bias-free layers, outputs unchanged until trained): 14 tensors" in out
+    # q, v, o and the three MLP projections per layer train (the key bias is inserted for export but has zero gradient)
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line and line.split()[0] in ("query", "key", "mlp_in", "all")}
+    assert rows["query"][:2] == ["2", "64"] and rows["key"][:2] == ["0", "0"] and rows["mlp_in"][:2] == ["4", "256"]
+    assert rows["all"][:2] == ["12", "480"]  # the saved score head is in the checkpoint: not new, so not trained

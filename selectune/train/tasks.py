@@ -54,10 +54,13 @@ class Task:
         return cls(**{k: data[k] for k in ("kind", "label_col", "labels", "text_col", "feature_cols", "max_length")})
 
     # ---- model -------------------------------------------------------------------------------
-    def load_model(self, model: str, train_frame: pd.DataFrame | None = None, hidden: list[int] | None = None) -> nn.Module:
-        """Load the base model. ``model="mlp"`` builds a fresh TabularMLP from ``train_frame``'s statistics."""
+    def load_model(self, model: str, train_frame: pd.DataFrame | None = None, hidden: list[int] | None = None,
+                   *, with_tokenizer: bool = True) -> nn.Module:
+        """Load the base model. ``model="mlp"`` builds a fresh TabularMLP from ``train_frame``'s statistics.
+
+        ``with_tokenizer=False`` skips the tokenizer (looking at parameters needs none)."""
         if self.kind == "text-classification":
-            return self._load_text_model(model)
+            return self._load_text_model(model, with_tokenizer)
         if model == "mlp":
             if train_frame is None:
                 raise ModelLoadError("a new MLP needs training data to standardise its inputs")
@@ -84,7 +87,7 @@ class Task:
         setattr(net, NEW_PARAMETERS_ATTR, [])
         return net
 
-    def _load_text_model(self, model: str) -> nn.Module:
+    def _load_text_model(self, model: str, with_tokenizer: bool = True) -> nn.Module:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -95,7 +98,8 @@ class Task:
         hf_logging.set_verbosity_error()  # the load report is ours to give (new parameters), not a wall of warnings
         hf_logging.disable_progress_bar()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            if with_tokenizer:
+                self.tokenizer = AutoTokenizer.from_pretrained(model)
             net, info = AutoModelForSequenceClassification.from_pretrained(
                 model, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)), label2id=label2id,
                 ignore_mismatched_sizes=True, output_loading_info=True)
