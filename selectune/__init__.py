@@ -20,9 +20,10 @@ from selectune.delta import (  # noqa: E402
     save_delta,
 )
 from selectune.methods import METHODS, get_method, register_method  # noqa: E402
+from selectune.multi_delta import DeltaSet  # noqa: E402
 
 __all__ = [
     "Selection", "select", "trainable_report",
     "DeltaError", "DeltaFingerprintMismatch", "base_fingerprint", "load_delta", "read_delta", "save_delta",
-    "METHODS", "get_method", "register_method", "__version__",
+    "METHODS", "get_method", "register_method", "DeltaSet", "__version__",
 ]
