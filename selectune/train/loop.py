@@ -63,6 +63,8 @@ class FitResult:
     train_seconds: float = 0.0
     examples_per_second: float = 0.0
     steps: int = 0
+    step_seconds: list[float] = field(default_factory=list)
+    """Wall time of each optimizer step (forward, backward, update; data loading excluded), for step-time comparisons."""
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
@@ -149,15 +151,18 @@ def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dic
                    dynamic_ncols=True, leave=False)
         epoch_loss, epoch_n = 0.0, 0
         for batch in bar:
+            step_started = time.perf_counter()
             with accelerator.accumulate(model):
                 loss, _ = task.loss(model, batch, class_weights)
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+            loss_value = float(loss.detach())  # waits for the device, so the step time is the step's own
+            result.step_seconds.append(time.perf_counter() - step_started)
             n = batch["labels"].shape[0] * accelerator.num_processes
             seen += n
-            epoch_loss += float(loss.detach()) * n
+            epoch_loss += loss_value * n
             epoch_n += n
             result.steps += 1
             bar.set_postfix(loss=f"{epoch_loss / epoch_n:.4f}", ex_s=f"{seen / (time.perf_counter() - started):.1f}", refresh=False)
