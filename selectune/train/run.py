@@ -19,6 +19,7 @@ import torch
 
 import selectune
 from selectune.data import load_splits
+from selectune.data.check_command import check_splits
 from selectune.delta import atomic_write_json, file_sha256, save_delta
 from selectune.evaluate.metrics import majority_baseline
 from selectune.masks import merge_masks
@@ -42,7 +43,7 @@ def environment() -> dict[str, str]:
 
 def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col: str = "label", text_col: str | None = None,
           feature_cols: str | None = None, task: str = "classification", validation: str | None = None, test: str | None = None,
-          val_fraction: float = 0.15, test_fraction: float = 0.0, group_col: str | None = None,
+          val_fraction: float = 0.15, test_fraction: float = 0.0, group_col: str | None = None, phi_policy: str = "warn",
           lr: float | None = None, new_lr: float = 1e-2, epochs: int = 3, batch_size: int = 32, max_length: int = 128, weight_decay: float = 0.0,
           warmup_ratio: float = 0.1, seed: int = 0, grad_accum: int = 1, mixed_precision: str = "no", metric: str | None = None,
           patience: int | None = None, keep_best: bool = True, class_weight: str | None = None, hidden: str = "64,64",
@@ -62,6 +63,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
     val_fraction: fraction of TRAIN held out for validation when --validation is not given
     test_fraction: fraction of TRAIN held out for test when --test is not given
     group_col: patient/group id column: all rows of a group stay in one split
+    phi_policy: identifier-like text (e-mail, phone, record number, date, URL) in the data: warn, or refuse
     lr: learning rate (default: the method's, bitfit 1e-3, full 3e-5)
     new_lr: learning rate of new parameters (a fresh classifier) when pretrained ones train too
     epochs: training epochs
@@ -104,6 +106,12 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
     torch.manual_seed(seed)
     splits = load_splits(train, validation, test, label_col=label_col, text_col=text_col, feature_cols=features or None,
                          task=task, val_fraction=val_fraction, test_fraction=test_fraction, group_col=group_col, seed=seed)
+    # Leakage between the splits (including the validation split cut from TRAIN) stops the run here, before
+    # anything is written; warnings carry counts and row numbers only, never the text they are about.
+    checks = check_splits(splits, id_col=group_col, phi_policy=phi_policy)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for warning in checks.warnings:
+            print(f"selectune train: warning: {warning.message}", file=sys.stderr)
     the_task = Task(kind=kind, label_col=label_col, labels=splits.labels, text_col=text_col, feature_cols=features, max_length=max_length)
     model_path = resolve_model(model)
     net = the_task.load_model(model_path, splits.train, hidden=[int(h) for h in hidden.split(",") if h.strip()])
@@ -149,7 +157,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
         resolved = {"command": "selectune train", "argv": sys.argv, "train": train, "validation": validation, "test": test,
                     "model": model, "model_path": model_path, "method": method_name, "method_options": selection.options,
                     "label_col": label_col, "text_col": text_col, "feature_cols": features, "task": kind,
-                    "val_fraction": val_fraction, "test_fraction": test_fraction, "group_col": group_col, "hidden": hidden,
+                    "val_fraction": val_fraction, "test_fraction": test_fraction, "group_col": group_col, "phi_policy": phi_policy, "hidden": hidden,
                     "max_length": max_length, "train_config": {**vars(config), "lr": lr_used}, "num_processes": accelerator.num_processes}
         data_files = {role: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
                       for role, p in (("train", train), ("validation", validation), ("test", test)) if p}
@@ -160,6 +168,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
                                                      "roles": trainable_report(net, selection), "environment": environment(),
                                                      "config": resolved})
         atomic_write_json(partial / "run_config.json", {**resolved, "data_files": data_files, "environment": environment()})
+        atomic_write_json(partial / "checks.json", checks.to_json())
         if save_model or model == "mlp":
             merge_masks(net)  # masked weights become plain tensors with plain names before save_pretrained
             the_task.save_model(net, partial / "model")
