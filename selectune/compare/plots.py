@@ -1,0 +1,73 @@
+"""The comparison's figures (matplotlib PNGs): test metric vs trainable parameters, vs time, and the cost bars.
+
+Points are the seed mean of the test metric at each method's chosen learning rate; bars are ± one standard
+deviation over seeds (none with one seed). The majority-class floor is drawn where the task has one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+PEFT_COLOR, SELECTIVE_COLOR = "tab:orange", "tab:blue"
+
+
+def _scatter(ax, summaries, x_key: str, metric: str, floor: float | None) -> None:
+    for s in summaries:
+        test = s["test"][metric]
+        color = PEFT_COLOR if s["kind"] == "peft" else SELECTIVE_COLOR
+        ax.errorbar(s[x_key], test["mean"], yerr=test["sd"] or 0.0, fmt="o", color=color, capsize=3)
+        ax.annotate(s["method"], (s[x_key], test["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if floor is not None:
+        ax.axhline(floor, color="gray", linestyle="--", linewidth=1)
+        ax.annotate("majority class", (0.01, floor), xycoords=("axes fraction", "data"), textcoords="offset points",
+                    xytext=(0, 3), fontsize=8, color="gray")
+    ax.set_ylabel(f"test {metric} (mean over seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.plot([], [], "o", color=SELECTIVE_COLOR, label="selective (selectune)")
+    ax.plot([], [], "o", color=PEFT_COLOR, label="PEFT baseline (peft)")
+    ax.legend(loc="lower right", fontsize=8)
+
+
+def plot_comparison(summaries: list[dict[str, Any]], metric: str, out_dir: str | Path, title: str,
+                    floor: float | None = None) -> list[Path]:
+    out = Path(out_dir)
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _scatter(ax, summaries, "trainable_parameters", metric, floor)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_title(f"{title}: {metric} vs trainable parameters", fontsize=10)
+    paths.append(_save(fig, out / "accuracy_vs_parameters.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _scatter(ax, summaries, "train_seconds", metric, floor)
+    ax.set_xlabel("training time, seconds (mean over seeds)")
+    ax.set_title(f"{title}: {metric} vs training time", fontsize=10)
+    paths.append(_save(fig, out / "accuracy_vs_time.png"))
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 0.45 * len(summaries) + 1.6), sharey=True)
+    names = [s["method"] for s in summaries]
+    colors = [PEFT_COLOR if s["kind"] == "peft" else SELECTIVE_COLOR for s in summaries]
+    left.barh(names, [s["peak_memory_mb"] or 0.0 for s in summaries], color=colors)
+    left.set_xlabel("peak training memory beyond the weights (MB)")
+    right.barh(names, [1000 * s["median_step_seconds"] for s in summaries], color=colors)
+    right.set_xlabel("median optimizer step (ms)")
+    left.invert_yaxis()
+    for ax in (left, right):
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(f"{title}: training cost", fontsize=10)
+    paths.append(_save(fig, out / "memory.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
