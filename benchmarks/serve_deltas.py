@@ -1,0 +1,36 @@
+"""Deltas for serving benchmarks and tests, made without training: a real selection, its tensors perturbed.
+
+A delta's *shape* (which tensors, how many bytes, which serving path) is what serving cost depends on, so a
+BitFit-shaped selection whose biases are moved by noise stands in for a trained one at no training cost.
+Results that use these deltas say so (``"deltas": "synthetic: ..."``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from selectune.delta import save_delta
+from selectune.selection import select
+from selectune.train.tasks import Task
+
+SYNTHETIC_NOTE = ("synthetic: a real selection of the method on the base, trainable tensors perturbed with "
+                  "N(0, scale^2) noise instead of trained (serving cost depends on the delta's shape, not its values)")
+
+
+def make_perturbed_delta(base: str, method: str, out: str | Path, *, labels: list[str], seed: int, scale: float = 0.05,
+                         max_length: int = 128, **options) -> Path:
+    """Select ``method`` on a fresh load of ``base``, add noise to what it trains, save a delta to ``out``.
+
+    The delta carries task metadata like one written by `selectune train` (text column ``text``), so
+    `selectune predict` and `selectune serve` use it as they would a trained one.
+    """
+    task = Task(kind="text-classification", label_col="label", labels=list(labels), text_col="text", max_length=max_length)
+    model = task.load_model(base)
+    selection = select(model, method, **options)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in model.named_parameters():
+            if param.requires_grad:  # masked weights train through their (k,) values: those move
+                param.add_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * scale)
+    return save_delta(model, selection, out, metadata={"task": task.metadata(), "base_model": base})

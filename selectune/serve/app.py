@@ -1,0 +1,342 @@
+"""``selectune serve``: one base model, many tenants' deltas, mixed in one batch (FastAPI + uvicorn).
+
+Routes (OpenAPI at ``/openapi.json``, interactive at ``/docs``)::
+
+    POST /v1/predict                  {"model": NAME, "inputs": [...]} -> labels, probabilities, delta version
+    GET  /v1/models                   the deltas this key may use, each with its serving path (mixed | grouped)
+    GET  /v1/models/{name}
+    POST /v1/models/{name}/load       admin: (re)load NAME from --deltas (or {"path": DIR}) without a restart
+    POST /v1/models/{name}/unload     admin: stop serving NAME once the requests already queued for it are answered
+    GET  /metrics                     admin: Prometheus text (requests, latency, batch sizes)
+    GET  /health                      no key needed
+
+With ``--keys FILE`` every route but /health needs ``Authorization: Bearer KEY`` (format in ``tenants.py``);
+without it the model routes are open and the admin routes are off.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from selectune.delta import DeltaError
+from selectune.serve.batcher import Control, DynamicBatcher, Job
+from selectune.serve.delta_store import GROUPED, MIXED, DeltaStore, ServedDelta, find_deltas, resolve_delta_source
+from selectune.serve.inputs import InputError, InputLimits, check_count, encode_inputs
+from selectune.serve.metrics import ServeMetrics
+from selectune.serve.tenants import KeyEntry, KeyRing
+
+log = logging.getLogger("selectune.serve")
+
+
+@dataclass
+class ServeConfig:
+    base: str
+    """Base model: `minilm`, an HF model folder, or a selectune tabular model folder."""
+    deltas: str
+    """Folder with one sub-folder per delta (its name is the model name clients send)."""
+    keys: str | None = None
+    """JSON key file mapping sha256(API key) to tenants and their deltas; None: open model routes, no admin routes."""
+    max_batch_size: int = 32
+    """Most examples in one forward pass."""
+    max_wait_ms: float = 5.0
+    """Longest a request waits for others to share its batch."""
+    max_items: int = 32
+    """Most inputs per request (at most max_batch_size)."""
+    max_text_chars: int = 10_000
+    """Longest text accepted, in characters."""
+    max_body_bytes: int = 1_000_000
+    """Largest request body accepted."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ServeConfig":
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"model": "cardiology", "inputs": ["no side effects"]}]})
+    model: StrictStr = Field(description="delta name, as listed by GET /v1/models")
+    inputs: list[Any] = Field(description="texts (text models) or {feature: number} objects (tabular models)")
+
+
+class Prediction(BaseModel):
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    value: float | None = None
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str = Field(description="sha256 of the delta's weights that produced these predictions")
+    path: str = Field(description="mixed (shared forward pass) or grouped (per-delta pass)")
+    predictions: list[Prediction]
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = Field(default=None, description="delta folder to load; default: --deltas/NAME")
+
+
+class ServerState:
+    """Everything one app serves: the store (batcher thread), the routes clients see (event loop), keys, metrics."""
+
+    def __init__(self, config: ServeConfig):
+        if config.max_items > config.max_batch_size:
+            raise ValueError(f"max_items ({config.max_items}) must not exceed max_batch_size ({config.max_batch_size}): "
+                             "a request is never split across batches")
+        self.config = config
+        self.limits = InputLimits(max_items=config.max_items, max_text_chars=config.max_text_chars)
+        self.keyring = KeyRing.from_file(config.keys) if config.keys else None
+        self.metrics = ServeMetrics()
+        self.store = DeltaStore(config.base)
+        self.routes: dict[str, ServedDelta] = {}
+        self.refused: dict[str, str] = {}
+        for name, source in find_deltas(config.deltas).items():
+            try:
+                delta = self.store.prepare_delta(name, source)
+                self.store.commit(delta)
+            except (DeltaError, ValueError, OSError) as err:
+                self.refuse(name, source, err)
+                continue
+            self.routes[name] = delta
+            log.info("serving delta %r version %s (%s) on the %s path", name, delta.version, delta.selection.method, delta.serving_path)
+        self._count_models()
+        self.batcher = DynamicBatcher(self.run_batch, config.max_batch_size, config.max_wait_ms / 1000)
+
+    def refuse(self, name: str, source: Any, err: Exception) -> None:
+        self.refused[name] = str(err)
+        self.metrics.refused.inc()
+        log.error("refused delta %r from %s: %s", name, source, err)
+
+    def _count_models(self) -> None:
+        for path in (MIXED, GROUPED):
+            self.metrics.models.labels(path).set(sum(d.serving_path == path for d in self.routes.values()))
+
+    # ---- batcher thread ------------------------------------------------------------------------
+    def run_batch(self, jobs: list[Job]) -> None:
+        start = time.perf_counter()
+        for job in jobs:
+            self.metrics.queue_wait.observe(start - job.queued_at)
+        paths = [self.store.deltas[j.name].serving_path for j in jobs]
+        results = self.store.run([(j.name, j.examples) for j in jobs])
+        self.metrics.batch_seconds.observe(time.perf_counter() - start)
+        mixed = [j for j, p in zip(jobs, paths) if p == MIXED]
+        if mixed:
+            self.metrics.batch_examples.labels(MIXED).observe(sum(len(j.examples) for j in mixed))
+            self.metrics.batch_deltas.observe(len({j.name for j in mixed}))
+        for name in {j.name for j, p in zip(jobs, paths) if p == GROUPED}:
+            self.metrics.batch_examples.labels(GROUPED).observe(sum(len(j.examples) for j in jobs if j.name == name))
+        for job, result in zip(jobs, results):
+            self.metrics.examples.labels(job.name).inc(len(job.examples))
+            job.future.set_result(result)
+
+
+def _error(status: int, message: str, **extra) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": message, **extra}, status_code=status, headers=headers)
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        if err.get("type") == "json_invalid":
+            return (f"request body is not valid JSON ({err.get('ctx', {}).get('error', err.get('msg'))}); "
+                    'send {"model": NAME, "inputs": [...]} with Content-Type: application/json')
+        parts.append(f"{where}: {err.get('msg')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+class _ObserveAndLimit:
+    """ASGI middleware: refuse oversized bodies before they are read; count every request and its latency."""
+
+    def __init__(self, app, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_observed(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            length = dict(scope.get("headers", [])).get(b"content-length")
+            limit = self.state.config.max_body_bytes
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                response = _error(413, f"request body of {length.decode(errors='replace')} bytes is over the {limit}-byte limit; "
+                                       "send fewer or shorter inputs per request")
+                return await response(scope, receive, send_observed)
+            await self.app(scope, receive, send_observed)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", "unmatched")
+            self.state.metrics.requests.labels(label, scope.get("method", ""), str(status)).inc()
+            self.state.metrics.latency.labels(label).observe(time.perf_counter() - start)
+
+
+def create_app(config: ServeConfig) -> FastAPI:
+    """Load the base and every delta in ``config.deltas`` (refusing, with a log line, those that do not fit) and
+    build the app. The batcher thread starts and stops with the app's lifespan."""
+    state = ServerState(config)
+
+    async def lifespan(app: FastAPI):
+        state.batcher.start()
+        yield
+        state.batcher.stop()
+
+    app = FastAPI(title="selectune serve", version="1", lifespan=lifespan,
+                  description="One base model, many tenants' deltas, mixed in one batch.")
+    app.state.serve = state
+    app.add_middleware(_ObserveAndLimit, state=state)
+    bearer = HTTPBearer(auto_error=False, description="API key: Authorization: Bearer KEY")
+
+    def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> KeyEntry | None:
+        if state.keyring is None:
+            return None
+        if credentials is None:
+            raise HTTPException(401, "missing API key: send the header Authorization: Bearer KEY", {"WWW-Authenticate": "Bearer"})
+        entry = state.keyring.identify(credentials.credentials)
+        if entry is None:
+            raise HTTPException(401, "unknown API key; ask the server's operator for a key", {"WWW-Authenticate": "Bearer"})
+        return entry
+
+    def admin(entry: KeyEntry | None = Depends(caller)) -> KeyEntry:
+        if state.keyring is None:
+            raise HTTPException(403, "admin routes are off: start the server with --keys FILE holding an admin key")
+        if not entry.admin:
+            raise HTTPException(403, f"this route needs an admin key; the key of tenant {entry.tenant!r} is not one")
+        return entry
+
+    def allowed(entry: KeyEntry | None, name: str) -> bool:
+        return entry is None or entry.may_use(name)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return _error(422, _validation_message(exc.errors()), errors=jsonable_encoder(exc.errors(), custom_encoder={Exception: str}))
+
+    @app.exception_handler(InputError)
+    async def _bad_input(request: Request, exc: InputError):
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, "internal server error; the server log has the details")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "base": config.base, "models": len(state.routes), "queued": state.batcher.queued}
+
+    @app.get("/v1/models")
+    async def list_models(entry: KeyEntry | None = Depends(caller)) -> dict[str, Any]:
+        out: dict[str, Any] = {"base": config.base,
+                               "models": [d.describe() for n, d in sorted(state.routes.items()) if allowed(entry, n)]}
+        if entry is None or entry.admin:
+            out["refused"] = state.refused
+        return out
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str, entry: KeyEntry | None = Depends(caller)) -> dict[str, Any]:
+        return _routed(name, entry).describe()
+
+    def _routed(name: str, entry: KeyEntry | None) -> ServedDelta:
+        # 403 before 404: a tenant learns nothing about names outside its own list.
+        if not allowed(entry, name):
+            raise HTTPException(403, f"your key (tenant {entry.tenant!r}) may not use model {name!r}")
+        if name not in state.routes:
+            raise HTTPException(404, f"unknown model {name!r}; GET /v1/models lists the models you may use")
+        return state.routes[name]
+
+    @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True)
+    async def predict(body: PredictRequest, entry: KeyEntry | None = Depends(caller)) -> dict[str, Any]:
+        check_count(body.inputs, state.limits)
+        delta = _routed(body.model, entry)
+        # Encode and enqueue with no await between the route lookup and the submit: an unload queued
+        # later (also from this event loop) runs after this request is answered.
+        with state.store.tokenizer_lock:
+            examples = encode_inputs(delta.task, state.store.tokenizer, body.inputs, state.limits)
+        future = state.batcher.submit(Job(delta.name, examples))
+        predictions, used = await asyncio.wrap_future(future)
+        return {"model": used.name, "version": used.version, "path": used.serving_path, "predictions": predictions}
+
+    @app.post("/v1/models/{name}/load")
+    async def load(name: str, body: LoadRequest | None = None, _: KeyEntry = Depends(admin)) -> dict[str, Any]:
+        try:
+            source = Path(body.path) if body is not None and body.path else resolve_delta_source(config.deltas, name)
+            delta = await run_in_threadpool(state.store.prepare_delta, name, source)
+        except (DeltaError, OSError) as err:
+            state.refuse(name, body.path if body is not None and body.path else name, err)
+            raise HTTPException(422, f"delta {name!r} was not loaded: {err}") from None
+        await asyncio.wrap_future(state.batcher.submit(Control(lambda: state.store.commit(delta))))
+        replaced = name in state.routes
+        state.routes[name] = delta
+        state.refused.pop(name, None)
+        state._count_models()
+        log.info("%s delta %r version %s on the %s path", "reloaded" if replaced else "loaded", name, delta.version, delta.serving_path)
+        return {**delta.describe(), "replaced": replaced}
+
+    @app.post("/v1/models/{name}/unload")
+    async def unload(name: str, _: KeyEntry = Depends(admin)) -> dict[str, Any]:
+        if name not in state.routes:
+            raise HTTPException(404, f"model {name!r} is not loaded; GET /v1/models lists what is")
+        delta = state.routes.pop(name)  # new requests get 404 from here on; queued ones are answered first
+        await asyncio.wrap_future(state.batcher.submit(Control(lambda: state.store.remove(name))))
+        state._count_models()
+        log.info("unloaded delta %r version %s", name, delta.version)
+        return {"unloaded": name, "version": delta.version}
+
+    @app.get("/metrics")
+    async def metrics(_: KeyEntry = Depends(admin)) -> Response:
+        return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+    return app
+
+
+def serve(*, base: str, deltas: str, keys: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          max_batch_size: int = 32, max_wait_ms: float = 5.0, max_items: int = 32, max_text_chars: int = 10_000,
+          log_level: str = "info") -> None:
+    """Serve many deltas of one base over HTTP, mixing requests for different deltas in one batch.
+
+    base: base model: `minilm`, an HF model folder, or a selectune tabular model folder
+    deltas: folder with one sub-folder per delta (delta_config.json + delta.safetensors, or a train run with delta/); the sub-folder name is the model name
+    keys: JSON key file mapping sha256 hashes of API keys to tenants and deltas (see README); without it model routes are open and admin routes are off
+    host: address to listen on
+    port: port to listen on
+    max_batch_size: most examples in one forward pass
+    max_wait_ms: longest a request waits for others to share its batch
+    max_items: most inputs in one request
+    max_text_chars: longest text accepted, in characters
+    log_level: uvicorn log level (debug, info, warning, error)
+    """
+    import uvicorn
+
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServeConfig(base=base, deltas=deltas, keys=keys, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                         max_items=max_items, max_text_chars=max_text_chars)
+    app = create_app(config)
+    state = app.state.serve
+    log.info("base %s: %d delta(s) served (%d mixed, %d grouped), %d refused; listening on http://%s:%d",
+             base, len(state.routes), sum(d.serving_path == MIXED for d in state.routes.values()),
+             sum(d.serving_path == GROUPED for d in state.routes.values()), len(state.refused), host, port)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
