@@ -1,6 +1,7 @@
 """Data checks: leakage refused (patient id, copied texts/rows, inside TRAIN's own validation split),
 warnings with numbers, identifier-like text warned about or refused and never repeated in any output."""
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -193,6 +194,27 @@ def test_ordinary_clinical_text_is_not_flagged():
             "100,000 units of vitamin D, 1,000,000 thanks! Level 6.5 on day 3 of 7, May 5 mg doses, ICD-10 F32.1, "
             "5ft10, 24/7 support, week 12, 2016-2017, dose 100-200 mg, I may 2 times a day.")
     assert count_identifiers(text) == {}
+
+
+def test_scanning_time_stays_linear_on_long_adversarial_text():
+    # A pattern that backtracks from every position takes minutes on 50,000 characters; linear ones take milliseconds.
+    for text in ("a" * 50_000, "1" * 50_000, "1-" * 25_000, "a." * 25_000, "x@" + "a." * 25_000, "+1 " * 17_000):
+        start = time.perf_counter()
+        count_identifiers(text)
+        assert time.perf_counter() - start < 5, text[:8]
+
+
+def test_other_free_text_columns_can_be_scanned_in_tabular_data():
+    frame = pd.DataFrame({"age": [50, 61, 72], "notes": ["stable", "call 555-123-4567", None], "label": ["0", "1", "0"]})
+    assert result(run_checks({"train": frame}, feature_cols=["age"], label_col="label"), "identifiers").status == "skipped"
+    found = result(run_checks({"train": frame}, feature_cols=["age"], label_col="label", phi_cols="notes"), "identifiers")
+    assert found.status == "warn" and found.details["matches"]["phone"] == 1 and found.details["per_split"]["train"]["notes"]["rows"] == [2]
+
+
+def test_a_split_without_the_id_column_is_reported_unchecked():
+    train, test = reviews(10, patients=list(range(10))), reviews(5, start=10)
+    leak = result(run_checks({"train": train, "test": test}, text_col="text", id_col="patient"), "id_leakage")
+    assert leak.status == "warn" and leak.details["unchecked_splits"] == ["test"] and "were not checked" in leak.message
 
 
 def test_identifiers_warn_by_default_with_counts_and_rows_only(tmp_path, capfd):

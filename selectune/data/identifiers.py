@@ -23,7 +23,8 @@ ORDINAL = r"(?:st|nd|rd|th)"
 NOT_A_UNIT = r"(?!\s*(?:mg|mcg|ml|g|kg|lbs?|pounds|%|x\b|times|days?|weeks?|months?|years?|hours?|hrs?|minutes?|mins?)\b)"
 
 PATTERNS: dict[str, re.Pattern] = {
-    "email": re.compile(r"[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+    # Matches start only where a token starts, so a long run of word characters costs linear, not quadratic, time.
+    "email": re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
     "url": re.compile(r"\bhttps?://\S+|\bwww\.[A-Za-z0-9-]+\.\S+", re.IGNORECASE),
     # 555-123-4567, (555) 123-4567, 555.123.4567, 1-800-555-0199, +44 20 7946 0958; needs separators or a +,
     # so a bare 10-digit number counts as an id number instead of twice.
