@@ -1,0 +1,154 @@
+"""``selectune report``: the update report of a run, as one self-contained HTML file and a Markdown version.
+
+setup (read and validate every saved file) -> build the sections -> render both -> write atomically.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any
+
+from selectune.data import DataError
+from selectune.delta import atomic_write_bytes, file_sha256
+from selectune.report.change_record import hf_metadata, model_card_sections, pccp_section
+from selectune.report.collect import RunEvidence, read_run
+from selectune.report.document import FILL_MARK, Code, Fields, Notice, Paragraph, Section, Table, figures, to_html, to_markdown
+from selectune.report.evaluation_sections import evaluation_sections, fmt, headline
+from selectune.report.gate_files import GateEvidence, read_gate
+from selectune.report.privacy import redact
+from selectune.report.run_sections import change_section, data_section, identity_section
+
+REPORT_HTML, REPORT_MD, FIGURES = "report.html", "report.md", "figures"
+
+
+def summary_section(update: RunEvidence, base: RunEvidence | None, gate: GateEvidence | None, rows: list[dict]) -> Section:
+    section = Section("Summary")
+    if gate is None:
+        section.add(Notice("missing", "This update has not been through the gate: the base-vs-update evidence and the acceptance "
+                                      "criteria are missing from this report (see Base vs update)."))
+    else:
+        passed = gate.passed
+        section.add(Notice("pass" if passed else "fail", f"Gate {'PASSED' if passed else 'FAILED'} "
+                                                         f"({sum(bool(r.get('passed')) for r in gate.rows)} of {len(gate.rows)} criteria met)."))
+    m = update.metrics
+    items = [("update", f"{m.get('method')} on {redact(update.config.get('model'))}: {m.get('trainable_parameters', 0):,} parameters "
+                        f"({m.get('trainable_percent', 0):.3f}%) trained, delta {update.delta_bytes:,} bytes"),
+             ("model in use (base)", f"{base.metrics.get('method')} run {redact(base.path.name)}" if base else "not given")]
+    judged = {r.get("metric") for r in gate.rows} if gate else set()
+    for h in sorted(rows, key=lambda h: h["metric"] not in judged)[:4]:  # the metrics the gate judged first
+        value = f"update {fmt(h['update'])}"
+        if h.get("base"):
+            value += f"; base {fmt(h['base'])}; difference {fmt(h['difference'], signed=True)}"
+        items.append((h["metric"], value))
+    section.add(Fields(items))
+    return section
+
+
+def gate_identity(gate: GateEvidence) -> Section:
+    """How the evidence was produced: the gate's settings, command and library versions."""
+    settings, evaluation = gate.evaluation.get("settings", {}), gate.evaluation
+    argv = list(evaluation.get("command") or gate.record.get("command") or [])
+    if argv:
+        argv[0] = Path(argv[0]).name
+    section = Section("Evaluation (the gate)")
+    section.add(Fields([("bootstrap", settings.get("bootstrap")), ("bootstrap seed", settings.get("seed")),
+                        ("confidence", settings.get("confidence")), ("threshold rule", settings.get("threshold_rule")),
+                        ("positive label", redact(settings.get("positive_label"))),
+                        ("group columns", redact(", ".join(settings.get("group_cols") or []) or "none")),
+                        ("minimum group n", settings.get("min_group_n")),
+                        *((f"version: {k}", v) for k, v in sorted((evaluation.get("environment") or {}).items()))]))
+    if argv:
+        section.add(Code(redact(shlex.join(argv))))
+    return section
+
+
+def provenance_section(paths: dict[str, Path]) -> Section:
+    """The files this report was built from, with their sha256: the report can be checked against them."""
+    rows = [[label, redact(f"{p.parent.name}/{p.name}"), file_sha256(p)] for label, p in paths.items() if p.is_file()]
+    return Section("Sources of this report").add(
+        Table(["what", "file", "sha256"], rows, "Everything above comes from these files; no model was run to make this report."))
+
+
+def build(update: RunEvidence, base: RunEvidence | None, gate: GateEvidence | None) -> tuple[str, list[Section], str]:
+    """(title, sections, Hugging Face front matter)."""
+    evaluation = gate.evaluation if gate else None
+    rows = headline(evaluation, update.metrics)
+    runs = {**({"base (in use)": base} if base else {}), "update": update}
+    identity = identity_section(runs)
+    if gate and base is None:
+        # e.g. a merged model folder as the base (`selectune update`): its identity is what the gate recorded
+        recorded = gate.record.get("base") or {}
+        weights = recorded.get("weights_sha256") or recorded.get("delta_weights_sha256")
+        identity.add(Paragraph("Model in use (base), as the gate recorded it (no training-run folder for it):"),
+                     Fields([("kind", recorded.get("kind")), ("folder", redact(Path(str(recorded.get("source", ""))).name)),
+                             ("base model", redact(recorded.get("base_model"))), ("base fingerprint", recorded.get("base_fingerprint")),
+                             ("method", recorded.get("method")),
+                             ("weights sha256", ", ".join(f"{k} {v}" for k, v in weights.items()) if isinstance(weights, dict) else weights)]))
+    if gate:
+        identity.subsections.append(gate_identity(gate))
+    sections = [summary_section(update, base, gate, rows), identity, change_section(update, base),
+                data_section(update, base, gate.data_rows if gate else None),
+                *evaluation_sections(evaluation, gate.record if gate else None, update.metrics),
+                pccp_section(update, base, gate.record if gate else None, rows), model_card_sections(update, evaluation, rows)]
+    sources = {f"{name} {file}": run.path / file for name, run in runs.items()
+               for file in ("run_config.json", "metrics.json", "checks.json", "delta/delta_config.json")}
+    if gate:
+        sources.update({f"gate {p.name}": p for p in gate.files})
+    sections.append(provenance_section(sources))
+    title = f"Update report: {update.metrics.get('method')} update of {redact(update.config.get('model'))}"
+    return title, sections, hf_metadata(update, rows, model_name=redact(update.path.name))
+
+
+def report(run: str, *, out: str, gate: str | None = None, base: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write the update report of RUN (report.html, report.md, figures/) to OUT, built only from saved files.
+
+    run: the update's folder written by `selectune train --out`
+    out: report folder; refused if it exists unless --overwrite
+    gate: folder written by `selectune gate --out` for this update (base vs update evidence and the gate table)
+    base: the model-in-use's run folder (default: the one the gate recorded)
+    overwrite: replace OUT if it exists
+    """
+    target = Path(out)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    update = read_run(run, "update run")
+    gate_evidence = read_gate(gate, update) if gate else None
+    base_path = base or (gate_evidence.base_run if gate_evidence else None)
+    base_run = read_run(base_path, "base run") if base_path else None
+    judged = ((gate_evidence.record.get("base") or {}).get("delta_weights_sha256")) if gate_evidence else None
+    if base_run and judged and judged != base_run.delta.get("weights_sha256"):
+        raise DataError(f"the gate in {gate} compared against a base whose delta sha256 is {judged}, but --base {base} holds "
+                        f"{base_run.delta.get('weights_sha256')}; leave --base out or give the base the gate judged.")
+    title, sections, front_matter = build(update, base_run, gate_evidence)
+    subtitle = ("Generated by `selectune report` from the run's saved files only. Fields marked "
+                f"[{FILL_MARK}] must be completed by a person before this record is used.")
+    html_text = to_html(title, subtitle, sections)
+    markdown = to_markdown(title, subtitle, sections, front_matter)
+
+    # Everything goes into a partial folder first, renamed into place at the end: never a half-written report.
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        atomic_write_bytes(partial / REPORT_HTML, html_text.encode("utf-8"))
+        atomic_write_bytes(partial / REPORT_MD, markdown.encode("utf-8"))
+        for name, png in figures(sections).items():
+            atomic_write_bytes(partial / FIGURES / f"{name}.png", png)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    fill_ins = markdown.count(f"[{FILL_MARK}]")
+    return {"html": str(target / REPORT_HTML), "markdown": str(target / REPORT_MD), "figures": len(figures(sections)),
+            "gate": None if gate_evidence is None else ("passed" if gate_evidence.passed else "failed"), "fields_to_fill": fill_ins}
+
+
+def render(result: dict[str, Any]) -> str:
+    gate = {"passed": "gate PASSED", "failed": "gate FAILED", None: "no gate evidence (pass --gate GATE_DIR)"}[result["gate"]]
+    return (f"wrote {result['html']} (self-contained) and {result['markdown']} with {result['figures']} figures; {gate}; "
+            f"{result['fields_to_fill']} fields marked [{FILL_MARK}] for a person to complete")
+
+
+report.render = render
