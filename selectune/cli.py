@@ -188,6 +188,7 @@ COMMANDS = {
     "data": "selectune.cli:data",
     "check": "selectune.data.check_command:check",
     "summary": "selectune.cli:summary",
+    "gate": "selectune.evaluate.gate:gate",
     "serve": "selectune.serve.app:serve",
 }
 

@@ -121,11 +121,12 @@ def check_frame(frame, where, columns, label_col, text_col, feature_cols, task, 
                 raise DataError(f"Column {name!r} not found in {where}; it has columns: {', '.join(map(str, frame.columns))}. "
                                 f"Pass the right name with {flag}.")
 
-    missing = blank(frame[label_col])
+    # label_col None: unlabelled data to predict on (``selectune predict``).
+    missing = blank(frame[label_col]) if label_col is not None else pd.Series(False, index=frame.index)
     if missing.any():
         raise DataError(f"{missing.sum()} row(s) in {where} have no label in column {label_col!r} (rows {rows(missing)}). "
                         "Drop those rows or fill in their labels.")
-    if task == "regression":
+    if task == "regression" and label_col is not None:
         numbers = pd.to_numeric(frame[label_col], errors="coerce")
         bad = numbers.isna()
         if bad.any():
@@ -156,11 +157,13 @@ def check_frame(frame, where, columns, label_col, text_col, feature_cols, task, 
                         "Fill in the group (e.g. patient id) or drop those rows.")
 
 
-def prepare(frame: pd.DataFrame, label_col: str, task: str, feature_cols: list[str] | None) -> pd.DataFrame:
+def prepare(frame: pd.DataFrame, label_col: str | None, task: str, feature_cols: list[str] | None) -> pd.DataFrame:
     """Give validated columns one dtype per task, so files of different formats agree."""
     frame = frame.copy()
     for name in feature_cols or []:
         frame[name] = pd.to_numeric(frame[name])  # e.g. "1.5" strings from JSON; ints stay ints
+    if label_col is None:
+        return frame
     values = frame[label_col]
     if task == "regression":
         frame[label_col] = pd.to_numeric(values).astype(float)

@@ -10,12 +10,14 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from selectune.data import DataError, read_table
+from selectune.data.splits import check_frame, prepare
 from selectune.delta import atomic_write_bytes, atomic_write_json
 from selectune.models import load_for_inference
 from selectune.train.loop import make_accelerator, predict as predict_outputs, score, TrainConfig
 
 
-def _frame_for(task, data: str, need_labels: bool) -> pd.DataFrame:
+def read_frame(task, data: str, need_labels: bool) -> pd.DataFrame:
+    """DATA read and checked for TASK's columns with the same checks as training data (splits.check_frame)."""
     frame = read_table(data)
     needed = [task.text_col] if task.text_col else list(task.feature_cols)
     if need_labels:
@@ -24,29 +26,22 @@ def _frame_for(task, data: str, need_labels: bool) -> pd.DataFrame:
     if missing:
         raise DataError(f"{data} lacks column(s) {missing} that this model needs (it has {list(frame.columns)[:12]}); "
                         "rename the columns or use the file the model was trained on.")
-    if need_labels:
-        blank = frame[task.label_col].isna()
-        if blank.any():
-            raise DataError(f"{data}: {int(blank.sum())} row(s) have an empty label in {task.label_col!r}; drop or fill them.")
-        if task.is_classification:
-            labels = frame[task.label_col].astype(str)
-            unseen = sorted(set(labels) - set(task.labels))
-            if unseen:
-                raise DataError(f"{data}: label(s) {unseen} were never seen in training (known: {task.labels}); "
-                                "the model cannot predict a class it never saw. Remove those rows.")
-    if task.feature_cols:
-        bad = [c for c in task.feature_cols if not pd.api.types.is_numeric_dtype(frame[c])]
-        if bad:
-            raise DataError(f"{data}: feature column(s) {bad} are not numeric; encode them as numbers.")
-    if task.text_col:
-        # Numbers-only text columns arrive as numbers; the model reads strings.
-        frame[task.text_col] = frame[task.text_col].astype(str)
+    label_col = task.label_col if need_labels else None
+    kind = "classification" if task.is_classification else "regression"
+    check_frame(frame, f"data file {data}", {}, label_col, task.text_col, task.feature_cols or None, kind, None)
+    frame = prepare(frame, label_col, kind, task.feature_cols or None)
+    if need_labels and task.is_classification:
+        unseen = sorted(set(frame[task.label_col]) - set(task.labels))
+        if unseen:
+            raise DataError(f"{data}: label(s) {unseen} were never seen in training (known: {task.labels}); "
+                            "the model cannot predict a class it never saw. Remove those rows.")
     return frame
 
 
-def _outputs(model, task, frame: pd.DataFrame, batch_size: int, with_labels: bool) -> np.ndarray:
+def model_outputs(model, task, frame: pd.DataFrame, batch_size: int = 64) -> np.ndarray:
+    """(N, C) class probabilities or (N,) regression values for every row of FRAME, in order."""
     accelerator = make_accelerator(TrainConfig())
-    loader = DataLoader(task.examples(frame, with_labels=with_labels), batch_size=batch_size, collate_fn=task.collate)
+    loader = DataLoader(task.examples(frame, with_labels=False), batch_size=batch_size, collate_fn=task.collate)
     model, loader = accelerator.prepare(model, loader)
     outputs, _ = predict_outputs(model, task, loader, accelerator)
     return outputs
@@ -64,8 +59,8 @@ def evaluate(data: str, *, delta: str | None = None, model: str | None = None, o
     force: apply the delta even if the base fingerprint differs
     """
     net, task = load_for_inference(model, delta, force)
-    frame = _frame_for(task, data, need_labels=True)
-    outputs = _outputs(net, task, frame, batch_size, with_labels=False)
+    frame = read_frame(task, data, need_labels=True)
+    outputs = model_outputs(net, task, frame, batch_size)
     metrics = score(task, outputs, task.label_ids(frame))
     result = {"data": str(Path(data).resolve()), "delta": delta, "model": model, "metrics": metrics}
     if out:
@@ -85,8 +80,8 @@ def predict(data: str, *, out: str, delta: str | None = None, model: str | None 
     force: apply the delta even if the base fingerprint differs
     """
     net, task = load_for_inference(model, delta, force)
-    frame = _frame_for(task, data, need_labels=False)
-    outputs = _outputs(net, task, frame, batch_size, with_labels=False)
+    frame = read_frame(task, data, need_labels=False)
+    outputs = model_outputs(net, task, frame, batch_size)
     result = frame.copy()
     if task.is_classification:
         result["prediction"] = [task.labels[i] for i in outputs.argmax(1)]

@@ -1,0 +1,356 @@
+"""``selectune gate``: may this update replace the model in use? Criteria fixed beforehand, evidence, a verdict.
+
+Writes into ``--out`` (all at once, through a partial folder renamed at the end):
+
+``gate.json`` (schema ``selectune-gate/1``)
+    ``passed``, ``exit_code`` (0 pass, 1 fail); ``rows``: one per criterion with ``id``, ``criterion`` (text),
+    ``metric``, ``rule``, ``params``, ``passed``, ``evidence`` (text) and ``values`` (the numbers judged);
+    ``criteria``: the file's ``path``, ``sha256``, full ``text`` and parsed entries (so a later edit of the file
+    shows); ``evaluation_sha256`` of the evaluation.json beside it; ``base``/``update`` short identities;
+    ``command``, ``created``.
+``evaluation.json`` (schema ``selectune-evaluation/1``) — everything a report needs, no model re-run:
+    ``settings`` (seed, resamples, confidence, threshold rule, min group n, group columns, positive label,
+    bootstrap and ECE method), ``definitions`` (metric -> text), ``task`` (kind, labels, positive label,
+    label counts, n), ``data`` (test file path/sha256/rows; per-model validation source), ``models``:
+    {base, update} each with ``identity`` (source path and kind, delta sha256 + config, base model +
+    fingerprint, method, run_config.json and metrics.json of the training run when present), ``threshold``
+    (value, rule, validation source), ``metrics`` {metric: {value, ci_low, ci_high, valid_resamples}},
+    ``curves`` (``roc`` {label: fpr, tpr, threshold}, ``pr`` {label: precision, recall, threshold},
+    ``calibration`` {predicted, observed, count, of, bins, strategy}), ``confusion`` at the threshold;
+    ``paired_differences`` {metric: update - base with paired CI}; ``subgroups`` {column: [rows: group, n,
+    positives, prevalence, small, ci_reliable, metrics {base, update}, difference]}; ``fairness`` {column:
+    {included, excluded, base/update: {demographic_parity_difference, equalized_odds_difference, by_group}}};
+    ``environment`` (library versions), ``command``, ``created``.
+``criteria.yaml``: a byte-identical copy of the criteria file (its sha256 is the one recorded).
+``predictions.csv``: per test row: label, group columns, each model's probabilities and flag (no input text).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from selectune.data import DataError, load_splits, read_table
+from selectune.delta import DELTA_CONFIG, atomic_write_bytes, atomic_write_json, file_sha256, read_delta
+from selectune.evaluate.criteria import CriteriaFile, check_applicable, judge, load_criteria
+from selectune.evaluate.metrics import choose_threshold, parse_threshold_rule
+from selectune.evaluate.run import model_outputs, read_frame
+from selectune.evaluate.scorecard import EvaluationSettings, score_predictions
+from selectune.models import TASK_FILE, load_for_inference
+from selectune.train.tasks import ModelLoadError, Task
+
+ROLES = ("base", "update")
+
+
+@dataclass
+class ModelSource:
+    """What a user handed the gate: a training run folder, a delta folder, or a merged model folder."""
+    path: str
+    kind: str  # "run", "delta" or "merged"
+    delta: str | None
+    merged: str | None
+    run_dir: Path | None  # folder holding run_config.json / metrics.json, when known
+    task: Task
+
+    def load(self, force: bool = False):
+        return load_for_inference(self.merged, self.delta, force)[0]
+
+
+def resolve_source(path: str, role: str) -> ModelSource:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelLoadError(f"--{role} {path} not found; give a `selectune train --out` folder, its delta/ folder, "
+                             "or a folder written by `selectune merge`.")
+    if (folder / "delta" / DELTA_CONFIG).is_file():
+        kind, delta, merged, run_dir = "run", str(folder / "delta"), None, folder
+    elif (folder / DELTA_CONFIG).is_file():
+        kind, delta, merged = "delta", str(folder), None
+        run_dir = folder.parent if (folder.parent / "run_config.json").is_file() else None
+    elif (folder / TASK_FILE).is_file():
+        kind, delta, merged = "merged", None, str(folder)
+        origin = folder / "selectune_merge.json"
+        beside = Path(json.loads(origin.read_text())["delta"]).parent if origin.is_file() else None
+        run_dir = beside if beside is not None and (beside / "run_config.json").is_file() else None
+    else:
+        found = sorted(p.name for p in folder.iterdir())[:10]
+        raise ModelLoadError(f"--{role} {path} is neither a training run (delta/ inside), a delta ({DELTA_CONFIG}) nor a merged "
+                             f"model ({TASK_FILE}); it has {found}. Give a `selectune train --out` folder.")
+    if delta:
+        _, config = read_delta(delta)  # verifies the weights hash before anything runs
+        if "task" not in config.get("metadata", {}):
+            raise ModelLoadError(f"--{role} {delta} has no task metadata; it was not written by `selectune train`.")
+        task = Task.from_metadata(config["metadata"]["task"])
+    else:
+        task = Task.from_metadata(json.loads((folder / TASK_FILE).read_text()))
+    return ModelSource(path=str(folder), kind=kind, delta=delta, merged=merged, run_dir=run_dir, task=task)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def identity(source: ModelSource) -> dict[str, Any]:
+    """Who the model is: hashes, base model and fingerprint, method, and its training run's records."""
+    out: dict[str, Any] = {"source": str(Path(source.path).resolve()), "kind": source.kind, "task": source.task.metadata()}
+    if source.delta:
+        _, config = read_delta(source.delta)
+        selection, meta = config["selection"], config.get("metadata", {})
+        out.update({"delta": str(Path(source.delta).resolve()), "delta_weights_sha256": config["weights_sha256"],
+                    "delta_config_sha256": file_sha256(Path(source.delta) / DELTA_CONFIG),
+                    "delta_bytes": (Path(source.delta) / "delta.safetensors").stat().st_size,
+                    "base_model": meta.get("base_model"), "base_fingerprint": selection.get("base_fingerprint"),
+                    "method": selection.get("method"), "method_options": selection.get("options"),
+                    "selectune_version": config.get("selectune_version")})
+    else:
+        out["merge"] = _read_json(Path(source.merged) / "selectune_merge.json")
+        weights = sorted(Path(source.merged).glob("*.safetensors"))
+        out["weights_sha256"] = {w.name: file_sha256(w) for w in weights}
+    if source.run_dir is not None:
+        out["run_config"] = _read_json(source.run_dir / "run_config.json")
+        out["run_metrics"] = _read_json(source.run_dir / "metrics.json")
+    return out
+
+
+def compatible(base: ModelSource, update: ModelSource) -> None:
+    a, b = base.task, update.task
+    if a.kind != b.kind or a.labels != b.labels or a.label_col != b.label_col:
+        raise ModelLoadError(f"base and update answer different questions: base {a.kind} {a.label_col}={a.labels}, update "
+                             f"{b.kind} {b.label_col}={b.labels}; a gate compares two models of the same task and labels.")
+
+
+def resolve_positive_label(task: Task, given: str | None) -> str | None:
+    if not task.is_classification:
+        return None
+    if given is None:
+        if len(task.labels) == 2:
+            return task.labels[1]  # sorted labels: e.g. benign/malignant -> malignant, 0/1 -> 1
+        raise ValueError(f"this model has {len(task.labels)} classes {task.labels}; name the class that sensitivity, specificity, "
+                         "PPV, NPV and the fairness gaps treat as positive with --positive-label")
+    if given not in task.labels:
+        raise ValueError(f"--positive-label {given!r} is not one of the model's labels {task.labels}")
+    return given
+
+
+def validation_frame(source: ModelSource, validation: str | None) -> tuple[pd.DataFrame | str, dict[str, Any]]:
+    """The rows a threshold is chosen on: --validation, else the validation split of the model's own run."""
+    if validation:
+        return validation, {"source": "file", "path": str(Path(validation).resolve()), "sha256": file_sha256(validation)}
+    config = _read_json(source.run_dir / "run_config.json") if source.run_dir else None
+    if config is None:
+        raise ValueError(f"{source.path} has no run_config.json to rebuild its validation split from; pass --validation FILE "
+                         "(thresholds are chosen on validation rows, never on test)")
+    recorded = config.get("data_files", {})
+    for role, entry in recorded.items():
+        if Path(entry["path"]).is_file() and file_sha256(entry["path"]) != entry["sha256"]:
+            raise DataError(f"{entry['path']} ({role} data of {source.path}) changed since training (sha256 differs), so its "
+                            "validation split cannot be rebuilt; pass --validation FILE")
+        if not Path(entry["path"]).is_file():
+            raise DataError(f"{entry['path']} ({role} data of {source.path}) is gone; pass --validation FILE")
+    paths = {role: recorded[role]["path"] if role in recorded else None for role in ("train", "validation", "test")}
+    if paths["validation"]:
+        return paths["validation"], {"source": "file of the training run", **recorded["validation"]}
+    # The same call, same seed, as `selectune train` made: the identical split.
+    splits = load_splits(paths["train"], None, paths["test"], label_col=config["label_col"], text_col=config["text_col"],
+                         feature_cols=config["feature_cols"] or None,
+                         task="regression" if config["task"] == "tabular-regression" else "classification",
+                         val_fraction=config["val_fraction"], test_fraction=config["test_fraction"] or 0.0,
+                         group_col=config["group_col"], seed=config["train_config"]["seed"])
+    return splits.validation, {"source": "validation split of the training run", "protocol": splits.protocol,
+                               "train": recorded["train"], "rows": len(splits.validation)}
+
+
+def _environment() -> dict[str, str]:
+    import fairlearn
+    import scipy
+
+    from selectune.train.run import environment
+
+    return {**environment(), "numpy": np.__version__, "pandas": pd.__version__, "scipy": scipy.__version__,
+            "fairlearn": fairlearn.__version__}
+
+
+def gate(*, base: str, update: str, criteria: str, test: str, out: str, validation: str | None = None,
+         group_cols: str | None = None, positive_label: str | None = None, threshold_rule: str = "youden",
+         min_group_n: int = 30, resamples: int = 1000, seed: int = 0, confidence: float = 0.95, batch_size: int = 64,
+         overwrite: bool = False) -> dict[str, Any]:
+    """Decide whether UPDATE may replace BASE: criteria fixed in advance, judged on a test file; exit 1 on fail.
+
+    base: the model in use: a `selectune train --out` folder, its delta/ folder, or a merged model folder
+    update: the candidate, in the same forms
+    criteria: acceptance criteria (YAML) written before evaluation; its sha256 and text are recorded
+    test: labelled test file neither model trained on
+    out: output folder: gate.json, evaluation.json, criteria.yaml, predictions.csv
+    validation: labelled file to choose thresholds on (default: each model's own validation split)
+    group_cols: comma-separated test-file columns whose values are subgroups (e.g. sex,age_band,site)
+    positive_label: the class sensitivity/specificity/PPV/NPV treat as positive (default: the second of two sorted labels)
+    threshold_rule: youden, sensitivity=0.9 or fixed=0.5: how the threshold on P(positive) is chosen on validation
+    min_group_n: subgroups smaller than this are flagged and their CIs marked unreliable
+    resamples: bootstrap resamples per CI
+    seed: bootstrap seed (same seed, same CIs)
+    confidence: confidence level of the intervals
+    batch_size: examples per forward pass
+    overwrite: replace OUT if it exists
+    """
+    started = time.time()
+    target = Path(out)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"output folder {out} already exists; choose another --out or pass --overwrite")
+    groups = [c.strip() for c in (group_cols or "").split(",") if c.strip()]
+    settings = EvaluationSettings(resamples=resamples, seed=seed, confidence=confidence, threshold_rule=threshold_rule,
+                                  min_group_n=min_group_n, group_cols=groups)
+    settings.validate()
+    parse_threshold_rule(threshold_rule)
+    rules = load_criteria(criteria)
+
+    # setup: who is compared, on what; everything here is cheap and fails before any model runs
+    sources = {"base": resolve_source(base, "base"), "update": resolve_source(update, "update")}
+    compatible(sources["base"], sources["update"])
+    task = sources["update"].task
+    settings.positive_label = resolve_positive_label(task, positive_label)
+    check_applicable(rules, classification=task.is_classification, group_cols=groups)
+    frames = {role: read_frame(src.task, test, need_labels=True) for role, src in sources.items()}
+    missing = [c for c in groups if c not in frames["update"].columns]
+    if missing:
+        raise DataError(f"--group-cols {missing} not found in {test}; it has columns {list(frames['update'].columns)[:15]}")
+    y = task.label_ids(frames["update"])
+    validations = {}
+    needs_validation = task.is_classification and not threshold_rule.startswith("fixed")
+    if needs_validation:
+        for role, src in sources.items():
+            rows, record = validation_frame(src, validation)
+            if isinstance(rows, str):
+                rows = read_frame(src.task, rows, need_labels=True)
+            validations[role] = (rows, record)
+
+    # evaluate: each model on the test rows; its threshold on validation rows
+    outputs, thresholds, threshold_records = {}, {}, {}
+    for role, src in sources.items():
+        net = src.load()
+        outputs[role] = model_outputs(net, src.task, frames[role], batch_size)
+        if not task.is_classification:
+            thresholds[role] = None
+            continue
+        pos = task.labels.index(settings.positive_label)
+        if needs_validation:
+            rows, record = validations[role]
+            scores = model_outputs(net, src.task, rows, batch_size)[:, pos]
+            truth = src.task.label_ids(rows) == pos
+            try:
+                thresholds[role] = choose_threshold(truth, scores, threshold_rule)
+            except ValueError as err:
+                raise DataError(f"{role}: {err}") from None
+            threshold_records[role] = {"value": thresholds[role], "rule": threshold_rule, "validation": {**record, "rows": len(rows)}}
+        else:
+            thresholds[role] = parse_threshold_rule(threshold_rule)[1]
+            threshold_records[role] = {"value": thresholds[role], "rule": threshold_rule, "validation": None}
+        del net
+    evaluation = score_predictions(y, outputs, thresholds, task.labels, settings, frames["update"][groups] if groups else None)
+    for role, src in sources.items():
+        evaluation["models"][role]["identity"] = identity(src)
+        if role in threshold_records:
+            evaluation["models"][role]["threshold"] = threshold_records[role]
+    test_frame = read_table(test)
+    evaluation.update({
+        "schema": "selectune-evaluation/1",
+        "data": {"test": {"path": str(Path(test).resolve()), "sha256": file_sha256(test), "rows": len(test_frame)}},
+        "environment": _environment(), "command": sys.argv, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - started, 1),
+    })
+    evaluation["task"]["kind"] = task.kind
+
+    # judge: one row per criterion, in the file's order
+    rows = [judge(c, evaluation, confidence) for c in rules.criteria]
+    passed = all(r["passed"] for r in rows)
+    evaluation_bytes = (json.dumps(evaluation, sort_keys=True, indent=2, default=str, allow_nan=False) + "\n").encode()
+    record = {
+        "schema": "selectune-gate/1", "passed": passed, "exit_code": 0 if passed else 1, "rows": rows,
+        "criteria": rules.record(), "evaluation": "evaluation.json", "evaluation_sha256": _sha256(evaluation_bytes),
+        "base": _short_identity(evaluation["models"]["base"]["identity"]),
+        "update": _short_identity(evaluation["models"]["update"]["identity"]),
+        "test": evaluation["data"]["test"], "settings": evaluation["settings"], "command": sys.argv, "created": evaluation["created"],
+    }
+    _write(target, record, evaluation_bytes, rules, _predictions(frames["update"], y, outputs, thresholds, task, settings, groups))
+    return {**record, "out": str(target), "headline": {role: evaluation["models"][role]["metrics"] for role in ROLES},
+            "paired_differences": evaluation["paired_differences"]}
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _short_identity(full: dict[str, Any]) -> dict[str, Any]:
+    keys = ("source", "kind", "delta_weights_sha256", "base_model", "base_fingerprint", "method", "weights_sha256")
+    return {k: full[k] for k in keys if k in full}
+
+
+def _predictions(frame, y, outputs, thresholds, task, settings, groups) -> bytes:
+    table = pd.DataFrame({"row": np.arange(len(y)), "label": frame[task.label_col].to_numpy()})
+    for column in groups:
+        table[column] = frame[column].to_numpy()
+    for role, out in outputs.items():
+        if task.is_classification:
+            for i, label in enumerate(task.labels):
+                table[f"{role}_prob_{label}"] = out[:, i].round(6)
+            table[f"{role}_flagged_{settings.positive_label}"] = out[:, task.labels.index(settings.positive_label)] >= thresholds[role]
+        else:
+            table[f"{role}_prediction"] = out
+    return table.to_csv(index=False).encode()
+
+
+def _write(target: Path, record: dict, evaluation_bytes: bytes, rules: CriteriaFile, predictions: bytes) -> None:
+    """Everything into a partial folder, renamed into place: a reader sees the old result or the whole new one."""
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        atomic_write_bytes(partial / "evaluation.json", evaluation_bytes)
+        atomic_write_bytes(partial / "criteria.yaml", rules.text.encode("utf-8"))
+        atomic_write_bytes(partial / "predictions.csv", predictions)
+        atomic_write_json(partial / "gate.json", record)  # last: a folder with gate.json is complete
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(partial, target)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def render(result: dict[str, Any]) -> str:
+    """The pass/fail table with its evidence, after the headline metrics of both models."""
+    from selectune.cli import table
+
+    metrics = result["headline"]
+    diffs = result["paired_differences"] or {}
+    level = f"{result['settings']['confidence']:.0%}"
+
+    def with_ci(est, signed=False):
+        if est["value"] is None:
+            return "undefined"
+        fmt = "{:+.3f}" if signed else "{:.3f}"
+        ci = "" if est["ci_low"] is None else f" ({fmt.format(est['ci_low'])}, {fmt.format(est['ci_high'])})"
+        return fmt.format(est["value"]) + ci
+
+    headline = [{"metric": m, "base": with_ci(metrics["base"][m]), "update": with_ci(metrics["update"][m]),
+                 "update - base (paired)": with_ci(diffs[m], True) if m in diffs else ""} for m in metrics["update"]]
+    gate_rows = [{"#": i + 1, "criterion": f"{r['id']}: {r['criterion']}", "result": "PASS" if r["passed"] else "FAIL",
+                  "evidence": r["evidence"]} for i, r in enumerate(result["rows"])]
+    verdict = "PASSED" if result["passed"] else "FAILED"
+    failed = [r["id"] for r in result["rows"] if not r["passed"]]
+    lines = [f"test: {result['test']['path']} ({result['test']['rows']} rows), {result['settings']['resamples']} bootstrap "
+             f"resamples, seed {result['settings']['seed']}, {level} CIs",
+             table(headline, ["metric", "base", "update", "update - base (paired)"]), "",
+             f"criteria: {result['criteria']['path']} ({result['criteria']['sha256'][:19]}...)",
+             table(gate_rows, ["#", "criterion", "result", "evidence"]), "",
+             f"gate {verdict}" + (f": {', '.join(failed)}" if failed else "") + f"  ->  {result['out']}/gate.json"]
+    return "\n".join(lines)
+
+
+gate.render = render

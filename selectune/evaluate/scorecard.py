@@ -1,0 +1,83 @@
+"""All the evidence about one or two models on the same labelled rows, as one JSON-ready dict.
+
+Input is predictions, never models: ``score_predictions`` needs labels (N,), each model's outputs
+((N, C) probabilities or (N,) values) and thresholds, so it is testable with hand-made numbers and the
+report can be rebuilt from its output alone.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from selectune.evaluate.bootstrap import BLOCK, finite
+from selectune.evaluate.metrics import DEFINITIONS, ECE_BINS, curves
+from selectune.evaluate.subgroups import fairness_gaps, score_rows, subgroup_tables
+
+
+@dataclass
+class EvaluationSettings:
+    resamples: int = 1000
+    """Bootstrap resamples per CI."""
+    seed: int = 0
+    """Seed of the bootstrap resamples (the same seed gives the same CIs)."""
+    confidence: float = 0.95
+    """Two-sided percentile interval."""
+    threshold_rule: str = "youden"
+    """How each model's threshold on P(positive) is chosen on validation rows."""
+    min_group_n: int = 30
+    """Subgroups smaller than this are flagged small and their CIs unreliable."""
+    group_cols: list[str] = field(default_factory=list)
+    positive_label: str | None = None
+    """The class that sensitivity, specificity, PPV, NPV and fairness treat as positive."""
+
+    def validate(self) -> None:
+        if self.resamples < 10:
+            raise ValueError(f"--resamples must be at least 10 (got {self.resamples}); 1000 or more gives stable 95% CIs")
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"--confidence must be in [0.5, 1) (got {self.confidence}); 0.95 gives 95% intervals")
+        if self.min_group_n < 1:
+            raise ValueError(f"--min-group-n must be at least 1 (got {self.min_group_n})")
+
+
+def confusion(y: np.ndarray, probs: np.ndarray, positive: int, threshold: float) -> dict[str, int]:
+    is_positive, flagged = y == positive, probs[:, positive] >= threshold
+    return {"tp": int((is_positive & flagged).sum()), "fp": int((~is_positive & flagged).sum()),
+            "fn": int((is_positive & ~flagged).sum()), "tn": int((~is_positive & ~flagged).sum())}
+
+
+def score_predictions(y: np.ndarray, outputs: dict[str, np.ndarray], thresholds: dict[str, float | None],
+                      labels: list[str] | None, settings: EvaluationSettings, groups: pd.DataFrame | None = None) -> dict:
+    """Metrics with CIs, paired differences, curves, subgroups and fairness for models named in OUTPUTS.
+
+    Classification when ``labels`` is given (then ``settings.positive_label`` must name one of them).
+    """
+    positive = labels.index(settings.positive_label) if labels is not None else None
+    metrics, difference = score_rows(y, outputs, thresholds, positive, settings.resamples, settings.seed, settings.confidence)
+    models = {}
+    for name, out in outputs.items():
+        models[name] = {"metrics": metrics[name], "threshold": thresholds[name]}
+        if positive is not None:
+            models[name]["curves"] = curves(y, out, positive, labels)
+            models[name]["confusion"] = confusion(y, out, positive, thresholds[name])
+        else:
+            models[name]["residuals"] = {"mean": finite(np.mean(out - y)), "sd": finite(np.std(out - y))}
+    groups = groups if groups is not None and len(groups.columns) else None
+    subgroups = {} if groups is None else subgroup_tables(groups, y, outputs, thresholds, positive, min_group_n=settings.min_group_n,
+                                                           resamples=settings.resamples, seed=settings.seed,
+                                                           confidence=settings.confidence)
+    fairness = {} if groups is None or positive is None else fairness_gaps(groups, y, outputs, thresholds, positive, settings.min_group_n)
+    return {
+        "settings": {**asdict(settings), "bootstrap": f"percentile, {settings.resamples} resamples of the test rows drawn with "
+                     f"numpy default_rng(seed) in blocks of {BLOCK}; paired: the same resamples for every model",
+                     "ece_bins": ECE_BINS, "ece_strategy": "uniform"},
+        "definitions": DEFINITIONS,
+        "task": {"labels": labels, "positive_label": settings.positive_label,
+                 "label_counts": ({lab: int((y == i).sum()) for i, lab in enumerate(labels)} if labels is not None else None),
+                 "n": int(len(y))},
+        "models": models,
+        "paired_differences": difference,
+        "subgroups": subgroups,
+        "fairness": fairness,
+    }
