@@ -41,12 +41,14 @@ def _add_command(sub, name: str, fn: Callable) -> None:
             else:
                 parser.add_argument(pname, type=base, help=text)
             continue
-        flag = "--" + pname.replace("_", "-")
+        # A trailing underscore lets a Python keyword be a flag: ``from_`` -> ``--from``.
+        flag = "--" + pname.rstrip("_").replace("_", "-")
         required = param.default is pyinspect.Parameter.empty
         if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=param.default, help=text)
+            parser.add_argument(flag, dest=pname, action=argparse.BooleanOptionalAction, default=param.default, help=text)
         else:
-            parser.add_argument(flag, type=base, default=None if required else param.default, required=required, help=text)
+            parser.add_argument(flag, dest=pname, type=base, default=None if required else param.default, required=required, help=text,
+                                metavar=pname.rstrip("_").upper())
     parser.set_defaults(_fn=fn)
 
 
@@ -188,6 +190,14 @@ COMMANDS = {
     "data": "selectune.cli:data",
     "check": "selectune.data.check_command:check",
     "summary": "selectune.cli:summary",
+    "update": "selectune.registry.update:update",
+    "registry add": "selectune.registry.commands:add",
+    "registry promote": "selectune.registry.commands:promote",
+    "registry rollback": "selectune.registry.commands:rollback",
+    "registry history": "selectune.registry.commands:history",
+    "registry show": "selectune.registry.commands:show",
+    "registry export": "selectune.registry.commands:export",
+    "registry verify": "selectune.registry.commands:verify",
     "gate": "selectune.evaluate.gate:gate",
     "serve": "selectune.serve.app:serve",
 }
@@ -203,15 +213,20 @@ def _resolve(target: str) -> Callable:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selectune", description="Selective fine-tuning (BitFit and friends) with tiny, verifiable deltas.")
     sub = parser.add_subparsers(dest="command", required=True)
+    groups: dict[str, Any] = {}
     for name, target in COMMANDS.items():
-        _add_command(sub, name, _resolve(target))
+        group, _, leaf = name.rpartition(" ")
+        if group and group not in groups:  # "registry add" -> `selectune registry add`
+            members = ", ".join(n.rpartition(" ")[2] for n in COMMANDS if n.rpartition(" ")[0] == group)
+            groups[group] = sub.add_parser(group, help=f"{group} commands: {members}").add_subparsers(dest="subcommand", required=True)
+        _add_command(groups[group] if group else sub, leaf, _resolve(target))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
-    command, fn = args.pop("command"), args.pop("_fn")
+    command, fn = " ".join(filter(None, (args.pop("command"), args.pop("subcommand", None)))), args.pop("_fn")
     from selectune.delta import DeltaError
     from selectune.train.tasks import ModelLoadError
 

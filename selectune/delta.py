@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -82,8 +83,21 @@ def file_sha256(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file, or a folder's entries (a rename is durable only once its folder is fsynced), to disk."""
+    if os.name != "posix" and Path(path).is_dir():
+        return  # folders cannot be opened for fsync on Windows; NTFS journals renames itself
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
+    """Write to a temp file in the same folder, fsync, rename, fsync the folder: readers see old or new, never half,
+    and after a crash (power loss included) the new file is there whole or not at all."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -92,6 +106,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -134,6 +149,7 @@ def save_delta(model: nn.Module, selection: Selection, out_dir: str | os.PathLik
     # safetensors writes the file itself; write to a temp name in the same folder and rename.
     tmp = out / f".{DELTA_WEIGHTS}.tmp"
     save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    fsync_path(tmp)
     os.replace(tmp, out / DELTA_WEIGHTS)
     config = {
         "format": FORMAT,
@@ -274,3 +290,39 @@ def load_delta(model: nn.Module, path: str | os.PathLike, *, force: bool = False
     verify_base(model, selection, path, force=force)
     write_delta_tensors(model, tensors, selection, path)
     return config
+
+
+def read_selection(path: str | os.PathLike) -> Selection:
+    """The Selection a delta was saved with, its element masks rebuilt from the stored indices."""
+    tensors, config = read_delta(path)
+    selection = Selection.from_dict(config["selection"])
+    for name in selection.masked:
+        entries = tensors[name]
+        mask = torch.zeros(math.prod(entries.shape), dtype=torch.bool)
+        mask[entries.indices] = True
+        selection.masks[name] = mask.reshape(entries.shape)
+    return selection
+
+
+def stack_selection(parent: Selection, child: Selection, model: nn.Module) -> Selection:
+    """What to save after ``child`` trained on top of ``parent``'s delta: both, against the parent's base.
+
+    A continual update starts from the parent's state, so its own Selection names that state as its base.
+    Saving the union against the original base instead keeps every version one delta on one base (what
+    ``load_delta``, ``merge`` and a server of many deltas expect). A tensor whole in either is whole; one
+    masked in both keeps the union of the masks. Method and options are the child's.
+    """
+    union = sorted(set(parent.trainable) | set(child.trainable))
+    masks = {}
+    for name in union:
+        owners = [s for s in (parent, child) if name in s.trainable]
+        if all(name in s.masked for s in owners):
+            masks[name] = torch.stack([s.masks[name].cpu() for s in owners]).any(0)
+    counts = {name: int(masks[name].sum()) if name in masks else effective_tensor(model, name).numel() for name in union}
+    return Selection(
+        method=child.method, options=child.options, trainable=union, new_parameters=list(parent.new_parameters),
+        base_fingerprint=parent.base_fingerprint, roles={n: {**parent.roles, **child.roles}[n] for n in union},
+        total_parameters=child.total_parameters, trainable_parameters=sum(counts.values()),
+        inserted_parameters=sorted(set(parent.inserted_parameters) | set(child.inserted_parameters)),
+        masked=sorted(masks), masks=masks,
+    )

@@ -23,6 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 from selectune.masks import plain_name
 from selectune.selection import NEW_PARAMETERS_ATTR
 from selectune.evaluate.metrics import HIGHER_IS_BETTER, classification_metrics, regression_metrics
+from selectune.train.checkpoint import Checkpoints
 from selectune.train.tasks import Task
 
 
@@ -104,8 +105,11 @@ def score(task: Task, outputs: np.ndarray, y_true: np.ndarray) -> dict[str, floa
 
 
 def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dict], config: TrainConfig,
-        lr: float, accelerator: Accelerator | None = None) -> FitResult:
-    """Train the parameters of ``model`` that require grad; validate each epoch; keep the best."""
+        lr: float, accelerator: Accelerator | None = None, checkpoints: Checkpoints | None = None) -> FitResult:
+    """Train the parameters of ``model`` that require grad; validate each epoch; keep the best.
+
+    ``checkpoints``: write one after each epoch; with ``checkpoints.resume``, start after the last complete one.
+    """
     accelerator = accelerator or make_accelerator(config)
     set_seed(config.seed)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -145,7 +149,14 @@ def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dic
     stale = 0
     started = time.perf_counter()
     seen = 0
-    for epoch in range(1, config.epochs + 1):
+    first_epoch = 1
+    if checkpoints is not None and checkpoints.resume:
+        resumed = checkpoints.restore(accelerator.unwrap_model(model), optimizer, scheduler, FitResult)
+        result, best_state, stale, seen = resumed.result, resumed.best_state, resumed.stale, resumed.seen
+        started -= result.train_seconds  # throughput counts the epochs done before the interruption
+        first_epoch = resumed.epoch + 1
+        train_loader.set_epoch(resumed.epoch)  # the seedable sampler shuffles epoch e with seed + e
+    for epoch in range(first_epoch, config.epochs + 1):
         model.train()
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", disable=not (config.progress and accelerator.is_main_process),
                    dynamic_ncols=True, leave=False)
@@ -186,6 +197,9 @@ def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dic
             stale += 1
             if config.patience is not None and stale >= config.patience:
                 break
+        if checkpoints is not None and accelerator.is_main_process:
+            result.train_seconds = time.perf_counter() - started
+            checkpoints.save(epoch, accelerator.unwrap_model(model), optimizer, scheduler, result, best_state, stale, seen)
     result.train_seconds = time.perf_counter() - started
     result.examples_per_second = seen / max(result.train_seconds, 1e-9)
     if config.keep_best and best_state is not None:

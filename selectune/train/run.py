@@ -20,12 +20,13 @@ import torch
 import selectune
 from selectune.data import load_splits
 from selectune.data.check_command import check_splits
-from selectune.delta import atomic_write_json, file_sha256, save_delta
+from selectune.delta import atomic_write_json, file_sha256, load_delta, read_delta, read_selection, save_delta, stack_selection
 from selectune.evaluate.metrics import majority_baseline
 from selectune.masks import merge_masks
 from selectune.methods import get_method, parse_method
 from selectune.models import TASK_FILE, resolve_model
-from selectune.selection import select, trainable_report
+from selectune.selection import NEW_PARAMETERS_ATTR, select, trainable_report
+from selectune.train.checkpoint import Checkpoints
 from selectune.train.loop import TrainConfig, fit, make_accelerator, predict, score
 from selectune.train.tasks import Task
 from torch.utils.data import DataLoader
@@ -47,7 +48,8 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
           lr: float | None = None, new_lr: float = 1e-2, epochs: int = 3, batch_size: int = 32, max_length: int = 128, weight_decay: float = 0.0,
           warmup_ratio: float = 0.1, seed: int = 0, grad_accum: int = 1, mixed_precision: str = "no", metric: str | None = None,
           patience: int | None = None, keep_best: bool = True, class_weight: str | None = None, hidden: str = "64,64",
-          save_model: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+          save_model: bool = False, init_delta: str | None = None, checkpoint: bool = True, resume: bool = False,
+          overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Fine-tune MODEL on TRAIN with a selective METHOD; write the delta, metrics and resolved config to OUT.
 
     train: training data file (csv, tsv, jsonl, parquet)
@@ -80,12 +82,21 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
     class_weight: `balanced` weights the loss by inverse class frequency
     hidden: hidden layer sizes of a new tabular MLP
     save_model: also write the merged model to OUT/model (always done for a new MLP)
+    init_delta: start from this delta's state on MODEL (a continual update); the new delta holds both, against MODEL
+    checkpoint: write a checkpoint after each epoch to OUT.checkpoints/ (removed when the run completes)
+    resume: continue an interrupted run from the last complete checkpoint in OUT.checkpoints/
     overwrite: replace OUT if it exists
     progress: show the progress bar
     """
     target = Path(out)
     if target.exists() and not overwrite:
         raise FileExistsError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    checkpoint_dir = target.with_name(f"{target.name}.checkpoints")
+    if resume and not checkpoint:
+        raise ValueError("--resume continues from checkpoints; drop --no-checkpoint")
+    if checkpoint_dir.exists() and not resume and not overwrite:
+        raise FileExistsError(f"{checkpoint_dir} holds the checkpoints of an interrupted run; pass --resume to continue it, "
+                              "or --overwrite to start over")
     if text_col and feature_cols:
         raise ValueError("give either --text-col (text) or --feature-cols (tabular), not both")
     kind = "text-classification" if text_col else f"tabular-{task}"
@@ -115,6 +126,11 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
     the_task = Task(kind=kind, label_col=label_col, labels=splits.labels, text_col=text_col, feature_cols=features, max_length=max_length)
     model_path = resolve_model(model)
     net = the_task.load_model(model_path, splits.train, hidden=[int(h) for h in hidden.split(",") if h.strip()])
+    parent = None
+    if init_delta:
+        parent = read_selection(init_delta)
+        load_delta(net, init_delta)  # refuses a delta trained on another base
+        setattr(net, NEW_PARAMETERS_ATTR, [])  # the parent trained its new parameters: no longer random
     batches = None
     if spec.needs_data:
         # Data-driven masks (fish, lt_sft) are fitted on the first training batches; each takes its n_batches.
@@ -127,7 +143,18 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
     # train
     train_rows = the_task.examples(splits.train)
     val_rows = the_task.examples(splits.validation)
-    result = fit(net, the_task, train_rows, val_rows, config, lr_used, accelerator)
+    checkpoints = None
+    if checkpoint:
+        # What the run is: a checkpoint of anything else (other settings, other data) is refused on --resume.
+        identity = {"train_config": {**vars(config), "progress": None, "lr": lr_used}, "method": method_name, "options": selection.options,
+                    "model": model_path, "init_delta": init_delta and file_sha256(Path(init_delta) / "delta.safetensors"),
+                    "data": {role: p and file_sha256(p) for role, p in (("train", train), ("validation", validation), ("test", test))},
+                    "columns": [label_col, text_col, features, group_col], "split": [val_fraction, test_fraction],
+                    "hidden": hidden, "max_length": max_length, "trainable": selection.trainable, "processes": accelerator.num_processes}
+        if not resume:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # --overwrite: the old run's checkpoints must not mix in
+        checkpoints = Checkpoints(checkpoint_dir, identity, resume=resume)
+    result = fit(net, the_task, train_rows, val_rows, config, lr_used, accelerator, checkpoints)
     net = accelerator.unwrap_model(net)
 
     # evaluate on test, beside the majority-class floor
@@ -163,7 +190,10 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
                       for role, p in (("train", train), ("validation", validation), ("test", test)) if p}
         metadata = {"task": the_task.metadata(), "base_model": model_path if model != "mlp" else "mlp",
                     "model_class": type(net).__name__, "train_config": resolved["train_config"], "seed": seed, "data_files": data_files}
-        save_delta(net, selection, partial / "delta", metadata=metadata)
+        if parent is not None:
+            metadata["init_delta"] = {"path": str(Path(init_delta).resolve()), "weights_sha256": read_delta(init_delta)[1]["weights_sha256"],
+                                      "trained_in_update": selection.trainable}
+        save_delta(net, stack_selection(parent, selection, net) if parent is not None else selection, partial / "delta", metadata=metadata)
         atomic_write_json(partial / "metrics.json", {**summary, "history": result.history, "split_protocol": splits.protocol,
                                                      "roles": trainable_report(net, selection), "environment": environment(),
                                                      "config": resolved})
@@ -176,6 +206,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
         if target.exists():
             shutil.rmtree(target)
         os.replace(partial, target)
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete: nothing left to resume
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return summary

@@ -1,0 +1,141 @@
+"""Registering a version: from a training run, a delta or a model folder to a row in the registry.
+
+Every version is one delta on one base model, so every version loads the same way (base + delta) and a
+server of many deltas on one base can serve any of them. A base model registered as a version (the MLP
+trained on earlier data) is copied into the registry and given an *empty* delta against itself.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from selectune.delta import DELTA_CONFIG, base_fingerprint, file_sha256, read_delta, save_delta
+from selectune.models import BUNDLED_MODELS, TASK_FILE, load_with_delta, resolve_model
+from selectune.registry.store import IN_REGISTRY, Registry, RegistryError, Version
+from selectune.selection import Selection, new_parameters_of
+from selectune.train.tasks import Task
+
+BASE_METHOD = "base"  # the method recorded for a base model registered as a version (its delta is empty)
+
+
+def locate(path: str) -> tuple[str, Path, Path | None]:
+    """(kind, folder, run folder): kind "delta" (a delta folder, from a run folder or given directly) or "model"."""
+    folder = Path(path)
+    if (folder / "delta" / DELTA_CONFIG).is_file():
+        return "delta", folder / "delta", folder
+    if (folder / DELTA_CONFIG).is_file():
+        return "delta", folder, folder.parent if (folder.parent / "metrics.json").is_file() else None
+    if (folder / TASK_FILE).is_file() and (folder / "config.json").is_file():
+        return "model", folder, folder.parent if (folder.parent / "metrics.json").is_file() else None
+    if not folder.exists():
+        raise RegistryError(f"{path} not found; give a `selectune train --out` folder, its delta/ folder, or a model folder")
+    found = sorted(p.name for p in folder.iterdir())[:10] if folder.is_dir() else []
+    raise RegistryError(f"{path} is neither a training run (delta/ inside), a delta ({DELTA_CONFIG}) nor a selectune model folder "
+                        f"(config.json + {TASK_FILE}); it has {found}")
+
+
+def read_gate(path: str | None) -> tuple[bool | None, dict[str, Any] | None]:
+    """(passed, record) from the gate.json written by `selectune gate` (or its output folder)."""
+    if path is None:
+        return None, None
+    file = Path(path) / "gate.json" if Path(path).is_dir() else Path(path)
+    try:
+        gate = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise RegistryError(f"cannot read the gate result {file}: {err}; give the gate.json written by `selectune gate --out`") from None
+    if not isinstance(gate, dict) or not isinstance(gate.get("passed"), bool):
+        raise RegistryError(f"{file} has no boolean 'passed'; give the gate.json written by `selectune gate --out`")
+    criteria = gate.get("criteria") or {}
+    return gate["passed"], {"passed": gate["passed"], "criteria_sha256": criteria.get("sha256"), "criteria_path": criteria.get("path"),
+                            "file": str(file.resolve()), "file_sha256": file_sha256(file),
+                            "rows": [{k: r.get(k) for k in ("id", "passed", "evidence")} for r in gate.get("rows", [])]}
+
+
+def run_evidence(run: Path | None) -> dict[str, Any]:
+    """Test metrics and data fingerprints from the training run folder, when there is one."""
+    if run is None:
+        return {}
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    config = json.loads((run / "run_config.json").read_text()) if (run / "run_config.json").is_file() else {}
+    return {"run": str(run.resolve()), "data": config.get("data_files", {}), "split_protocol": metrics.get("split_protocol"),
+            "metrics": {k: metrics.get(k) for k in ("test", "majority_baseline", "best_validation", "best_epoch") if metrics.get(k) is not None},
+            "trained_parameters": metrics.get("trainable_parameters"), "train_command": config.get("argv")}
+
+
+def _base_reference(registry: Registry, base: str) -> str:
+    """The base as the registry records it: a bundled name, ``@registry/...`` inside it, else an absolute path."""
+    if base in BUNDLED_MODELS:
+        return base
+    path = Path(base).resolve()
+    if not path.exists():
+        raise RegistryError(f"the delta's base model {base} is not found from {Path.cwd()}; run from the folder it was trained in")
+    if path.is_relative_to(registry.root):
+        return IN_REGISTRY + path.relative_to(registry.root).as_posix()
+    return str(path)
+
+
+def register(registry: Registry, path: str, name: str, *, parent: int | None = None, gate: str | None = None,
+             note: str | None = None, extra: dict[str, Any] | None = None) -> Version:
+    """Store PATH's delta (or model) in the registry and add it as the next version of NAME."""
+    if not name or any(c in name for c in "@/ \\") or name.startswith("."):
+        raise RegistryError(f"model name {name!r} must be non-empty without '@', '/', spaces or a leading dot, e.g. diabetes-risk")
+    kind, folder, run = locate(path)
+    gate_passed, gate_record = read_gate(gate)
+    evidence = run_evidence(run)
+    with registry.writing():
+        if kind == "delta":
+            delta, stored_base, record = _check_delta(registry, folder)
+        else:
+            delta, stored_base, record = _model_as_version(registry, folder, evidence.get("data", {}))
+        delta_id, weights = registry.store_delta(delta)
+        if kind == "model":
+            shutil.rmtree(delta)  # the empty delta staged for it was copied in
+        # Data files and hashes: the delta's own record, else the training run's.
+        record = {"source": str(Path(path).resolve()), "note": note, "gate": gate_record, **evidence, **record,
+                  "data": record["data"] or evidence.get("data", {}), **(extra or {})}
+        return registry.insert_version(name, parent=parent, delta_id=delta_id, weights_sha256=weights, base_model=stored_base,
+                                       base_fingerprint=record.pop("base_fingerprint"), gate_passed=gate_passed, record=record)
+
+
+def _check_delta(registry: Registry, folder: Path) -> tuple[Path, str, dict[str, Any]]:
+    """Verify a delta end to end: hashes, task metadata, and that it applies to its base (fingerprint)."""
+    _, config = read_delta(folder)
+    meta = config.get("metadata", {})
+    if "task" not in meta:
+        raise RegistryError(f"delta {folder} has no task metadata; register deltas written by `selectune train`")
+    if meta.get("base_model") == "mlp":
+        raise RegistryError(f"delta {folder} trained a new MLP from scratch, so its base is the model/ folder beside it; "
+                            f"register that model as the first version instead: selectune registry add {folder.parent / 'model'} --name NAME")
+    stored_base = _base_reference(registry, meta["base_model"])
+    base_path = registry.base_path_of(stored_base)
+    load_with_delta(str(folder), base_path)  # refuses a base with another fingerprint, a damaged delta, wrong shapes
+    selection = config["selection"]
+    return folder, stored_base, {"kind": "delta", "method": selection["method"], "method_options": selection["options"],
+                                 "task": meta["task"], "base_fingerprint": selection["base_fingerprint"],
+                                 "delta_parameters": selection["trainable_parameters"], "total_parameters": selection["total_parameters"],
+                                 "delta_bytes": (folder / "delta.safetensors").stat().st_size,
+                                 "init_delta": meta.get("init_delta"), "data": meta.get("data_files") or {}}
+
+
+def _model_as_version(registry: Registry, folder: Path, data: dict) -> tuple[Path, str, dict[str, Any]]:
+    """Copy a model folder into the registry and write an empty delta against it (staged; caller stores it)."""
+    task_meta = json.loads((folder / TASK_FILE).read_text())
+    stored_base = registry.store_model(folder)
+    base_path = registry.base_path_of(stored_base)
+    task = Task.from_metadata(task_meta)
+    net = task.load_model(resolve_model(base_path))
+    new = new_parameters_of(net)
+    if new:
+        raise RegistryError(f"{folder} lacks trained values for {new[:3]}; register a model folder written by `selectune train "
+                            "--save-model` or `selectune merge`")
+    fingerprint = base_fingerprint(net)
+    nothing = Selection(method=BASE_METHOD, options={}, trainable=[], new_parameters=[], base_fingerprint=fingerprint, roles={},
+                        total_parameters=sum(p.numel() for p in net.parameters()), trainable_parameters=0)
+    staged = registry.staging()
+    save_delta(net, nothing, staged, metadata={"task": task.metadata(), "base_model": base_path, "model_class": type(net).__name__,
+                                               "data_files": data})
+    return staged, stored_base, {"kind": "model", "method": BASE_METHOD, "method_options": {}, "task": task.metadata(),
+                                 "base_fingerprint": fingerprint, "delta_parameters": 0, "total_parameters": nothing.total_parameters,
+                                 "delta_bytes": 0, "data": data, "model_files": sorted(p.name for p in folder.iterdir() if p.is_file())}
