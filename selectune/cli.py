@@ -198,8 +198,10 @@ COMMANDS = {
     "registry show": "selectune.registry.commands:show",
     "registry export": "selectune.registry.commands:export",
     "registry verify": "selectune.registry.commands:verify",
-    "gate": "selectune.evaluate.gate:gate",
     "serve": "selectune.serve.app:serve",
+    "compare": "selectune.compare.run:compare",
+    "gate": "selectune.evaluate.gate:gate",
+    "report": "selectune.report.build:report",
 }
 
 
