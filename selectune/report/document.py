@@ -113,14 +113,14 @@ body { font: 15px/1.45 -apple-system, "Segoe UI", "DejaVu Sans", Arial, sans-ser
 h1 { font-size: 26px; margin-bottom: 4px; } h2 { font-size: 21px; border-bottom: 2px solid #d8dee6; padding-bottom: 4px; margin-top: 36px; }
 h3 { font-size: 17px; margin-top: 24px; } h4 { font-size: 15px; }
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13.5px; max-width: 100%; }
-td { overflow-wrap: anywhere; }
+td.long { overflow-wrap: anywhere; min-width: 12em; }
 th, td { border: 1px solid #cfd6de; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #eef2f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.fields th { width: 260px; font-weight: 600; }
 caption { caption-side: top; text-align: left; font-size: 13px; color: #4a5561; padding-bottom: 4px; }
 code, pre { font-family: "DejaVu Sans Mono", Menlo, monospace; font-size: 12.5px; }
 pre { background: #f5f7f9; border: 1px solid #dde3ea; padding: 8px 10px; white-space: pre-wrap; word-break: break-all; }
-figure { display: inline-block; vertical-align: top; margin: 12px 16px 20px 0; max-width: 100%; } figure img { max-width: 100%; border: 1px solid #e3e8ee; }
+figure { display: inline-block; vertical-align: top; margin: 12px 12px 20px 0; max-width: calc(50% - 14px); } figure img { max-width: 100%; border: 1px solid #e3e8ee; }
 figcaption { font-size: 13px; color: #4a5561; }
 .fill { background: #fff6d6; border: 2px dashed #d9a400; padding: 8px 12px; margin: 10px 0; }
 .fill b { color: #8a5a00; }
@@ -132,16 +132,19 @@ nav ol { columns: 2; font-size: 14px; } .subtitle { color: #4a5561; margin-top: 
 
 
 def _html_cell(value: Any) -> str:
-    text = html.escape(cell_text(value))
-    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>"
+    raw = cell_text(value)
+    text = html.escape(raw)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f'<td class="num">{text}</td>'
+    # Hashes and paths may break anywhere; ordinary words must not (a narrow column would split them).
+    return f'<td class="long">{text}</td>' if any(len(token) > 32 for token in raw.split()) else f"<td>{text}</td>"
 
 
 def _html_block(block: Block) -> str:
     if isinstance(block, Paragraph):
         return f"<p>{html.escape(block.text)}</p>"
     if isinstance(block, Fields):
-        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(cell_text(v))}</td></tr>" for k, v in block.items)
+        rows = "".join(f"<tr><th>{html.escape(k)}</th>{_html_cell(str(cell_text(v)))}</tr>" for k, v in block.items)
         return f'<table class="fields">{rows}</table>'
     if isinstance(block, Table):
         caption = f"<caption>{html.escape(block.caption)}</caption>" if block.caption else ""
