@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from selectune.cli import main
-from selectune.data import export_bundled
 from selectune.delta import DELTA_WEIGHTS, read_delta
 from selectune.evaluate.run import evaluate
 from selectune.models import load_with_delta
@@ -200,6 +199,8 @@ def test_bad_requests_are_refused_with_the_fix(copy_of, lifecycle, tmp_path, cap
     assert sqlite3.connect(copy_of / "registry.sqlite").execute("SELECT COUNT(*) FROM versions").fetchone() == before
     assert run("registry", "history", "x", "--registry", tmp_path / "none") == 2
     assert "no registry at" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    assert run("registry", "add", tmp_path / "missing", "--name", "x", "--registry", tmp_path / "none") == 2
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "none").exists()
 
 
 def test_text_update_stacks_onto_its_parent(tiny_bert_dir, tiny_text_csvs, tmp_path):
@@ -228,3 +229,23 @@ def test_text_update_stacks_onto_its_parent(tiny_bert_dir, tiny_text_csvs, tmp_p
     assert version.parent == 1 and again["n"] == len(pd.read_csv(test_csv)) == recorded["n"]
     shared = sorted(set(again) & set(recorded) - {"n"})
     assert "auroc" in shared and {k: again[k] for k in shared} == pytest.approx({k: recorded[k] for k in shared}, abs=1e-9)
+
+
+def test_an_update_that_fails_its_gate_is_registered_but_not_promoted(copy_of, lifecycle, tmp_path, capsys):
+    folder, _ = lifecycle
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("criteria:\n  - {id: big-gain, metric: auroc, rule: superior, margin: 0.3}\n")
+    ok("update", "--from", "diabetes-risk@3", "--data", folder / "data" / "diabetes" / "newer.csv", "--epochs", "2",
+       "--criteria", strict, "--out", tmp_path / "v4", "--registry", copy_of, "--no-progress")
+    with Registry(copy_of) as reg:
+        v4 = reg.get("diabetes-risk@4")
+        assert v4.parent == 3 and v4.gate_passed is False and v4.record["gate"]["rows"][0]["id"] == "big-gain"
+    capsys.readouterr()
+    assert run("registry", "promote", "diabetes-risk@4", "--registry", copy_of) == 2
+    assert "failed its gate" in capsys.readouterr().err
+    assert run("registry", "history", "diabetes-risk", "--registry", copy_of) == 0
+    assert "└── v4 bitfit  gate FAIL [big-gain]" in capsys.readouterr().out
+    # a gate result is tied to the update it judged
+    assert run("registry", "add", tmp_path / "v4" / "run", "--name", "other", "--gate", folder / "runs" / "v2" / "gate" / "gate.json",
+               "--registry", copy_of) == 2
+    assert "judged another update" in capsys.readouterr().err

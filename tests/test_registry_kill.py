@@ -82,7 +82,7 @@ def test_registry_survives_sigkill_at_random_points(deltas, tmp_path):
                 os._exit(1)
         os.close(write_fd)
         # early iterations die while the registry is being created; later ones anywhere in add/promote/rollback
-        time.sleep(rng.uniform(0, 0.01 if iteration < 4 else 0.4))
+        time.sleep(rng.uniform(0, 0.01 if iteration < 4 else 0.3))
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL

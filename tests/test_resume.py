@@ -20,9 +20,9 @@ DIABETES = ",".join(BUNDLED["diabetes"].feature_cols)
 def train_argv(kind, data, out, tiny_bert_dir=None, **changes):
     if kind == "tabular":
         args = {"--model": "mlp", "--method": "full", "--feature-cols": DIABETES, "--label-col": "Outcome", "--lr": "1e-3",
-                "--epochs": "12", "--test-fraction": "0.2"}
+                "--epochs": "8", "--test-fraction": "0.2"}
     else:
-        args = {"--model": tiny_bert_dir, "--method": "bitfit", "--text-col": "text", "--label-col": "label", "--epochs": "6",
+        args = {"--model": tiny_bert_dir, "--method": "bitfit", "--text-col": "text", "--label-col": "label", "--epochs": "4",
                 "--batch-size": "8"}
     args.update(changes)
     return ["train", str(data), *[str(x) for pair in args.items() for x in pair], "--out", str(out), "--no-progress"]
@@ -68,7 +68,7 @@ def test_tabular_run_killed_and_resumed_writes_the_same_delta(diabetes, tmp_path
     (newest / "tensors.safetensors").write_bytes(b"\0" * 64)
     assert main(train_argv("tabular", diabetes, out) + ["--resume"]) == 0
     assert (out / "delta" / DELTA_WEIGHTS).read_bytes() == (tmp_path / "straight" / "delta" / DELTA_WEIGHTS).read_bytes()
-    assert history(out) == history(tmp_path / "straight") and len(history(out)) == 12
+    assert history(out) == history(tmp_path / "straight") and len(history(out)) == 8
     assert not checkpoints.exists()
 
 
@@ -85,3 +85,29 @@ def test_text_run_killed_and_resumed_writes_the_same_delta(tiny_bert_dir, tiny_t
 def test_resume_without_a_checkpoint_is_refused(diabetes, tmp_path, capsys):
     assert main(train_argv("tabular", diabetes, tmp_path / "run") + ["--resume"]) == 2
     assert "nothing to resume" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_update_killed_mid_training_resumes_to_the_same_version(diabetes, tmp_path):
+    """`selectune update` SIGKILLed during training, then --resume: the registered delta is the one an uninterrupted
+    update registers, and finishing again registers nothing twice."""
+    import shutil
+
+    from selectune.registry import Registry
+
+    assert main(train_argv("tabular", diabetes, tmp_path / "base", **{"--epochs": "3"})) == 0
+    assert main(["registry", "add", str(tmp_path / "base" / "model"), "--name", "d", "--registry", str(tmp_path / "a")]) == 0
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    new = diabetes.with_name("new.csv")
+
+    def update(registry, out):
+        return ["update", "--from", "d@1", "--data", str(new), "--epochs", "6", "--out", str(out), "--registry", str(registry), "--no-progress"]
+
+    assert main(update(tmp_path / "a", tmp_path / "ua")) == 0
+    kill_after_checkpoint(update(tmp_path / "b", tmp_path / "ub"), tmp_path / "ub" / "run.checkpoints", epoch=3)
+    assert not (tmp_path / "ub" / "run").exists()
+    assert main(update(tmp_path / "b", tmp_path / "ub") + ["--resume"]) == 0
+    (tmp_path / "ub" / "update.json").unlink()  # as if killed between registering and writing update.json
+    assert main(update(tmp_path / "b", tmp_path / "ub") + ["--resume"]) == 0
+    with Registry(tmp_path / "a") as a, Registry(tmp_path / "b") as b:
+        assert [v.version for v in b.versions("d")] == [1, 2]
+        assert a.get("d@2").weights_sha256 == b.get("d@2").weights_sha256 and b.get("d@2").parent == 1

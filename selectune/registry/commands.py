@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from selectune.delta import DELTA_CONFIG, DELTA_WEIGHTS, atomic_write_json, fsync_path
-from selectune.registry.register import register
+from selectune.registry.register import check_request, register
 from selectune.registry.store import PRODUCTION, Registry, Version
 
 
@@ -22,6 +22,7 @@ def add(path: str, *, name: str, registry: str = "registry", parent: int | None 
     gate: gate.json written by `selectune gate --out` (pass/fail and the criteria's sha256 are recorded)
     note: free text recorded with the version
     """
+    check_request(path, name, gate)  # a bad request must not leave a new, empty registry behind
     with Registry(registry, create=True) as reg:
         version = register(reg, path, name, parent=parent, gate=gate, note=note)
         return _summary(reg, version)
@@ -128,7 +129,8 @@ def _summary(reg: Registry, version: Version) -> dict[str, Any]:
 # ---- text output -------------------------------------------------------------------------------
 def gate_text(version: dict[str, Any], events: list[dict[str, Any]]) -> str:
     passed = version["gate_passed"]
-    text = "-" if passed is None else "PASS" if passed else "FAIL"
+    failed = [r["id"] for r in ((version["record"].get("gate") or {}).get("rows") or []) if not r.get("passed")]
+    text = "-" if passed is None else "PASS" if passed else "FAIL" + (f" [{', '.join(failed)}]" if failed else "")
     overrides = [e for e in events if e["action"] == "promote" and e["version"] == version["version"] and e["reason"]]
     return text + (" (override)" if overrides and passed is False else "")
 

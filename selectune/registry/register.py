@@ -50,6 +50,7 @@ def read_gate(path: str | None) -> tuple[bool | None, dict[str, Any] | None]:
     criteria = gate.get("criteria") or {}
     return gate["passed"], {"passed": gate["passed"], "criteria_sha256": criteria.get("sha256"), "criteria_path": criteria.get("path"),
                             "file": str(file.resolve()), "file_sha256": file_sha256(file),
+                            "base": gate.get("base"), "update": gate.get("update"),
                             "rows": [{k: r.get(k) for k in ("id", "passed", "evidence")} for r in gate.get("rows", [])]}
 
 
@@ -76,19 +77,27 @@ def _base_reference(registry: Registry, base: str) -> str:
     return str(path)
 
 
+def check_request(path: str, name: str, gate: str | None) -> tuple[str, Path, Path | None, bool | None, dict[str, Any] | None]:
+    """Everything about a registration that can be refused before the registry is touched."""
+    if not name or any(c in name for c in "@/ \\") or name.startswith("."):
+        raise RegistryError(f"model name {name!r} must be non-empty without '@', '/', spaces or a leading dot, e.g. diabetes-risk")
+    return (*locate(path), *read_gate(gate))
+
+
 def register(registry: Registry, path: str, name: str, *, parent: int | None = None, gate: str | None = None,
              note: str | None = None, extra: dict[str, Any] | None = None) -> Version:
     """Store PATH's delta (or model) in the registry and add it as the next version of NAME."""
-    if not name or any(c in name for c in "@/ \\") or name.startswith("."):
-        raise RegistryError(f"model name {name!r} must be non-empty without '@', '/', spaces or a leading dot, e.g. diabetes-risk")
-    kind, folder, run = locate(path)
-    gate_passed, gate_record = read_gate(gate)
+    kind, folder, run, gate_passed, gate_record = check_request(path, name, gate)
     evidence = run_evidence(run)
     with registry.writing():
         if kind == "delta":
             delta, stored_base, record = _check_delta(registry, folder)
         else:
             delta, stored_base, record = _model_as_version(registry, folder, evidence.get("data", {}))
+        judged = ((gate_record or {}).get("update") or {}).get("delta_weights_sha256")
+        if kind == "delta" and judged and judged != read_delta(delta)[1]["weights_sha256"]:
+            raise RegistryError(f"the gate result {gate_record['file']} judged another update (delta {judged}), not {path}; "
+                                "give the gate.json of this update")
         delta_id, weights = registry.store_delta(delta)
         if kind == "model":
             shutil.rmtree(delta)  # the empty delta staged for it was copied in

@@ -225,7 +225,7 @@ class Registry:
 
     def promote(self, ref: str, *, override: str | None = None) -> Version:
         """Point ``production`` at a version; refused if its gate failed, unless ``override`` gives the reason."""
-        with self.writing() as db:
+        with self.writing():
             version = self.get(ref)
             current = self.alias(version.name, PRODUCTION)
             if current == version.version:

@@ -71,8 +71,10 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
         return json.loads((target / "update.json").read_text())  # finished before: nothing to redo
     if target.exists() and not resume:
         raise FileExistsError(f"output folder {out} already exists; choose another --out, or pass --resume to finish an interrupted update")
-    if criteria and not Path(criteria).is_file():
-        raise FileNotFoundError(f"criteria file {criteria} not found; write the acceptance criteria (YAML) before the update")
+    if criteria:
+        from selectune.evaluate.criteria import load_criteria
+
+        load_criteria(criteria)  # a missing or malformed criteria file stops the update before any training
     task = Task.from_metadata(parent.record["task"])
     kind = "regression" if task.kind == "tabular-regression" else "classification"
 
