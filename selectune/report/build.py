@@ -18,7 +18,7 @@ from selectune.report.document import FILL_MARK, Code, Fields, Notice, Paragraph
 from selectune.report.evaluation_sections import evaluation_sections, fmt, headline
 from selectune.report.gate_files import GateEvidence, read_gate
 from selectune.report.privacy import redact
-from selectune.report.run_sections import change_section, data_section, identity_section
+from selectune.report.run_sections import base_model_name, change_section, data_section, identity_section
 
 REPORT_HTML, REPORT_MD, FIGURES = "report.html", "report.md", "figures"
 
@@ -33,7 +33,7 @@ def summary_section(update: RunEvidence, base: RunEvidence | None, gate: GateEvi
         section.add(Notice("pass" if passed else "fail", f"Gate {'PASSED' if passed else 'FAILED'} "
                                                          f"({sum(bool(r.get('passed')) for r in gate.rows)} of {len(gate.rows)} criteria met)."))
     m = update.metrics
-    items = [("update", f"{m.get('method')} on {redact(update.config.get('model'))}: {m.get('trainable_parameters', 0):,} parameters "
+    items = [("update", f"{m.get('method')} on {base_model_name(update)}: {m.get('trainable_parameters', 0):,} parameters "
                         f"({m.get('trainable_percent', 0):.3f}%) trained, delta {update.delta_bytes:,} bytes"),
              ("model in use (base)", f"{base.metrics.get('method')} run {redact(base.path.name)}" if base else "not given")]
     judged = {r.get("metric") for r in gate.rows} if gate else set()
@@ -97,7 +97,7 @@ def build(update: RunEvidence, base: RunEvidence | None, gate: GateEvidence | No
     if gate:
         sources.update({f"gate {p.name}": p for p in gate.files})
     sections.append(provenance_section(sources))
-    title = f"Update report: {update.metrics.get('method')} update of {redact(update.config.get('model'))}"
+    title = f"Update report: {update.metrics.get('method')} update of {base_model_name(update)}"
     return title, sections, hf_metadata(update, rows, model_name=redact(update.path.name))
 
 

@@ -15,7 +15,7 @@ from selectune.report.collect import RunEvidence
 from selectune.report.document import Fields, FillIn, Notice, Paragraph, Section
 from selectune.report.evaluation_sections import fmt, verdict
 from selectune.report.privacy import redact
-from selectune.report.run_sections import HUB_IDS, base_model_name
+from selectune.report.run_sections import base_model_name, short_model_name
 
 # selectune metric -> (Hugging Face metric type, config, display name)
 HF_METRICS = {
@@ -128,11 +128,7 @@ def model_card_sections(update: RunEvidence, evaluation: dict | None, headline: 
 
 def hf_metadata(update: RunEvidence, headline: list[dict], model_name: str) -> str:
     """The YAML front matter of a Hugging Face model card: base_model and model-index with the update's test metrics."""
-    model = str(update.config.get("model", ""))
-    # A local folder is named by its last part; selectune's own RUN/model folders by RUN/model.
-    parts = Path(model).parts
-    local = "/".join(parts[-2:]) if parts and parts[-1] == "model" else (parts[-1] if parts else model)
-    base_model = HUB_IDS.get(model) or (None if model == "mlp" else redact(local))
+    base_model = short_model_name(str(update.config.get("model", "")))
     test = update.config.get("data_files", {}).get("test", {})
     dataset = redact("/".join(Path(test.get("path", "test")).parts[-2:])) if test else "held-out split of the training file"
     kind = update.task.get("kind", "text-classification")

@@ -15,10 +15,18 @@ HYPERPARAMETERS = ("lr", "new_lr", "epochs", "batch_size", "grad_accum", "weight
                    "metric", "patience", "keep_best", "mixed_precision", "seed")
 
 
+def short_model_name(model: str) -> str | None:
+    """A hub id where known; a local folder by its name (selectune's own RUN/model folders as RUN/model);
+    None for a new MLP (no base)."""
+    if model in HUB_IDS or model == "mlp":
+        return HUB_IDS.get(model)
+    parts = Path(model).parts
+    return redact("/".join(parts[-2:]) if parts and parts[-1] == "model" else (parts[-1] if parts else model))
+
+
 def base_model_name(run: RunEvidence) -> str:
-    """What the delta applies to: a hub id where known, else the model as given on the command line."""
-    model = str(run.config.get("model", ""))
-    return HUB_IDS.get(model, "new tabular MLP (trained from scratch)" if model == "mlp" else redact(model))
+    """What the delta applies to, for people: short name, or what a new MLP is."""
+    return short_model_name(str(run.config.get("model", ""))) or "new tabular MLP (trained from scratch)"
 
 
 def command_line(run: RunEvidence) -> str:
