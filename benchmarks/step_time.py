@@ -1,5 +1,8 @@
 """Training step cost on MiniLM: full fine-tuning vs bitfit vs head-only, same batch (32 x 128).
 
+Any method string of `selectune compare` can be measured, PEFT baselines included (`--methods full,bitfit,lora`;
+`benchmarks/training_cost.py` runs this script with LoRA and BEFT added).
+
 Step time: all methods in one process, measured in interleaved rounds (so drift in machine load hits
 every method alike); median over rounds. Peak memory beyond the loaded weights: one child process per
 method (a process's peak RSS only grows, so methods cannot share one), peak RSS during training minus
@@ -11,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from selectune import save_delta, select
+from selectune.compare.contenders import parse_contenders, prepare
+from selectune.compare.cost import peak_rss_bytes, reset_peak_rss, rss_bytes
 from selectune.models import resolve_model
 from selectune.train.run import environment
 from selectune.train.tasks import Task
@@ -50,25 +53,6 @@ def step(model, optimizer, batch) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def reset_peak_rss() -> None:
-    # Linux: writing 5 to clear_refs resets VmHWM, so the peak of loading the model does not count.
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-
-
-def peak_rss_bytes() -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def measure_memory(method: str, batch: int, length: int, steps: int, device: str) -> dict:
     """Run in a child process: peak memory of training steps beyond the loaded model."""
     torch.manual_seed(0)
@@ -81,7 +65,7 @@ def measure_memory(method: str, batch: int, length: int, steps: int, device: str
     else:
         reset_peak_rss()
         base = rss_bytes()
-    select(model, method)
+    model = prepare(model, parse_contenders(method)[0]).model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model.train()
     for _ in range(steps):
@@ -93,9 +77,10 @@ def measure_memory(method: str, batch: int, length: int, steps: int, device: str
     return {"method": method, "peak_bytes_beyond_weights": peak - base}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     global MODEL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default=",".join(METHODS), help="method strings, as `selectune compare --methods`")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=7)
@@ -103,24 +88,26 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_time.json"))
     parser.add_argument("--model", default=MODEL, help="model folder (default: the bundled MiniLM)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     MODEL = args.model
     if args.memory_child:
         print(json.dumps(measure_memory(args.memory_child, args.batch, args.length, 2, args.device)))
         return
 
+    methods = [c.text for c in parse_contenders(args.methods)]
+    if methods[0] != "full":
+        parser.error("--methods must start with full: every ratio is to full fine-tuning")
     torch.manual_seed(0)
-    models, optimizers, selections = {}, {}, {}
-    for method in METHODS:
-        model = load(args.device)
-        selections[method] = select(model, method)
+    models, optimizers, prepared = {}, {}, {}
+    for method in methods:
+        prepared[method] = prepare(load(args.device), parse_contenders(method)[0])
+        model = models[method] = prepared[method].model
         optimizers[method] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         model.train()
-        models[method] = model
     batch = make_batch(models["full"], args.batch, args.length, args.device)
-    times = {m: [] for m in METHODS}
+    times = {m: [] for m in methods}
     for round_ in range(args.rounds + 1):
-        for method in METHODS:
+        for method in methods:
             if args.device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
@@ -131,28 +118,29 @@ def main() -> None:
                 times[method].append(time.perf_counter() - start)
 
     memory = {}
-    for method in METHODS:
+    for method in methods:
         out = subprocess.run([sys.executable, __file__, "--memory-child", method, "--model", args.model, "--batch", str(args.batch),
                               "--length", str(args.length), "--device", args.device], capture_output=True, text=True, check=True)
         memory[method] = json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes_beyond_weights"]
 
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for method in METHODS:
-            path = save_delta(models[method], selections[method], Path(tmp) / method)
+        for method in methods:
+            weights = prepared[method].save(Path(tmp) / method)
             rows[method] = {
                 "median_step_seconds": statistics.median(times[method]),
                 "step_seconds": times[method],
                 "peak_memory_beyond_weights_mb": memory[method] / 2**20,
-                "trainable_parameters": selections[method].trainable_parameters,
-                "trainable_percent": selections[method].trainable_percent,
-                "delta_bytes": (path / "delta.safetensors").stat().st_size,
+                "kind": prepared[method].contender.kind,
+                "trainable_parameters": prepared[method].trainable_parameters,
+                "trainable_percent": prepared[method].trainable_percent,
+                "delta_bytes": weights.stat().st_size,
             }
     full = rows["full"]
     for method, row in rows.items():
         row["step_time_ratio_to_full"] = row["median_step_seconds"] / full["median_step_seconds"]
         row["memory_ratio_to_full"] = row["peak_memory_beyond_weights_mb"] / full["peak_memory_beyond_weights_mb"]
-    result = {"benchmark": "step_time", "model": args.model, "batch": args.batch, "length": args.length,
+    result = {"benchmark": Path(args.out).stem, "methods_measured": methods, "model": args.model, "batch": args.batch, "length": args.length,
               "rounds": args.rounds, "device": args.device, "torch_threads": torch.get_num_threads(), "methods": rows,
               "environment": environment()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -140,4 +140,6 @@ def wrap_with_peft(model: nn.Module, name: str, options: dict[str, Any]):
     config = baseline.make_config(resolved, targets, keep or None, task_type)
     wrapped = get_peft_model(model, config)
     setattr(wrapped, NEW_PARAMETERS_ATTR, sorted(n for n, p in wrapped.named_parameters() if p.requires_grad and original_name(n) in new))
-    return wrapped, resolved, config.to_dict()
+    # PEFT keeps module lists as sets; JSON (and a reader) wants them sorted.
+    as_dict = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
+    return wrapped, resolved, as_dict

@@ -31,6 +31,7 @@ from selectune.compare.plots import plot_comparison
 from selectune.compare.recommend import COSTS, recommend
 from selectune.compare.summary import choose_lr, subgroup_scores, summarise
 from selectune.data import DataError, load_splits
+from selectune.data.check_command import check_splits
 from selectune.delta import atomic_write_json, file_sha256
 from selectune.evaluate.metrics import majority_baseline
 from selectune.models import resolve_model
@@ -121,6 +122,11 @@ def compare(train: str, *, model: str, out: str, methods: str = DEFAULT_METHODS,
             if column not in frame.columns:
                 raise DataError(f"--group-cols names {column!r}, which the {role} data lacks; its columns are "
                                 f"{', '.join(map(str, frame.columns))}")
+    # The same data checks as `selectune train`: leakage between the splits stops here, before any training.
+    checks = check_splits(splits, id_col=group_col, group_cols=subgroup_columns or None)
+    if progress:
+        for warning in checks.warnings:
+            print(f"selectune compare: warning: {warning.message}", file=sys.stderr)
     if train_limit is not None:
         splits.train = _subset(splits.train, train_limit, label_col if task == "classification" else None, seed_list[0])
         splits.protocol["train_limit"] = train_limit
@@ -183,7 +189,7 @@ def compare(train: str, *, model: str, out: str, methods: str = DEFAULT_METHODS,
         data_files = {role: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
                       for role, p in (("train", train), ("validation", validation), ("test", test)) if p}
         result = {"config": resolved, "data_files": data_files, "split_protocol": splits.protocol, "metric": metric,
-                  "majority_baseline": baseline, "methods": summaries, "recommendation": advice, "subgroups": subgroups,
+                  "data_checks": checks.to_json(), "majority_baseline": baseline, "methods": summaries, "recommendation": advice, "subgroups": subgroups,
                   "runs": runs, "environment": environment()}
         title = f"{Path(train).stem} ({splits.protocol['sizes']['train']} training rows, {epochs} epochs)"
         plots = plot_comparison(summaries, metric, partial, title, floor=baseline[metric] if baseline and metric in baseline else None)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from selectune.compare.bootstrap import seed_mean_ci
+from selectune.compare.bootstrap import seed_mean_cis
 from selectune.compare.contenders import Contender
 from selectune.evaluate.metrics import HIGHER_IS_BETTER
 from selectune.train.loop import score
@@ -30,7 +30,7 @@ def mean_sd(values: list[float]) -> dict[str, float | None]:
 
 
 def ci_metrics(task: Task, metric: str) -> list[str]:
-    extra = ["accuracy"] if task.is_classification else ["mae", "rmse"]
+    extra = ["accuracy", "auroc"] if task.is_classification else ["mae", "rmse"]
     return list(dict.fromkeys([metric, *extra]))
 
 
@@ -48,13 +48,10 @@ def summarise(contender: Contender, lr: float, runs: list[dict[str, Any]], outpu
         if any(v is None or not np.isfinite(v) for v in values):
             continue
         test[name] = mean_sd(values)
-    for name in ci_metrics(task, metric):
-        if name in test:
-            def fallback(y, out, name=name):
-                return score(task, out, y)[name]
-            low, high = seed_mean_ci(y_test, test_outputs, name, task.n_outputs if task.is_classification else None, fallback,
-                                     n_resamples=resamples, seed=bootstrap_seed)
-            test[name].update({"ci_low": low, "ci_high": high})
+    wanted = [name for name in ci_metrics(task, metric) if name in test]
+    cis = seed_mean_cis(y_test, test_outputs, wanted, classification=task.is_classification, resamples=resamples, seed=bootstrap_seed)
+    for name, (low, high) in cis.items():
+        test[name].update({"ci_low": low, "ci_high": high})
     memory = [r["peak_memory_mb"] for r in chosen]
     return {
         "method": contender.text, "kind": contender.kind, "options": chosen[0]["options"], "lr": lr,

