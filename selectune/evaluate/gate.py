@@ -60,8 +60,9 @@ class ModelSource:
     run_dir: Path | None  # folder holding run_config.json / metrics.json, when known
     task: Task
 
-    def load(self, force: bool = False):
-        return load_for_inference(self.merged, self.delta, force)[0]
+    def load(self, force: bool = False) -> tuple[Any, Task]:
+        """(model, task); the loaded task carries the tokenizer that ``self.task`` (from metadata) lacks."""
+        return load_for_inference(self.merged, self.delta, force)
 
 
 def resolve_source(path: str, role: str) -> ModelSource:
@@ -233,15 +234,15 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     # evaluate: each model on the test rows; its threshold on validation rows
     outputs, thresholds, threshold_records = {}, {}, {}
     for role, src in sources.items():
-        net = src.load()
-        outputs[role] = model_outputs(net, src.task, frames[role], batch_size)
+        net, loaded = src.load()
+        outputs[role] = model_outputs(net, loaded, frames[role], batch_size)
         if not task.is_classification:
             thresholds[role] = None
             continue
         pos = task.labels.index(settings.positive_label)
         if needs_validation:
             rows, record = validations[role]
-            scores = model_outputs(net, src.task, rows, batch_size)[:, pos]
+            scores = model_outputs(net, loaded, rows, batch_size)[:, pos]
             truth = src.task.label_ids(rows) == pos
             try:
                 thresholds[role] = choose_threshold(truth, scores, threshold_rule)

@@ -23,9 +23,8 @@ import warnings
 
 import numpy as np
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, f1_score, mean_absolute_error,
-                             mean_squared_error, precision_recall_curve, precision_score, r2_score, recall_score,
-                             roc_auc_score, roc_curve)
+from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, confusion_matrix, f1_score,
+                             mean_absolute_error, mean_squared_error, precision_recall_curve, r2_score, roc_auc_score, roc_curve)
 
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "auroc": True, "auprc": True, "sensitivity": True, "specificity": True,
                     "ppv": True, "npv": True, "brier": False, "ece": False, "r2": True, "loss": False, "mae": False, "rmse": False,
@@ -175,10 +174,10 @@ def classification_scores(y: np.ndarray, probs: np.ndarray, positive: int, thres
     pred = probs.argmax(1)
     out["accuracy"] = float(accuracy_score(y, pred))
     out["macro_f1"] = float(f1_score(y, pred, labels=list(range(n_classes)), average="macro", zero_division=0))
-    out["sensitivity"] = _quiet(recall_score, is_positive, flagged, zero_division=np.nan)
-    out["specificity"] = _quiet(recall_score, is_positive, flagged, pos_label=False, zero_division=np.nan)
-    out["ppv"] = _quiet(precision_score, is_positive, flagged, zero_division=np.nan)
-    out["npv"] = _quiet(precision_score, is_positive, flagged, pos_label=False, zero_division=np.nan)
+    tn, fp, fn, tp = confusion_matrix(is_positive, flagged, labels=[False, True]).ravel()
+    ratio = lambda num, den: float(num / den) if den else nan  # noqa: E731 (undefined without rows to divide by)
+    out["sensitivity"], out["specificity"] = ratio(tp, tp + fn), ratio(tn, tn + fp)
+    out["ppv"], out["npv"] = ratio(tp, tp + fp), ratio(tn, tn + fn)
     out["brier"] = float(brier_score_loss(y, probs, labels=list(range(n_classes))))
     out["ece"] = expected_calibration_error(*calibration_target(y, probs, positive))
     return out
