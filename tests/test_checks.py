@@ -93,7 +93,8 @@ def test_same_text_in_train_and_test_is_refused_even_with_other_case_and_spacing
 
 def test_identical_tabular_rows_across_splits_are_refused():
     train = pd.DataFrame({"age": [50, 61, 72, 45], "bmi": [22.5, 30.1, 27.0, 24.4], "label": ["0", "1", "1", "0"]})
-    test = pd.DataFrame({"age": [61, 33], "bmi": [30.1, 19.0], "label": ["0", "0"]})  # the same patient, relabelled
+    # the same patient, relabelled; ages as floats, as JSON lines may give them
+    test = pd.DataFrame({"age": [61.0, 33.0], "bmi": [30.1, 19.0], "label": ["0", "0"]})
     with pytest.raises(DataLeakageError, match=r"1 identical row in more than one split: 1 row shared by train and test \(train rows 2; test rows 1\)"):
         run_checks({"train": train, "test": test}, feature_cols=["age", "bmi"], label_col="label")
 
@@ -209,6 +210,14 @@ def test_other_free_text_columns_can_be_scanned_in_tabular_data():
     assert result(run_checks({"train": frame}, feature_cols=["age"], label_col="label"), "identifiers").status == "skipped"
     found = result(run_checks({"train": frame}, feature_cols=["age"], label_col="label", phi_cols="notes"), "identifiers")
     assert found.status == "warn" and found.details["matches"]["phone"] == 1 and found.details["per_split"]["train"]["notes"]["rows"] == [2]
+
+
+def test_group_names_that_look_like_identifiers_are_masked():
+    frame = reviews(6)
+    frame["clinic"] = ["call 555-123-4567"] * 2 + ["3/14/2021"] * 3 + ["north"]
+    small = result(run_checks({"train": frame}, text_col="text", group_cols="clinic", min_group_size=5), "subgroup_size")
+    assert small.details["sizes"]["clinic"]["train"] == {"[date]": 3, "call [phone]": 2, "north": 1}
+    assert "555-123" not in small.message and "3/14" not in small.message and "call [phone] n=2" in small.message
 
 
 def test_a_split_without_the_id_column_is_reported_unchecked():

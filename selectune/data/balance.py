@@ -5,11 +5,12 @@ import pandas as pd
 from scipy.stats import chi2_contingency, ks_2samp
 
 from .check_report import CheckResult
+from .identifiers import mask_identifiers
 
 
 def label_counts(frames, label_col) -> pd.DataFrame:
     # rows: splits, columns: classes (sorted), zero where a split lacks a class
-    labels = {name: frame[label_col].dropna().astype(str) for name, frame in frames.items()}
+    labels = {name: frame[label_col].dropna().astype(str).map(mask_identifiers) for name, frame in frames.items()}
     return pd.DataFrame({name: s.value_counts() for name, s in labels.items()}).T.fillna(0).astype(int).sort_index(axis=1)
 
 
@@ -86,8 +87,9 @@ def subgroup_sizes(frames, group_cols, min_size) -> CheckResult:
     for col in group_cols:
         sizes[col] = {}
         for split, frame in frames.items():
-            counts = frame[col].astype(object).where(frame[col].notna(), MISSING_GROUP).astype(str).value_counts()
-            sizes[col][split] = {str(k): int(v) for k, v in counts.sort_index().items()}
+            # Group names are printed, so any that look like identifiers (a date as a group) are masked first.
+            names = frame[col].astype(object).where(frame[col].notna(), MISSING_GROUP).astype(str).map(mask_identifiers)
+            sizes[col][split] = {str(k): int(v) for k, v in names.value_counts().sort_index().items()}
             for group, n in sizes[col][split].items():
                 if n < min_size:
                     small.append({"column": col, "split": split, "group": group, "n": n})

@@ -127,7 +127,8 @@ def row_keys(frame: pd.DataFrame, text_col: str | None, feature_cols: list[str])
     if text_col:
         return pd.util.hash_pandas_object(normalized_text(frame[text_col]), index=False)
     if feature_cols:
-        return pd.util.hash_pandas_object(frame[feature_cols].apply(pd.to_numeric, errors="coerce"), index=False)
+        # as float64: 1 from a CSV and 1.0 from JSON lines are the same value but hash differently as int and float
+        return pd.util.hash_pandas_object(frame[feature_cols].apply(pd.to_numeric, errors="coerce").astype("float64"), index=False)
     return None
 
 

@@ -75,6 +75,13 @@ def count_identifiers(text: str) -> dict[str, int]:
     return counts
 
 
+def mask_identifiers(text: str) -> str:
+    """The text with every identifier-like match replaced by its type in brackets ("seen [date]")."""
+    for kind, pattern in PATTERNS.items():
+        text = pattern.sub(f"[{kind}]", text)
+    return text
+
+
 def scan_identifiers(texts: pd.Series) -> IdentifierScan:
     """Scan a column of free text; non-string cells (NaN, numbers) are skipped."""
     matches = {kind: 0 for kind in TYPES}
