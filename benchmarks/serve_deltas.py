@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from selectune.delta import save_delta
+from selectune.models import resolve_model
 from selectune.selection import select
 from selectune.train.tasks import Task
 
@@ -25,12 +26,23 @@ def make_perturbed_delta(base: str, method: str, out: str | Path, *, labels: lis
     The delta carries task metadata like one written by `selectune train` (text column ``text``), so
     `selectune predict` and `selectune serve` use it as they would a trained one.
     """
+    return make_perturbed_deltas(base, method, [out], labels=labels, seed=seed, scale=scale, max_length=max_length, **options)[0]
+
+
+def make_perturbed_deltas(base: str, method: str, outs: list[str | Path], *, labels: list[str], seed: int, scale: float = 0.05,
+                          max_length: int = 128, **options) -> list[Path]:
+    """``make_perturbed_delta`` for many outputs from one load of ``base``: each its own noise (seed + i)."""
     task = Task(kind="text-classification", label_col="label", labels=list(labels), text_col="text", max_length=max_length)
-    model = task.load_model(base)
+    model = task.load_model(resolve_model(base))
     selection = select(model, method, **options)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, param in model.named_parameters():
-            if param.requires_grad:  # masked weights train through their (k,) values: those move
-                param.add_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * scale)
-    return save_delta(model, selection, out, metadata={"task": task.metadata(), "base_model": base})
+    # Masked weights train through their (k,) values: those move.
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    start = {n: p.detach().clone() for n, p in trainable.items()}
+    written = []
+    for i, out in enumerate(outs):
+        generator = torch.Generator().manual_seed(seed + i)
+        with torch.no_grad():
+            for name, param in trainable.items():
+                param.copy_(start[name] + torch.randn(param.shape, generator=generator, dtype=param.dtype) * scale)
+        written.append(save_delta(model, selection, out, metadata={"task": task.metadata(), "base_model": base}))
+    return written

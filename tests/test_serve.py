@@ -261,3 +261,44 @@ def test_loading_a_wrong_base_delta_is_refused_with_the_reason(served):
     assert client.post("/v1/models/nowhere/unload", headers=_auth("ops")).status_code == 404
     assert client.post("/v1/models/..%2Fetc/load", headers=_auth("ops")).status_code in (404, 422)
     assert _predict(client, "cardio", ["still serving"]).status_code == 200
+
+
+def test_a_tabular_base_serves_feature_objects_as_offline_predict_does(tmp_path):
+    from selectune import save_delta, select
+    from selectune.train.tabular import TabularMLP, TabularMLPConfig
+    from selectune.train.tasks import Task
+
+    features, labels = ["age", "bmi", "systolic_bp"], ["no", "yes"]
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    net = TabularMLP(TabularMLPConfig(n_features=3, n_outputs=2, hidden=[8, 8], dropout=0.0, feature_names=features, labels=labels))
+    net.set_statistics(torch.randn(50, 3) * torch.tensor([10.0, 4.0, 15.0]) + torch.tensor([50.0, 25.0, 120.0]))
+    net.save_pretrained(base)
+    task = Task(kind="tabular-classification", label_col="outcome", labels=labels, feature_cols=features)
+    for seed, method in enumerate(["bitfit", "full"]):
+        model = task.load_model(str(base))
+        selection = select(model, method)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 0.3)
+        save_delta(model, selection, tmp_path / "deltas" / f"site-{method}", metadata={"task": task.metadata(), "base_model": str(base)})
+    rows = [{"age": 61, "bmi": 31.2, "systolic_bp": 150}, {"age": 35.5, "bmi": 21.0, "systolic_bp": 110}]
+    pd.DataFrame(rows).to_csv(tmp_path / "rows.csv", index=False)
+    app = create_app(ServeConfig(base=str(base), deltas=str(tmp_path / "deltas")))
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        for method, path in [("bitfit", "mixed"), ("full", "grouped")]:
+            answer = client.post("/v1/predict", json={"model": f"site-{method}", "inputs": rows})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["path"] == path
+            offline = pd.read_csv(offline_predict(str(tmp_path / "rows.csv"), out=str(tmp_path / f"{method}.csv"),
+                                                  delta=str(tmp_path / "deltas" / f"site-{method}")))
+            for i, prediction in enumerate(answer.json()["predictions"]):
+                assert prediction["label"] == str(offline.loc[i, "prediction"])
+                assert all(abs(prediction["probabilities"][k] - offline.loc[i, f"prob_{k}"]) <= 1e-5 for k in labels)
+        for bad, phrase in [([{"age": 61, "bmi": 31.2}], "missing feature(s) ['systolic_bp']"),
+                            ([{**rows[0], "sex": 1}], "unknown feature(s) ['sex']"),
+                            ([{**rows[0], "age": "sixty"}], "finite numbers"),
+                            (["a text"], "takes objects like")]:
+            refused = client.post("/v1/predict", json={"model": "site-bitfit", "inputs": bad})
+            assert refused.status_code == 422 and phrase in refused.json()["detail"], refused.text

@@ -288,7 +288,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         except (DeltaError, OSError) as err:
             state.refuse(name, body.path if body is not None and body.path else name, err)
             raise HTTPException(422, f"delta {name!r} was not loaded: {err}") from None
-        await asyncio.wrap_future(state.batcher.submit(Control(lambda: state.store.commit(delta))))
+        try:
+            await asyncio.wrap_future(state.batcher.submit(Control(lambda: state.store.commit(delta))))
+        except (DeltaError, ValueError) as err:  # e.g. a weight delta whose shapes do not fit the base copy
+            state.refuse(name, delta.path, err)
+            raise HTTPException(422, f"delta {name!r} was not loaded: {err}") from None
         replaced = name in state.routes
         state.routes[name] = delta
         state.refused.pop(name, None)

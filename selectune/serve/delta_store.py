@@ -52,6 +52,11 @@ class ServedDelta:
     reason: str
     tensors: dict[str, torch.Tensor | SparseEntries] = field(repr=False, default_factory=dict)
 
+    @property
+    def key(self) -> str:
+        """Name and version: a reload of new weights sits beside the old until it is ready."""
+        return f"{self.name}@{self.version}"
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "path": self.serving_path, "path_reason": self.reason,
                 "method": self.selection.method, "task": self.task.kind, "labels": self.task.labels,
@@ -147,28 +152,40 @@ class DeltaStore:
                            serving_path=path, reason=reason, tensors=tensors)
 
     def commit(self, delta: ServedDelta) -> None:
-        """Serve ``delta`` (replacing one of the same name). Batcher thread only."""
-        if delta.name in self.deltas:
-            self.remove(delta.name)
+        """Serve ``delta``, replacing one of the same name only once the new one is in place. Batcher thread only."""
+        old = self.deltas.get(delta.name)
         if delta.serving_path == GROUPED:
             deltas = self._grouped_set(delta.task.n_outputs)
-            deltas.load(delta.name, delta.path, force=True)  # fingerprint already checked by prepare_delta
-            self.deltas[delta.name] = delta
-        else:
-            self.deltas[delta.name] = delta
-            self._rebuild_mixed()
+            if delta.key not in deltas.deltas:
+                deltas.load(delta.key, delta.path, force=True)  # fingerprint already checked by prepare_delta
+            delta.tensors = {}  # the DeltaSet holds its own copy (a `full` delta is as large as the base)
+        self.deltas[delta.name] = delta
+        if MIXED in (delta.serving_path, getattr(old, "serving_path", None)):
+            try:
+                self._rebuild_mixed()
+            except Exception:
+                self.deltas.pop(delta.name)
+                if old is not None:
+                    self.deltas[old.name] = old
+                self._rebuild_mixed()
+                raise
+        if old is not None and old.serving_path == GROUPED and old.key != delta.key:
+            self._grouped[old.task.n_outputs].unload(old.key)
 
     def remove(self, name: str) -> None:
         """Stop serving ``name``. Batcher thread only."""
         delta = self.deltas.pop(name)
         if delta.serving_path == GROUPED:
-            self._grouped[delta.task.n_outputs].unload(name)
+            self._grouped[delta.task.n_outputs].unload(delta.key)
         else:
             self._rebuild_mixed()
 
+    def mixed_delta(self, name: str) -> MixedDelta:
+        delta = self.deltas[name]
+        return MixedDelta(delta.name, delta.tensors, delta.selection.new_parameters)
+
     def _rebuild_mixed(self) -> None:
-        mixed = [MixedDelta(d.name, d.tensors, d.selection.new_parameters) for d in self.deltas.values() if d.serving_path == MIXED]
-        self.mixed.set_deltas(mixed)
+        self.mixed.set_deltas([self.mixed_delta(n) for n, d in self.deltas.items() if d.serving_path == MIXED])
 
     def _grouped_set(self, n_outputs: int) -> DeltaSet:
         if n_outputs not in self._grouped:
@@ -200,8 +217,8 @@ class DeltaStore:
         for name, indices in grouped.items():
             delta = self.deltas[name]
             deltas = self._grouped[delta.task.n_outputs]
-            if deltas.active != name:
-                deltas.activate(name)
+            if deltas.active != delta.key:
+                deltas.activate(delta.key)
             examples = [e for i in indices for e in jobs[i][1]]
             with torch.inference_mode():
                 logits = deltas.model(**self._collate(examples)).logits
