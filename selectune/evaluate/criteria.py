@@ -318,7 +318,8 @@ def judge(criterion: Criterion, evaluation: dict, confidence: float) -> dict[str
         if judged:
             worst = max(judged, key=lambda j: j["worse_by"])
             evidence = (f"worst {worst['column']}={worst['group']} (n={worst['n']}): {_fmt(worst['base'])} -> {_fmt(worst['update'])}, "
-                        f"drop {_fmt(worst['worse_by'])} (allowed {p['max_drop']:g})")
+                        f"{'drop' if p['use'] == 'point' else 'paired-CI worst-case drop'} {_fmt(worst['worse_by'])} "
+                        f"(allowed {p['max_drop']:g})")
             if failing:
                 evidence += f"; {len(failing)} of {len(judged)} subgroups exceed: " + ", ".join(
                     f"{j['column']}={j['group']}" for j in failing)
