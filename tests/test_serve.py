@@ -168,6 +168,12 @@ def test_bad_input_is_4xx_with_a_clear_message_and_the_server_keeps_serving(serv
     assert _predict(client, "cardio", ["still serving"]).status_code == 200
 
 
+def test_a_json_body_sent_as_a_form_is_told_to_set_the_content_type(served):
+    response = served["client"].post("/v1/predict", content=b'{"model": "cardio", "inputs": ["a"]}',
+                                     headers={**_auth("all"), "Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 422 and "Content-Type: application/json" in response.json()["detail"]
+
+
 def test_metrics_health_and_openapi(served):
     client = served["client"]
     assert _predict(client, "cardio", ["a", "b"]).status_code == 200

@@ -233,7 +233,12 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return _error(422, _validation_message(exc.errors()), errors=jsonable_encoder(exc.errors(), custom_encoder={Exception: str}))
+        message = _validation_message(exc.errors())
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and not content_type.startswith("application/json"):
+            # e.g. curl -d without -H: the body arrives as a form and is never read as JSON
+            message = f"send the body as JSON with the header Content-Type: application/json (got {content_type or 'none'}); " + message
+        return _error(422, message, errors=jsonable_encoder(exc.errors(), custom_encoder={Exception: str}))
 
     @app.exception_handler(InputError)
     async def _bad_input(request: Request, exc: InputError):
