@@ -134,6 +134,9 @@ def test_files_hold_what_the_report_needs(runs, tmp_path):
     assert evaluation["task"]["positive_label"] == "malignant" and evaluation["settings"]["seed"] == 3
     assert evaluation["data"]["test"]["sha256"] == "sha256:" + hashlib.sha256(runs["test"].read_bytes()).hexdigest()
     assert {"fairlearn", "scikit-learn", "torch"} <= set(evaluation["environment"])
+    checks = evaluation["data"]["checks"]
+    assert {r["check"]: r["status"] for r in checks["update"]["results"]}["duplicate_leakage"] == "pass"
+    assert checks["base"]["splits"]["train"]["rows"] == 250 and checks["update"]["splits"]["test"]["rows"] == 150
     assert set(evaluation["fairness"]["site"]["update"]) == {"demographic_parity_difference", "equalized_odds_difference", "by_group"}
     predictions = pd.read_csv(out / "predictions.csv")
     assert len(predictions) == 150 and "mean_radius" not in predictions  # no input data copied
@@ -212,6 +215,15 @@ def test_other_refusals(runs, tmp_path, capsys):
     fails(capsys, gate_argv(runs, root / "good", out, "--resamples", "3"), out, "--resamples must be at least 10")
     out.mkdir()
     fails(capsys, gate_argv(runs, root / "good", out), out, "already exists", "--overwrite")
+
+
+def test_test_rows_a_model_trained_on_are_refused(runs, tmp_path, capsys):
+    leaky = tmp_path / "leaky-test.csv"
+    pd.concat([pd.read_csv(runs["test"]), runs["frame"].iloc[300:303]]).to_csv(leaky, index=False)  # 3 of the update's training rows
+    argv = gate_argv(runs, runs["root"] / "good", tmp_path / "gate")
+    argv[argv.index("--test") + 1] = str(leaky)
+    fails(capsys, argv, tmp_path / "gate", "update", "new.csv, which overlaps the test file", "leaky-test.csv", "3 identical rows", "test rows 151, 152, 153",
+          "test rows neither model has seen")
 
 
 def test_validation_split_is_not_rebuilt_from_a_changed_training_file(runs, tmp_path, capsys):

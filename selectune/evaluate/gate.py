@@ -11,7 +11,8 @@ Writes into ``--out`` (all at once, through a partial folder renamed at the end)
 ``evaluation.json`` (schema ``selectune-evaluation/1``) — everything a report needs, no model re-run:
     ``settings`` (seed, resamples, confidence, threshold rule, min group n, group columns, positive label,
     bootstrap and ECE method), ``definitions`` (metric -> text), ``task`` (kind, labels, positive label,
-    label counts, n), ``data`` (test file path/sha256/rows; per-model validation source), ``models``:
+    label counts, n), ``data`` (test file path/sha256/rows; ``checks``: per model, the leakage checks of its training data against
+    the test file, as ``selectune check`` reports them), ``models``:
     {base, update} each with ``identity`` (source path and kind, delta sha256 + config, base model +
     fingerprint, method, run_config.json and metrics.json of the training run when present), ``threshold``
     (value, rule, validation source), ``metrics`` {metric: {value, ci_low, ci_high, valid_resamples}},
@@ -168,6 +169,34 @@ def validation_frame(source: ModelSource, validation: str | None) -> tuple[pd.Da
                                "train": recorded["train"], "rows": len(splits.validation)}
 
 
+def leakage_check(source: ModelSource, test: str, test_frame: pd.DataFrame, role: str) -> dict[str, Any]:
+    """Refuse a test file that shares rows (or patient ids) with the model's training data: it would flatter the model.
+
+    Runs the data checks of ``selectune check`` on {train (+ validation file), test}; the record (counts and
+    row numbers only) goes into evaluation.json.
+    """
+    from selectune.data.checks import DataCheckRefused, run_checks
+
+    config = _read_json(source.run_dir / "run_config.json") if source.run_dir else None
+    files = (config or {}).get("data_files", {})
+    if "train" not in files or not Path(files["train"]["path"]).is_file():
+        return {"status": "skipped", "reason": "the training data of this model are unknown or gone; overlap with the test file "
+                                               "was not checked"}
+    frames = {"train": read_table(files["train"]["path"]), "test": test_frame}
+    if "validation" in files and Path(files["validation"]["path"]).is_file():
+        frames["validation"] = read_table(files["validation"]["path"])
+    task = source.task
+    id_col = config.get("group_col")
+    id_col = id_col if id_col and all(id_col in f.columns for f in frames.values()) else None
+    try:
+        report = run_checks(frames, text_col=task.text_col, feature_cols=task.feature_cols or None, id_col=id_col,
+                            sources={"train": files["train"]["path"], "test": test}, raise_on_refusal=True)
+    except DataCheckRefused as err:
+        raise DataError(f"{role} ({source.path}) was trained on {files['train']['path']}, which overlaps the test file {test}: {err} "
+                        "A gate needs test rows neither model has seen.") from None
+    return report.to_json()
+
+
 def _environment() -> dict[str, str]:
     import fairlearn
     import scipy
@@ -222,6 +251,8 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     if missing:
         raise DataError(f"--group-cols {missing} not found in {test}; it has columns {list(frames['update'].columns)[:15]}")
     y = task.label_ids(frames["update"])
+    test_raw = read_table(test)
+    checks = {role: leakage_check(src, test, test_raw, role) for role, src in sources.items()}
     validations = {}
     needs_validation = task.is_classification and not threshold_rule.startswith("fixed")
     if needs_validation:
@@ -258,10 +289,10 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
         evaluation["models"][role]["identity"] = identity(src)
         if role in threshold_records:
             evaluation["models"][role]["threshold"] = threshold_records[role]
-    test_frame = read_table(test)
     evaluation.update({
         "schema": "selectune-evaluation/1",
-        "data": {"test": {"path": str(Path(test).resolve()), "sha256": file_sha256(test), "rows": len(test_frame)}},
+        "data": {"test": {"path": str(Path(test).resolve()), "sha256": file_sha256(test), "rows": len(test_raw)},
+                 "checks": checks},
         "environment": _environment(), "command": sys.argv, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.time() - started, 1),
     })
