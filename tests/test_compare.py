@@ -198,6 +198,8 @@ def test_learning_rate_is_chosen_on_validation_never_on_test():
     runs += [{"lr": 3e-3, "seed": s, "best_validation": v, "test": {"macro_f1": 0.1}} for s, v in ((0, 0.46), (1, 0.46))]
     assert choose_lr(runs, "macro_f1") == 3e-3  # mean 0.46 beats 0.45, whatever test says
     assert choose_lr(runs, "rmse") == 1e-3  # lower is better: mean 0.45 beats 0.46
+    tied = [{"lr": lr, "seed": 0, "best_validation": 1.0, "validation": {"loss": loss}} for lr, loss in ((1e-3, 0.30), (3e-3, 0.10))]
+    assert choose_lr(tied, "macro_f1") == 3e-3  # a saturated validation metric: the lower validation loss decides
 
 
 # ---- measurement pieces ------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.readme_table import readme_block, render
+from benchmarks.readme_table import BLOCKS, readme_block
 from selectune.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,8 +40,9 @@ def test_every_cli_example_parses(line):
     build_parser().parse_args(argv)  # exits (SystemExit) on an unknown command or flag
 
 
-def test_results_tables_are_generated_from_the_benchmark_json():
-    assert readme_block(README) == render()
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_results_tables_are_generated_from_the_benchmark_json(name):
+    assert readme_block(README, name) == BLOCKS[name]()
 
 
 def test_python_api_example_runs(tmp_path, monkeypatch):

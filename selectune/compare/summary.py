@@ -17,12 +17,18 @@ from selectune.train.tasks import Task
 
 
 def choose_lr(runs: list[dict[str, Any]], metric: str) -> float:
-    """The learning rate with the best mean validation metric over seeds (its best epoch's); the test split is never read."""
-    by_lr: dict[float, list[float]] = {}
+    """The learning rate with the best mean validation metric over seeds (its best epoch's); ties (a saturated small
+    validation split) go to the lower mean validation loss. The test split is never read."""
+    by_lr: dict[float, list[dict[str, Any]]] = {}
     for run in runs:
-        by_lr.setdefault(run["lr"], []).append(run["best_validation"])
+        by_lr.setdefault(run["lr"], []).append(run)
     sign = 1 if HIGHER_IS_BETTER.get(metric, True) else -1
-    return max(by_lr, key=lambda lr: sign * float(np.mean(by_lr[lr])))
+
+    def rank(lr: float) -> tuple[float, float]:
+        chosen = by_lr[lr]
+        loss = np.mean([r.get("validation", {}).get("loss", np.nan) for r in chosen])
+        return sign * float(np.mean([r["best_validation"] for r in chosen])), -float(np.nan_to_num(loss, nan=np.inf))
+    return max(by_lr, key=rank)
 
 
 def mean_sd(values: list[float]) -> dict[str, float | None]:
