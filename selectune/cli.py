@@ -212,11 +212,19 @@ def _resolve(target: str) -> Callable:
     return getattr(importlib.import_module(module), attr)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for every command, or, when ARGV names one, for that command only.
+
+    Each command's module imports torch/transformers/FastAPI; importing only the one asked for keeps a
+    CLI call from paying for all of them (seconds per call on 2 cores)."""
     parser = argparse.ArgumentParser(prog="selectune", description="Selective fine-tuning (BitFit and friends) with tiny, verifiable deltas.")
     sub = parser.add_subparsers(dest="command", required=True)
+    first = next((a for a in argv or [] if not a.startswith("-")), None)
+    wanted = first if first in {n.split(" ")[0] for n in COMMANDS} else None
     groups: dict[str, Any] = {}
     for name, target in COMMANDS.items():
+        if wanted and name.split(" ")[0] != wanted:
+            continue
         group, _, leaf = name.rpartition(" ")
         if group and group not in groups:  # "registry add" -> `selectune registry add`
             members = ", ".join(n.rpartition(" ")[2] for n in COMMANDS if n.rpartition(" ")[0] == group)
@@ -226,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     args = vars(parser.parse_args(argv))
     command, fn = " ".join(filter(None, (args.pop("command"), args.pop("subcommand", None)))), args.pop("_fn")
     from selectune.delta import DeltaError
