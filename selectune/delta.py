@@ -94,6 +94,12 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)  # os.umask can only be read by setting it
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, rename, fsync the folder: readers see old or new, never half,
     and after a crash (power loss included) the new file is there whole or not at all."""
@@ -101,6 +107,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file the mode open() would, so reviewers can read it
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

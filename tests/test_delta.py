@@ -136,3 +136,19 @@ def test_merged_model_loads_with_plain_from_pretrained(trained, tmp_path):
     base.save_pretrained(tmp_path / "merged")
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     assert torch.allclose(plain(**inputs).logits, expected, atol=1e-5, rtol=0)
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    # mkstemp creates 0600 files; a delta or report must be readable by a reviewer as any other file would be.
+    import os
+
+    from selectune.delta import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.json", b"{}")
+        plain = tmp_path / "b.json"
+        plain.write_bytes(b"{}")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "a.json").stat().st_mode & 0o777) == oct(plain.stat().st_mode & 0o777) == "0o644"
