@@ -308,3 +308,56 @@ def test_a_tabular_base_serves_feature_objects_as_offline_predict_does(tmp_path)
                             (["a text"], "takes objects like")]:
             refused = client.post("/v1/predict", json={"model": "site-bitfit", "inputs": bad})
             assert refused.status_code == 422 and phrase in refused.json()["detail"], refused.text
+
+
+def test_a_registry_as_deltas_serves_each_names_production_version_and_reloads_after_promote(tmp_path):
+    # `selectune serve --deltas REGISTRY`: every name is served at its production version; after a promote,
+    # an admin reload of that name switches to the new production version without a restart.
+    from selectune import save_delta, select
+    from selectune.registry.commands import add, promote
+    from selectune.train.tabular import TabularMLP, TabularMLPConfig
+    from selectune.train.tasks import Task
+
+    features, labels = ["age", "bmi"], ["no", "yes"]
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    net = TabularMLP(TabularMLPConfig(n_features=2, n_outputs=2, hidden=[8], dropout=0.0, feature_names=features, labels=labels))
+    net.set_statistics(torch.randn(50, 2) * torch.tensor([10.0, 4.0]) + torch.tensor([50.0, 25.0]))
+    net.save_pretrained(base)
+    task = Task(kind="tabular-classification", label_col="outcome", labels=labels, feature_cols=features)
+    for seed in (1, 2):
+        model = task.load_model(str(base))
+        selection = select(model, "bitfit")
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * 2.0)
+        save_delta(model, selection, tmp_path / f"v{seed}", metadata={"task": task.metadata(), "base_model": str(base)})
+        add(str(tmp_path / f"v{seed}"), name="risk", registry=str(tmp_path / "reg"))
+    add(str(tmp_path / "v1"), name="unpromoted", registry=str(tmp_path / "reg"))  # no production version: not served
+    promote("risk@1", registry=str(tmp_path / "reg"))
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"sha256": hash_key("k"), "tenant": "ops", "admin": True, "models": ["*"]}]}))
+    rows = [{"age": 61, "bmi": 31.2}, {"age": 35.5, "bmi": 21.0}]
+    pd.DataFrame(rows).to_csv(tmp_path / "rows.csv", index=False)
+
+    def offline(version):
+        frame = pd.read_csv(offline_predict(str(tmp_path / "rows.csv"), out=str(tmp_path / f"off-{version}.csv"), delta=str(tmp_path / version)))
+        return [[frame.loc[i, f"prob_{k}"] for k in labels] for i in range(len(rows))]
+
+    def served(client):
+        answer = client.post("/v1/predict", json={"model": "risk", "inputs": rows}, headers={"Authorization": "Bearer k"})
+        assert answer.status_code == 200, answer.text
+        return [[p["probabilities"][k] for k in labels] for p in answer.json()["predictions"]]
+
+    app = create_app(ServeConfig(base=str(base), deltas=str(tmp_path / "reg"), keys=str(keys)))
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        names = [m["name"] for m in client.get("/v1/models", headers={"Authorization": "Bearer k"}).json()["models"]]
+        assert names == ["risk"]
+        v1, v2 = offline("v1"), offline("v2")
+        assert max(abs(a - b) for r1, r2 in zip(v1, v2) for a, b in zip(r1, r2)) > 1e-3  # the versions differ
+        assert all(abs(a - b) <= 1e-5 for r, o in zip(served(client), v1) for a, b in zip(r, o))
+        promote("risk@2", registry=str(tmp_path / "reg"))
+        reload = client.post("/v1/models/risk/load", headers={"Authorization": "Bearer k"})
+        assert reload.status_code == 200, reload.text
+        assert all(abs(a - b) <= 1e-5 for r, o in zip(served(client), v2) for a, b in zip(r, o))

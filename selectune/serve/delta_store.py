@@ -64,11 +64,40 @@ class ServedDelta:
                 "trainable_parameters": self.selection.trainable_parameters, "source": self.path}
 
 
+def is_registry(deltas_dir: str | Path) -> bool:
+    from selectune.registry.store import DATABASE
+
+    return (Path(deltas_dir) / DATABASE).is_file()
+
+
+def _production_delta(registry_dir: str | Path, name: str) -> Path:
+    """A registry's ``name@production`` (hashes verified); a reload after promote/rollback picks the new one."""
+    from selectune.registry import RegistryError, resolve
+
+    try:
+        return resolve(registry_dir, f"{name}@production")
+    except RegistryError as err:
+        raise DeltaError(f"registry {registry_dir}: {err}") from None
+
+
 def find_deltas(deltas_dir: str | Path) -> dict[str, Path]:
-    """Deltas in a folder, by name: ``DIR/<name>/delta_config.json`` or a train run ``DIR/<name>/delta/``."""
+    """Deltas in a folder, by name: ``DIR/<name>/delta_config.json`` or a train run ``DIR/<name>/delta/``;
+    or, when DIR is a `selectune registry`, every name's ``production`` version."""
     root = Path(deltas_dir)
     if not root.is_dir():
         raise DeltaError(f"--deltas {deltas_dir} is not a folder; give a folder with one sub-folder per delta.")
+    if is_registry(root):
+        from selectune.registry import Registry
+
+        with Registry(root) as registry:
+            names = [n for n in registry.names() if registry.alias(n, "production") is not None]
+        found = {}
+        for name in names:
+            try:
+                found[name] = _production_delta(root, name)
+            except DeltaError as err:
+                log.warning("skipping %s@production: %s", name, err)
+        return found
     found = {}
     for child in sorted(root.iterdir()):
         if child.is_dir():
@@ -84,6 +113,8 @@ def resolve_delta_source(deltas_dir: str | Path, name: str) -> Path:
     like ``name@production`` would be resolved here)."""
     if not DELTA_NAME.match(name):
         raise DeltaError(f"delta name {name!r} is not allowed; use letters, digits, '.', '_' and '-' (up to 128).")
+    if is_registry(deltas_dir):
+        return _production_delta(deltas_dir, name)
     folder = Path(deltas_dir) / name
     for candidate in (folder, folder / "delta"):
         if (candidate / DELTA_CONFIG).is_file():
