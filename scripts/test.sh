@@ -11,5 +11,7 @@ if ! command -v chromium >/dev/null; then
   $SUDO apt-get install -y -q chromium >.venv/apt.log 2>&1 || { $SUDO apt-get update -q >>.venv/apt.log 2>&1 && $SUDO apt-get install -y -q chromium >>.venv/apt.log 2>&1; } || { tail -n 20 .venv/apt.log >&2; echo "setup failed: apt-get install chromium" >&2; exit 1; }
 fi
 . .venv/bin/activate
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# One torch thread per process: several tests run servers or CLI subprocesses beside the test process, and
+# two OpenMP threads per process on 2 cores oversubscribe them (a tiny-MLP step went from 2 ms to 276 ms).
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 python -m pytest -q "$@"
