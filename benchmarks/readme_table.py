@@ -176,7 +176,14 @@ def render_compare() -> str:
 
 
 # Each README block between its markers is rendered by one function; tests/test_readme.py checks them all.
-BLOCKS = {"results": render, "compare": render_compare}
+def render_serve() -> str:
+    from benchmarks.serve_table import render_body
+
+    begin, end = markers("serve-results")
+    return "\n".join([begin, render_body(), end])
+
+
+BLOCKS = {"results": render, "compare": render_compare, "serve-results": render_serve}
 
 
 def markers(name: str) -> tuple[str, str]:

@@ -1,20 +1,19 @@
-"""Render the README's serving results from benchmarks/results/serve_*.json (never typed by hand).
+"""The README's serving results, from benchmarks/results/serve_*.json (never typed by hand).
 
-    python benchmarks/serve_table.py            # print the block
-    python benchmarks/serve_table.py --write    # replace the block between the markers in README.md
+`benchmarks/readme_table.py` renders it (block "serve-results") with the other README blocks:
+
+    python benchmarks/readme_table.py --write
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-BEGIN, END = "<!-- serve-results:begin (benchmarks/serve_table.py) -->", "<!-- serve-results:end -->"
 
 
-def render() -> str:
+def render_body() -> str:
     t = json.loads((RESULTS / "serve_throughput.json").read_text())
     c = t["config"]
     lines = [
@@ -46,25 +45,3 @@ def render() -> str:
                       f"p99 {lat['p99']:,.0f} ms; mixed batches held {b['mean_examples_per_mixed_batch']:.1f} examples of "
                       f"{b['mean_deltas_per_mixed_batch']:.1f} deltas on average."]
     return "\n".join(lines)
-
-
-def readme_block(text: str) -> str:
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    return text[start:end].strip("\n")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true")
-    args = parser.parse_args()
-    block = render()
-    if args.write:
-        path = ROOT / "README.md"
-        text = path.read_text()
-        start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-        path.write_text(text[:start] + "\n" + block + "\n" + text[end:])
-    print(block)
-
-
-if __name__ == "__main__":
-    main()

@@ -83,12 +83,3 @@ def test_bad_settings_exit_2_with_the_fix(tiny_bert_dir, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("selectune serve: error:") and phrase in err and "Traceback" not in err
-
-
-def test_readme_serving_results_are_generated_from_the_benchmark_json():
-    from pathlib import Path
-
-    from benchmarks.serve_table import readme_block, render
-
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert readme_block(readme) == render()
