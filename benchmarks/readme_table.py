@@ -177,6 +177,9 @@ def render_compare() -> str:
 
 # Each README block between its markers is rendered by one function; tests/test_readme.py checks them all.
 def render_serve() -> str:
+    import sys
+
+    sys.path.insert(0, str(ROOT))  # run as a script, `benchmarks` is not on the path
     from benchmarks.serve_table import render_body
 
     begin, end = markers("serve-results")
