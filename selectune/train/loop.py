@@ -185,7 +185,8 @@ def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dic
         row = {"epoch": epoch, "train_loss": epoch_loss / max(epoch_n, 1), **{f"val_{k}": v for k, v in metrics.items()}}
         result.history.append(row)
         value = metrics[config.metric]
-        improved = best_state is None or (value > result.best_metric if higher else value < result.best_metric)
+        # best_epoch 0 = no epoch scored yet (best_state alone cannot say so: it stays None without keep_best)
+        improved = result.best_epoch == 0 or (value > result.best_metric if higher else value < result.best_metric)
         if accelerator.is_main_process and config.progress:
             tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.4f}  val {config.metric} {value:.4f}" + ("  (best)" if improved else ""))
         if improved:
