@@ -268,3 +268,24 @@ def test_compare_needs_a_test_split_and_a_fresh_out(site_csvs, tiny_bert_dir, tm
     (tmp_path / "taken").mkdir()
     assert main(["compare", train, "--test-fraction", "0.2", "--model", tiny_bert_dir, "--text-col", "text", "--out", str(tmp_path / "taken")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_point_names_never_overlap_even_when_scores_tie():
+    """Methods with near-equal scores and sizes (head, beft, ia3 on the drug reviews) used to print on top of each other."""
+    import matplotlib.pyplot as plt
+
+    from selectune.compare.plots import _label_points
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = [("head", 1.49e5, 0.346), ("beft", 1.51e5, 0.348), ("ia3", 1.65e5, 0.356), ("bitfit:head_weights=true", 1.72e5, 0.353),
+              ("bitfit", 2.5e4, 0.368), ("full", 2.3e7, 0.394)]
+    ax.set_xscale("log")
+    ax.plot([p[1] for p in points], [p[2] for p in points], "o")
+    _label_points(ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+    assert sorted(boxes) == sorted(p[0] for p in points)  # every point named once
+    names = sorted(boxes)
+    overlapping = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if boxes[a].overlaps(boxes[b])]
+    assert overlapping == []
+    plt.close(fig)

@@ -16,12 +16,33 @@ import matplotlib.pyplot as plt  # noqa: E402
 PEFT_COLOR, SELECTIVE_COLOR = "tab:orange", "tab:blue"
 
 
-def _scatter(ax, summaries, x_key: str, metric: str, floor: float | None) -> None:
+# Label offsets (points) tried in turn until a label's box overlaps no label placed before it.
+LABEL_OFFSETS = [(5, 4), (12, -14), (-12, 6), (-12, -14), (12, 16), (12, -26), (-12, 18), (-12, -26), (12, 28), (12, -38)]
+
+
+def _label_points(ax, labels: list[tuple[str, float, float]]) -> None:
+    """Name each point without two names on top of each other (methods with near-equal scores sit close)."""
+    ax.figure.canvas.draw()  # fixes the axes limits so boxes are measured where they will be drawn
+    renderer, placed = ax.figure.canvas.get_renderer(), []
+    for text, x, y in labels:
+        for dx, dy in LABEL_OFFSETS:
+            leader = None if (dx, dy) == LABEL_OFFSETS[0] else {"arrowstyle": "-", "color": "gray", "lw": 0.6, "shrinkB": 4}
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                               ha="left" if dx > 0 else "right", arrowprops=leader)  # a moved name keeps a line to its point
+            box = note.get_window_extent(renderer).expanded(1.02, 1.1)
+            if not any(box.overlaps(other) for other in placed) or (dx, dy) == LABEL_OFFSETS[-1]:
+                placed.append(box)
+                break
+            note.remove()
+
+
+def _scatter(ax, summaries, x_key: str, metric: str, floor: float | None, log_x: bool = False) -> None:
+    if log_x:
+        ax.set_xscale("log")  # before the labels are placed: their boxes are measured on the final axes
     for s in summaries:
         test = s["test"][metric]
         color = PEFT_COLOR if s["kind"] == "peft" else SELECTIVE_COLOR
         ax.errorbar(s[x_key], test["mean"], yerr=test["sd"] or 0.0, fmt="o", color=color, capsize=3)
-        ax.annotate(s["method"], (s[x_key], test["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     if floor is not None:
         ax.axhline(floor, color="gray", linestyle="--", linewidth=1)
         ax.annotate("majority class", (0.01, floor), xycoords=("axes fraction", "data"), textcoords="offset points",
@@ -31,6 +52,7 @@ def _scatter(ax, summaries, x_key: str, metric: str, floor: float | None) -> Non
     ax.plot([], [], "o", color=SELECTIVE_COLOR, label="selective (selectune)")
     ax.plot([], [], "o", color=PEFT_COLOR, label="PEFT baseline (peft)")
     ax.legend(loc="lower right", fontsize=8)
+    _label_points(ax, [(s["method"], s[x_key], s["test"][metric]["mean"]) for s in summaries])
 
 
 def plot_comparison(summaries: list[dict[str, Any]], metric: str, out_dir: str | Path, title: str,
@@ -39,8 +61,7 @@ def plot_comparison(summaries: list[dict[str, Any]], metric: str, out_dir: str |
     paths = []
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    _scatter(ax, summaries, "trainable_parameters", metric, floor)
-    ax.set_xscale("log")
+    _scatter(ax, summaries, "trainable_parameters", metric, floor, log_x=True)
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_title(f"{title}: {metric} vs trainable parameters", fontsize=10)
     paths.append(_save(fig, out / "accuracy_vs_parameters.png"))
