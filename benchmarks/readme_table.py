@@ -129,7 +129,7 @@ def compare_tabular_table() -> str:
 def low_data_table() -> str:
     d = json.loads((RESULTS / "low_data.json").read_text())
     r, sizes = d["recipe"], sorted(d["sizes"].values(), key=lambda s: s["train_rows"])
-    methods = list(sizes[0]["methods"])
+    methods = [m for m in r["methods"].split(",") if m in sizes[0]["methods"]]  # the command's order (JSON keys come back sorted)
     lines = [f"Low-data curve, drug-review rating: test macro-F1 (mean ± sd over seeds) by number of training reviews, batch "
              f"{r['batch_size']}, max length {r['max_length']}, at least {r['min_epochs']} epochs and {r['min_steps']} optimizer steps, "
              "default learning rates (`python benchmarks/low_data.py`, figure `benchmarks/results/low_data.png`).", "",
