@@ -24,7 +24,7 @@ def accuracy_table(name: str = "drug_reviews.json", command: str = "python bench
     lines = [
         f"Drug-review rating (3 classes), all-MiniLM-L6-v2, {r['epochs']} epochs, batch {r['batch_size']}, max length "
         f"{r['max_length']}, class weight {r['class_weight']}, seed {r['seed']}; learning rate per method chosen on the "
-        f"validation split from {data['lr_grid']} (`{command}`).",
+        f"validation split from {dict((m, data['lr_grid'][m]) for m in data['chosen'])} (`{command}`).",
         "",
         "| method | lr | trainable % | delta size | val macro-F1 | test accuracy | test macro-F1 | test macro-F1 over seeds |",
         "|---|---|---|---|---|---|---|---|",
