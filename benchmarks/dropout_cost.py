@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 from pathlib import Path
 
@@ -24,22 +23,10 @@ from selectune.models import resolve_model
 from selectune.selection import select
 from selectune.train.run import environment
 
+from step_time import make_batch, time_steps  # benchmarks/step_time.py, beside this script: the same batch and timing
+
 SETTINGS = {"as configured (0.1, 0.1)": {}, "no attention dropout (0, 0.1)": {"attention_probs_dropout_prob": 0.0},
             "no dropout (0, 0)": {"attention_probs_dropout_prob": 0.0, "hidden_dropout_prob": 0.0}}
-
-
-def step_seconds(models: dict, batch: dict, rounds: int) -> dict[str, float]:
-    """Median seconds of one optimizer step per method, rounds interleaved so machine noise hits both alike."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for r in range(rounds + 1):
-        for name, (model, optimizer) in models.items():
-            started = time.perf_counter()
-            model(**batch).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if r:  # round 0 warms up allocators and kernels
-                times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -51,17 +38,16 @@ def main() -> None:
     logging.set_verbosity_error()
     torch.manual_seed(0)
     path = resolve_model("minilm")
-    batch = {"input_ids": torch.randint(1000, 20000, (32, 128)), "attention_mask": torch.ones(32, 128, dtype=torch.long),
-             "labels": torch.randint(0, 3, (32,))}  # [32, 128] token ids: the step_time.py batch shape
     results = {}
     for setting, overrides in SETTINGS.items():
-        models = {}
+        models, optimizers = {}, {}
         for method in ("full", "bitfit"):
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3, **overrides)
+            model = models[method] = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3, **overrides)
             select(model, method)
             model.train()
-            models[method] = (model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4))
-        med = step_seconds(models, batch, args.rounds)
+            optimizers[method] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        batch = make_batch(models["full"], 32, 128, "cpu")  # [32, 128] token ids, step_time.py's batch
+        med = {m: statistics.median(t) for m, t in time_steps(models, optimizers, batch, args.rounds).items()}
         results[setting] = {"full_step_seconds": med["full"], "bitfit_step_seconds": med["bitfit"],
                             "bitfit_ratio_to_full": med["bitfit"] / med["full"]}
         print(f"{setting}: full {med['full']:.3f} s, bitfit {med['bitfit']:.3f} s, ratio {med['bitfit'] / med['full']:.2f}", flush=True)

@@ -26,7 +26,7 @@ from selectune.data import export_bundled
 from selectune.data.readers import read_table
 from selectune.train.run import environment, train
 
-from reuse import data_sha256  # benchmarks/reuse.py, beside this script
+from reuse import data_sha256, reusable  # benchmarks/reuse.py, beside this script
 
 # full: 3e-5 and 1e-4 gave 0.469 and 0.471 test macro-F1 in the first grid (600-row training file), so only 1e-4 is rerun.
 LR_GRID = {"full": [1e-4], "bitfit": [1e-3, 3e-3, 1e-2], "head": [1e-3, 3e-3], "bitfit:head_weights=true": [1e-3]}
@@ -57,10 +57,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="drug-reviews-"))
     files = export_bundled("drug-reviews", str(work / "data"))
     out = Path(args.out)
-    previous = json.loads(out.read_text()) if out.is_file() else {}
     methods = [m for m in args.methods.split(";") if m]
     data = data_sha256(files)
-    keep = previous.get("recipe") == recipe and previous.get("data_sha256") == data  # rows from other data are dropped
+    previous = reusable(out, recipe, data)  # rows from another recipe or other data are dropped
+    keep = bool(previous)
     extra_seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if extra_seeds:  # only more seeds for methods whose grid already ran: keep every row, replace those seeds' rows
         missing = [m for m in methods if not keep or m not in previous.get("chosen", {})]

@@ -53,6 +53,23 @@ def step(model, optimizer, batch) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def time_steps(models: dict, optimizers: dict, batch: dict, rounds: int, device: str = "cpu") -> dict[str, list[float]]:
+    """Seconds of each optimizer step per method, in interleaved rounds so drift in machine load hits every
+    method alike; round 0 warms up allocators and kernels and is not kept."""
+    times: dict[str, list[float]] = {m: [] for m in models}
+    for round_ in range(rounds + 1):
+        for method, model in models.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step(model, optimizers[method], batch)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if round_ > 0:
+                times[method].append(time.perf_counter() - start)
+    return times
+
+
 def measure_memory(method: str, batch: int, length: int, steps: int, device: str) -> dict:
     """Run in a child process: peak memory of training steps beyond the loaded model."""
     torch.manual_seed(0)
@@ -105,17 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         optimizers[method] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         model.train()
     batch = make_batch(models["full"], args.batch, args.length, args.device)
-    times = {m: [] for m in methods}
-    for round_ in range(args.rounds + 1):
-        for method in methods:
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            step(models[method], optimizers[method], batch)
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            if round_ > 0:  # round 0 warms up allocators and kernels
-                times[method].append(time.perf_counter() - start)
+    times = time_steps(models, optimizers, batch, args.rounds, args.device)
 
     memory = {}
     for method in methods:
