@@ -1,6 +1,6 @@
 """How much of a CPU training step is dropout, and what BitFit's step ratio to full fine-tuning is without it.
 
-A profile of one MiniLM step at 32×128 on 2 CPU cores put about 30% of it in `aten::bernoulli_` (dropout masks;
+A profile of one MiniLM step at 32×128 on 2 CPU cores put a large share of it in `aten::bernoulli_` (dropout masks;
 the attention-probability dropout alone draws 32×12×128×128 numbers per layer). Every method pays that cost, so it
 pulls BitFit's ratio to full fine-tuning towards 1. This measures both methods with the model's dropout as
 configured, without attention-probability dropout, and without any dropout (a recipe change, not a free speedup).
