@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--methods", default=DEFAULT_METHODS)
     parser.add_argument("--lrs", default="", help="override grids: bitfit=1e-3,3e-3;full=3e-5")
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
+    parser.add_argument("--dropout", type=float, default=None, help="dropout while training, every method (default: the model's 0.1)")
     parser.add_argument("--seeds", default="", help="extra seeds for each method's chosen lr (the grid itself runs seed 0)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "drug_reviews.json"))
     args = parser.parse_args()
@@ -52,7 +53,7 @@ def main() -> None:
     for item in filter(None, args.lrs.split(";")):
         name, _, values = item.rpartition("=")
         grid[name] = [float(v) for v in values.split(",")]
-    recipe = {**RECIPE, "epochs": args.epochs}
+    recipe = {**RECIPE, "epochs": args.epochs, **({"dropout": args.dropout} if args.dropout is not None else {})}
 
     work = Path(tempfile.mkdtemp(prefix="drug-reviews-"))
     files = export_bundled("drug-reviews", str(work / "data"))

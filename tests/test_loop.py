@@ -107,3 +107,31 @@ def test_new_parameters_get_their_own_learning_rate():
         by_lr[lr] = by_lr.get(lr, 0) + n
     assert by_lr[0.02] == 32 * 3 + 3  # the new classifier: (3, 32) weight + (3,) bias
     assert by_lr[1e-3] == sum(p.numel() for p in model.parameters() if p.requires_grad) - by_lr[0.02]
+
+
+def test_dropout_option_reaches_every_dropout_and_is_set_back(cancer):
+    from tests.tiny_models import tiny_bert
+    from selectune.train.loop import restore_dropout, set_dropout
+
+    bert = tiny_bert()  # built without dropout
+    bert.train()
+    ids = torch.tensor([[1, 5, 7, 9, 2]])
+    assert torch.equal(bert(input_ids=ids).logits, bert(input_ids=ids).logits)
+    previous = set_dropout(bert, 0.1)  # two training-mode forwards now differ
+    assert not torch.equal(bert(input_ids=ids).logits, bert(input_ids=ids).logits)
+    restore_dropout(previous)
+    assert {m.p for m in bert.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+
+    # inside fit: every dropout module runs at the option's p, and the model's own is back afterwards
+    task, model, train_rows, val_rows = make(cancer)
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and {m.p for m in dropouts} == {0.1}
+    seen = set()
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.add((m.training, m.p))) for m in dropouts]
+    fit(model, task, train_rows, val_rows, TrainConfig(epochs=1, batch_size=64, dropout=0.0, progress=False), lr=1e-3)
+    for h in hooks:
+        h.remove()
+    assert (True, 0.0) in seen and (True, 0.1) not in seen
+    assert {m.p for m in dropouts} == {0.1}
+    with pytest.raises(ValueError, match=r"--dropout must be in \[0, 1\)"):
+        set_dropout(model, 1.0)

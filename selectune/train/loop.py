@@ -53,6 +53,9 @@ class TrainConfig:
     """Restore the trainable tensors of the best validation epoch at the end."""
     class_weight: str | None = None
     """"balanced" weights the loss by inverse class frequency (imbalanced medical labels)."""
+    dropout: float | None = None
+    """Probability of every ``nn.Dropout`` while training (HF attention reads its module's ``p`` too); None keeps
+    the model's own. Set back after training, so the model and a merged copy keep their configured dropout."""
     progress: bool = True
 
 
@@ -104,12 +107,38 @@ def score(task: Task, outputs: np.ndarray, y_true: np.ndarray) -> dict[str, floa
     return regression_metrics(y_true, outputs)
 
 
+def set_dropout(model: nn.Module, p: float | None) -> dict[nn.Dropout, float]:
+    """Set every dropout module of ``model`` to probability ``p`` (None: leave them); returns what they had."""
+    if p is not None and not 0.0 <= p < 1.0:
+        raise ValueError(f"--dropout must be in [0, 1), got {p}")
+    previous = {m: m.p for m in model.modules() if isinstance(m, nn.Dropout)}
+    if p is not None:
+        for module in previous:
+            module.p = p
+    return previous
+
+
+def restore_dropout(previous: dict[nn.Dropout, float]) -> None:
+    """Undo :func:`set_dropout`."""
+    for module, p in previous.items():
+        module.p = p
+
+
 def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dict], config: TrainConfig,
         lr: float, accelerator: Accelerator | None = None, checkpoints: Checkpoints | None = None) -> FitResult:
     """Train the parameters of ``model`` that require grad; validate each epoch; keep the best.
 
     ``checkpoints``: write one after each epoch; with ``checkpoints.resume``, start after the last complete one.
     """
+    previous = set_dropout(model, config.dropout)
+    try:
+        return _fit(model, task, train_rows, val_rows, config, lr, accelerator, checkpoints)
+    finally:
+        restore_dropout(previous)
+
+
+def _fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dict], config: TrainConfig,
+         lr: float, accelerator: Accelerator | None, checkpoints: Checkpoints | None) -> FitResult:
     accelerator = accelerator or make_accelerator(config)
     set_seed(config.seed)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -47,7 +47,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
           val_fraction: float = 0.15, test_fraction: float = 0.0, group_col: str | None = None, phi_policy: str = "warn",
           lr: float | None = None, new_lr: float = 1e-2, epochs: int = 3, batch_size: int = 32, max_length: int = 128, weight_decay: float = 0.0,
           warmup_ratio: float = 0.1, seed: int = 0, grad_accum: int = 1, mixed_precision: str = "no", metric: str | None = None,
-          patience: int | None = None, keep_best: bool = True, class_weight: str | None = None, hidden: str = "64,64",
+          patience: int | None = None, keep_best: bool = True, class_weight: str | None = None, dropout: float | None = None, hidden: str = "64,64",
           save_model: bool = False, init_delta: str | None = None, checkpoint: bool = True, resume: bool = False,
           overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Fine-tune MODEL on TRAIN with a selective METHOD; write the delta, metrics and resolved config to OUT.
@@ -80,6 +80,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
     patience: stop after this many epochs without validation improvement
     keep_best: restore the best validation epoch at the end
     class_weight: `balanced` weights the loss by inverse class frequency
+    dropout: dropout probability while training, for every dropout layer (default: the model's own)
     hidden: hidden layer sizes of a new tabular MLP
     save_model: also write the merged model to OUT/model (always done for a new MLP)
     init_delta: start from this delta's state on MODEL (a continual update); the new delta holds both, against MODEL
@@ -109,9 +110,11 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
     metric = metric or ("macro_f1" if task == "classification" else "rmse")
     config = TrainConfig(lr=lr, new_lr=new_lr, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                          seed=seed, grad_accum=grad_accum, mixed_precision=mixed_precision, metric=metric, patience=patience,
-                         keep_best=keep_best, class_weight=class_weight, progress=progress)
+                         keep_best=keep_best, class_weight=class_weight, dropout=dropout, progress=progress)
     if class_weight not in (None, "balanced"):
         raise ValueError(f"--class-weight must be 'balanced' or omitted, got {class_weight!r}")
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise ValueError(f"--dropout must be in [0, 1) (0 turns dropout off), got {dropout}")
 
     # setup: data, task, model, selection
     torch.manual_seed(seed)
