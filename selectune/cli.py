@@ -117,14 +117,17 @@ def summary(runs: list[str], *, reference: str | None = None) -> list[dict[str, 
         if not rows and m.get("majority_baseline"):
             rows.append({"model": "majority class", "source": "train labels", **m["majority_baseline"]})
         delta = Path(run) / "delta" / "delta.safetensors"
-        rows.append({"model": m["method"], "source": run, **(m.get("test") or {}), "epochs": m["config"]["train_config"]["epochs"],
+        tc = m["config"]["train_config"]
+        rows.append({"model": m["method"], "source": run, **(m.get("test") or {}), "epochs": tc["epochs"], "lr": f"{tc['lr']:g}",
+                     "dropout": "model" if tc.get("dropout") is None else f"{tc['dropout']:g}",
                      "trainable %": f"{m['trainable_percent']:.3f}",
                      "delta KB": f"{delta.stat().st_size / 1000:.0f}", "train s": f"{m['train_seconds']:.0f}"})
     if reference:
         ref = json.loads(Path(reference).read_text())
         for method, r in ref.get("chosen", {}).items():  # rows of methods run above too: the same recipe reproduces them
             rows.append({"model": method, "source": Path(reference).name, "accuracy": r["test_accuracy"], "macro_f1": r["test_macro_f1"],
-                         "epochs": ref.get("recipe", {}).get("epochs", ""),
+                         "epochs": ref.get("recipe", {}).get("epochs", ""), "lr": f"{r['lr']:g}",
+                         "dropout": "model" if r.get("dropout") is None else f"{r['dropout']:g}",
                          "trainable %": f"{r['trainable_percent']:.3f}", "delta KB": f"{r['delta_bytes'] / 1000:.0f}"})
     return rows
 
@@ -170,7 +173,7 @@ def _print_result(command: str, result: Any) -> None:
         if rows:
             print(table(rows, cols))
     elif command == "summary":
-        print(table(result, ["model", "accuracy", "macro_f1", "auroc", "epochs", "trainable %", "delta KB", "train s", "source"]))
+        print(table(result, ["model", "accuracy", "macro_f1", "auroc", "epochs", "lr", "dropout", "trainable %", "delta KB", "train s", "source"]))
     elif isinstance(result, (dict, list)):
         print(json.dumps(result, indent=2, default=str))
     elif result is not None:

@@ -43,6 +43,19 @@ def test_readme_gate_example_runs(tmp_path, monkeypatch, tiny_bert_dir, capsys):
     try:
         for method in ("bitfit", "head"):
             assert main(["train", *common, "--method", method, "--out", f"runs/drug-reviews/{method}"]) == 0
+        # the main job's table: both runs beside the majority class and the benchmark's chosen rows
+        capsys.readouterr()
+        reference = ROOT / "benchmarks" / "results" / "drug_reviews.json"
+        assert main(["summary", "runs/drug-reviews/bitfit", "runs/drug-reviews/head", "--reference", str(reference)]) == 0
+        table = capsys.readouterr().out.splitlines()
+        assert table[0].split()[:7] == ["model", "accuracy", "macro_f1", "auroc", "epochs", "lr", "dropout"]
+        rows = [line.split() for line in table[2:]]
+        assert [r[0] for r in rows[:3]] == ["majority", "bitfit", "head"]
+        assert rows[1][5:7] == ["0.001", "model"] and rows[2][5:7] == ["0.001", "model"]  # each method's default lr; no --dropout
+        chosen = json.loads(reference.read_text())["chosen"]
+        for row, (method, c) in zip(rows[3:], chosen.items(), strict=True):
+            assert row[0] == method and row[1] == f"{c['test_accuracy']:.4f}" and row[2] == f"{c['test_macro_f1']:.4f}"
+            assert row[4:6] == [f"{c['lr']:g}", "model" if c["dropout"] is None else f"{c['dropout']:g}"]
         argv = readme_gate_command()
         out = Path(argv[argv.index("--out") + 1])
         code = main(argv)

@@ -51,3 +51,28 @@ def test_python_api_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(python[0], "README.md", "exec"), {})
     assert (tmp_path / "out" / "delta" / "delta.safetensors").stat().st_size < 150_000
+
+
+def test_main_job_trains_bitfit_with_the_benchmarks_chosen_setting():
+    """The main job's BitFit row must reproduce the benchmark's seed-0 row: same recipe, same chosen lr and dropout."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from drug_reviews import RECIPE
+
+    bench = json.loads((ROOT / "benchmarks" / "results" / "drug_reviews.json").read_text())
+    chosen = bench["chosen"]["bitfit"]
+    script = (ROOT / "scripts" / "main-job.sh").read_text().replace("\\\n", " ")
+    common = shlex.split(re.search(r"common=\((.*?)\)", script, flags=re.S).group(1))
+    line = next(ln for ln in script.splitlines() if ln.startswith("selectune train") and "--method bitfit" in ln)
+    argv = common + shlex.split(line)[2:]
+    args = build_parser().parse_args(["train", *[a for a in argv if a != "${common[@]}"]])
+    assert bench["recipe"] == RECIPE
+    assert (args.epochs, args.batch_size, args.max_length, args.class_weight, args.seed, args.val_fraction, args.warmup_ratio) == (
+        RECIPE["epochs"], RECIPE["batch_size"], RECIPE["max_length"], RECIPE["class_weight"], RECIPE["seed"], RECIPE["val_fraction"],
+        RECIPE["warmup_ratio"])
+    from selectune.methods import get_method
+
+    assert (args.lr if args.lr is not None else get_method("bitfit").default_lr) == chosen["lr"]
+    assert args.dropout == chosen["dropout"]
