@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,29 @@ def settings_table(name: str = "drug_reviews.json", methods: tuple[str, ...] = (
     return "\n".join(lines)
 
 
+def mean_pooling_table() -> str:
+    """CLS head (what selectune trains and merges) vs a mean-pooled head, same recipe, seeds and learning rates."""
+    mean = json.loads((RESULTS / "mean_pooling.json").read_text())
+    cls = json.loads((RESULTS / "drug_reviews.json").read_text())
+    lines = [f"The same 8-epoch recipe and seeds with a mean-pooled head ({mean['head']}) instead of the CLS pooler, each method at "
+             f"{', '.join(f'{m} lr {lr:g}' for m, lr in mean['lrs'].items())}, MiniLM's own dropout (`python benchmarks/mean_pooling.py`). "
+             "Not something selectune trains: such a model does not load as a classifier with plain `from_pretrained`.", "",
+             "| method | head | test macro-F1 over seeds | each seed | gap to full, same head |", "|---|---|---|---|---|"]
+    heads = {"CLS pooler (drug_reviews.json, same lr and dropout)": {}, "mean pooling (mean_pooling.json)": mean["methods"]}
+    for method in mean["methods"]:
+        runs = [r for r in cls["runs"] if (r["method"], r["lr"], r.get("dropout")) == (method, mean["lrs"][method], None)
+                and r["seed"] in mean["methods"][method]["seeds"]]
+        heads["CLS pooler (drug_reviews.json, same lr and dropout)"][method] = {"test_macro_f1_by_seed": [r["test"]["macro_f1"] for r in sorted(runs, key=lambda r: r["seed"])]}
+    for head, methods in heads.items():
+        full = statistics.fmean(methods["full"]["test_macro_f1_by_seed"])
+        for method, m in methods.items():
+            f1 = m["test_macro_f1_by_seed"]
+            spread = f" ± {statistics.stdev(f1):.3f}" if len(f1) > 1 else ""
+            gap = "–" if method == "full" else f"{100 * (statistics.fmean(f1) - full):+.1f} pt"
+            lines.append(f"| {method} | {head} | {statistics.fmean(f1):.3f}{spread} | {', '.join(f'{v:.3f}' for v in f1)} | {gap} |")
+    return "\n".join(lines)
+
+
 def step_table(path: Path = RESULTS / "step_time.json", what: str = "MiniLM", command: str = "python benchmarks/step_time.py") -> str:
     data = json.loads(path.read_text())
     lines = [
@@ -110,7 +134,8 @@ def render() -> str:
     gpu = step_table(RESULTS / "h200" / "step_time_h200.json",
                      "a MiniLM-shaped BERT with random weights (the real weights could not be carried to the GPU machine)")
     longer = [accuracy_table(*LONGER)] if (RESULTS / LONGER[0]).is_file() else []
-    return "\n\n".join([BEGIN, accuracy_table(), settings_table(), *longer, step_table(), gpu.replace("cuda", "one NVIDIA H200, fp32"), sparse_table(), END])
+    pooled = [mean_pooling_table()] if (RESULTS / "mean_pooling.json").is_file() else []
+    return "\n\n".join([BEGIN, accuracy_table(), settings_table(), *longer, *pooled, step_table(), gpu.replace("cuda", "one NVIDIA H200, fp32"), sparse_table(), END])
 
 
 # ---- the comparison with PEFT (benchmarks/training_cost.py, compare_*.py, low_data.py) ---------------------------
