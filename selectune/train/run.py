@@ -53,7 +53,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
     """Fine-tune MODEL on TRAIN with a selective METHOD; write the delta, metrics and resolved config to OUT.
 
     train: training data file (csv, tsv, jsonl, parquet)
-    model: base model: a local HF folder, `minilm` (bundled all-MiniLM-L6-v2), `mlp` (new tabular MLP) or a tabular model folder
+    model: base model: a local HF folder, `minilm` (bundled all-MiniLM-L6-v2), `minilm-mean` (the same, read by mean pooling), `mlp` (new tabular MLP) or a tabular model folder
     out: output directory (delta/, metrics.json, run_config.json); refused if it exists unless --overwrite
     method: selection method with options, e.g. bitfit, full, head, bitfit:roles=query+mlp_in
     label_col: column with the label
