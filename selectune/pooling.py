@@ -24,6 +24,8 @@ import shutil
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoTokenizer, BertModel
+from transformers.utils import logging as hf_logging
 
 MEAN_SCALE = 100.0
 
@@ -47,20 +49,17 @@ def add_mean_pooling_layer(source: str, out: str, scale: float = MEAN_SCALE) -> 
     """Write ``source`` (a BERT-family HF folder) to ``out`` with a mean-pooling layer appended and an identity pooler.
 
     Written to a partial folder and renamed into place, so ``out`` is either complete or absent."""
-    from transformers import AutoConfig, AutoTokenizer, BertModel
-    from transformers.utils import logging as hf_logging
-
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()  # loading and saving a known model: no load report, no progress bars
     hf_logging.disable_progress_bar()
     try:
-        return _build(source, out, scale, AutoConfig, AutoTokenizer, BertModel)
+        return _build(source, out, scale)
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
 
 
-def _build(source, out, scale, AutoConfig, AutoTokenizer, BertModel) -> str:
+def _build(source: str, out: str, scale: float) -> str:
     config = AutoConfig.from_pretrained(source)
     if config.model_type != "bert":
         raise ValueError(f"a mean-pooling layer is built for BERT models; {source} is {config.model_type!r}")
