@@ -22,10 +22,15 @@ LONGER = ("drug_reviews_20_epochs.json", 'python benchmarks/drug_reviews.py --ep
           '--dropouts "bitfit=model,0;full=model" --seeds "bitfit=0;full=0" --out benchmarks/results/drug_reviews_20_epochs.json')
 
 
+def dropout_text(dropout: float | None) -> str:
+    """None (the model's own dropout) -> "model"; 0.0 -> "0"."""
+    return "model" if dropout is None else f"{dropout:g}"
+
+
 def grid_text(grid: dict) -> str:
     """{"bitfit": {"lr": [...], "dropout": [None, 0.0], "seeds": [0, 1, 2]}} -> "bitfit: lr 0.001, 0.003 × dropout model, 0; seeds 0,1,2"."""
     def one(g):
-        dropout = ", ".join("model" if d is None else f"{d:g}" for d in g["dropout"])
+        dropout = ", ".join(map(dropout_text, g["dropout"]))
         return f"lr {', '.join(f'{lr:g}' for lr in g['lr'])} × dropout {dropout}; seeds {','.join(map(str, g['seeds']))}"
     return "; ".join(f"{m}: {one(g)}" for m, g in grid.items())
 
@@ -48,8 +53,7 @@ def accuracy_table(name: str = "drug_reviews.json", command: str = "python bench
     base = data["majority_baseline"]
     lines.append(f"| majority class | – | – | – | – | – | {base['accuracy']:.3f} | {base['macro_f1']:.3f} | – |")
     for method, c in data["chosen"].items():
-        dropout = "model" if c["dropout"] is None else f"{c['dropout']:g}"
-        lines.append(f"| {method} | {c['lr']:g} | {dropout} | {c['trainable_percent']:.3f} | {c['delta_bytes'] / 1000:,.0f} KB | "
+        lines.append(f"| {method} | {c['lr']:g} | {dropout_text(c['dropout'])} | {c['trainable_percent']:.3f} | {c['delta_bytes'] / 1000:,.0f} KB | "
                      f"{c['val_macro_f1']:.3f} | {c['test_accuracy']:.3f} | {c['test_macro_f1']:.3f} | {over_seeds(c)} |")
     return "\n".join(lines)
 
@@ -74,11 +78,10 @@ def settings_table(name: str = "drug_reviews.json", methods: tuple[str, ...] = (
             for dropout in grid["dropout"]:
                 runs = sorted((r for r in data["runs"] if (r["method"], r["lr"], r.get("dropout")) == (method, lr, dropout)
                                and r["seed"] in grid["seeds"]), key=lambda r: r["seed"])
-                val = sum(r["val_macro_f1"] for r in runs) / len(runs)
                 test = [r["test"]["macro_f1"] for r in runs]
                 mark = "yes" if chosen and (chosen["lr"], chosen["dropout"]) == (lr, dropout) else ""
-                lines.append(f"| {method} | {lr:g} | {'model' if dropout is None else f'{dropout:g}'} | {val:.3f} | "
-                             f"{sum(test) / len(test):.3f} | {', '.join(f'{t:.3f}' for t in test)} | {mark} |")
+                lines.append(f"| {method} | {lr:g} | {dropout_text(dropout)} | {statistics.fmean(r['val_macro_f1'] for r in runs):.3f} | "
+                             f"{statistics.fmean(test):.3f} | {', '.join(f'{t:.3f}' for t in test)} | {mark} |")
     return "\n".join(lines)
 
 
@@ -90,15 +93,15 @@ def mean_pooling_table() -> str:
              f"{', '.join(f'{m} lr {lr:g}' for m, lr in mean['lrs'].items())}, MiniLM's own dropout (`python benchmarks/mean_pooling.py`). "
              "Not something selectune trains: such a model does not load as a classifier with plain `from_pretrained`.", "",
              "| method | head | test macro-F1 over seeds | each seed | gap to full, same head |", "|---|---|---|---|---|"]
-    heads = {"CLS pooler (drug_reviews.json, same lr and dropout)": {}, "mean pooling (mean_pooling.json)": mean["methods"]}
-    for method in mean["methods"]:
-        runs = [r for r in cls["runs"] if (r["method"], r["lr"], r.get("dropout")) == (method, mean["lrs"][method], None)
-                and r["seed"] in mean["methods"][method]["seeds"]]
-        heads["CLS pooler (drug_reviews.json, same lr and dropout)"][method] = {"test_macro_f1_by_seed": [r["test"]["macro_f1"] for r in sorted(runs, key=lambda r: r["seed"])]}
-    for head, methods in heads.items():
-        full = statistics.fmean(methods["full"]["test_macro_f1_by_seed"])
-        for method, m in methods.items():
-            f1 = m["test_macro_f1_by_seed"]
+    # the CLS runs at the mean-pooled runs' lr, the model's dropout and seeds: test macro-F1 per seed
+    cls_f1 = {method: [r["test"]["macro_f1"] for r in sorted(cls["runs"], key=lambda r: r["seed"])
+                       if (r["method"], r["lr"], r.get("dropout")) == (method, mean["lrs"][method], None) and r["seed"] in m["seeds"]]
+              for method, m in mean["methods"].items()}
+    heads = {"CLS pooler (drug_reviews.json, same lr and dropout)": cls_f1,
+             "mean pooling (mean_pooling.json)": {method: m["test_macro_f1_by_seed"] for method, m in mean["methods"].items()}}
+    for head, by_method in heads.items():
+        full = statistics.fmean(by_method["full"])
+        for method, f1 in by_method.items():
             spread = f" ± {statistics.stdev(f1):.3f}" if len(f1) > 1 else ""
             gap = "–" if method == "full" else f"{100 * (statistics.fmean(f1) - full):+.1f} pt"
             lines.append(f"| {method} | {head} | {statistics.fmean(f1):.3f}{spread} | {', '.join(f'{v:.3f}' for v in f1)} | {gap} |")

@@ -108,6 +108,9 @@ def summary(runs: list[str], *, reference: str | None = None) -> list[dict[str, 
     """
     from pathlib import Path
 
+    def dropout(value: float | None) -> str:  # None: the model's own dropout
+        return "model" if value is None else f"{value:g}"
+
     rows: list[dict[str, Any]] = []
     for run in runs:
         path = Path(run) / "metrics.json"
@@ -119,7 +122,7 @@ def summary(runs: list[str], *, reference: str | None = None) -> list[dict[str, 
         delta = Path(run) / "delta" / "delta.safetensors"
         tc = m["config"]["train_config"]
         rows.append({"model": m["method"], "source": run, **(m.get("test") or {}), "epochs": tc["epochs"], "lr": f"{tc['lr']:g}",
-                     "dropout": "model" if tc.get("dropout") is None else f"{tc['dropout']:g}",
+                     "dropout": dropout(tc.get("dropout")),
                      "trainable %": f"{m['trainable_percent']:.3f}",
                      "delta KB": f"{delta.stat().st_size / 1000:.0f}", "train s": f"{m['train_seconds']:.0f}"})
     if reference:
@@ -127,7 +130,7 @@ def summary(runs: list[str], *, reference: str | None = None) -> list[dict[str, 
         for method, r in ref.get("chosen", {}).items():  # rows of methods run above too: the same recipe reproduces them
             rows.append({"model": method, "source": Path(reference).name, "accuracy": r["test_accuracy"], "macro_f1": r["test_macro_f1"],
                          "epochs": ref.get("recipe", {}).get("epochs", ""), "lr": f"{r['lr']:g}",
-                         "dropout": "model" if r.get("dropout") is None else f"{r['dropout']:g}",
+                         "dropout": dropout(r.get("dropout")),
                          "trainable %": f"{r['trainable_percent']:.3f}", "delta KB": f"{r['delta_bytes'] / 1000:.0f}"})
     return rows
 
