@@ -34,9 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from selectune.delta import DeltaError
 from selectune.serve.batcher import Control, DynamicBatcher, Job
-from selectune.serve.delta_store import GROUPED, MIXED, DeltaStore, ServedDelta, find_deltas, resolve_delta_source
+from selectune.serve.delta_store import DeltaStore, ServedDelta, find_deltas, resolve_delta_source
 from selectune.serve.inputs import InputError, InputLimits, check_count, encode_inputs
 from selectune.serve.metrics import ServeMetrics
+from selectune.serve.paths import ServingPath
 from selectune.serve.tenants import KeyEntry, KeyRing
 
 log = logging.getLogger("selectune.serve")
@@ -125,26 +126,27 @@ class ServerState:
         log.error("refused delta %r from %s: %s", name, source, err)
 
     def _count_models(self) -> None:
-        for path in (MIXED, GROUPED):
-            self.metrics.models.labels(path).set(sum(d.serving_path == path for d in self.routes.values()))
+        for path in self.store.paths:
+            self.metrics.models.labels(path.name).set(self.served_on(path))
+
+    def served_on(self, path: ServingPath) -> int:
+        return sum(d.serving_path == path.name for d in self.routes.values())
 
     # ---- batcher thread ------------------------------------------------------------------------
     def run_batch(self, jobs: list[Job]) -> None:
         start = time.perf_counter()
         for job in jobs:
             self.metrics.queue_wait.observe(start - job.queued_at)
-        paths = [self.store.deltas[j.name].serving_path for j in jobs]
-        results = self.store.run([(j.name, j.examples) for j in jobs])
+        results = self.store.run([(j.name, j.examples) for j in jobs], on_pass=self._observe_pass)
         self.metrics.batch_seconds.observe(time.perf_counter() - start)
-        mixed = [j for j, p in zip(jobs, paths) if p == MIXED]
-        if mixed:
-            self.metrics.batch_examples.labels(MIXED).observe(sum(len(j.examples) for j in mixed))
-            self.metrics.batch_deltas.observe(len({j.name for j in mixed}))
-        for name in {j.name for j, p in zip(jobs, paths) if p == GROUPED}:
-            self.metrics.batch_examples.labels(GROUPED).observe(sum(len(j.examples) for j in jobs if j.name == name))
         for job, result in zip(jobs, results):
             self.metrics.examples.labels(job.name).inc(len(job.examples))
             job.future.set_result(result)
+
+    def _observe_pass(self, path: ServingPath, deltas: list[ServedDelta], examples: int) -> None:
+        self.metrics.batch_examples.labels(path.name).observe(examples)
+        if path.mixes_deltas:
+            self.metrics.batch_deltas.observe(len({d.name for d in deltas}))
 
 
 def _error(status: int, message: str, **extra) -> JSONResponse:
@@ -209,9 +211,20 @@ def create_app(config: ServeConfig) -> FastAPI:
                   description="One base model, many tenants' deltas, mixed in one batch.")
     app.state.serve = state
     app.add_middleware(_ObserveAndLimit, state=state)
-    bearer = HTTPBearer(auto_error=False, description="API key: Authorization: Bearer KEY")
+    caller, admin = _key_dependencies(state)
+    _add_error_handlers(app)
+    _add_model_routes(app, state, caller)
+    _add_admin_routes(app, state, admin)
+    return app
 
-    def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> KeyEntry | None:
+
+_BEARER = HTTPBearer(auto_error=False, description="API key: Authorization: Bearer KEY")
+
+
+def _key_dependencies(state: ServerState):
+    """(caller, admin): FastAPI dependencies giving the request's key entry (None without --keys); admin needs an admin key."""
+
+    def caller(credentials: HTTPAuthorizationCredentials | None = Depends(_BEARER)) -> KeyEntry | None:
         if state.keyring is None:
             return None
         if credentials is None:
@@ -228,9 +241,23 @@ def create_app(config: ServeConfig) -> FastAPI:
             raise HTTPException(403, f"this route needs an admin key; the key of tenant {entry.tenant!r} is not one")
         return entry
 
-    def allowed(entry: KeyEntry | None, name: str) -> bool:
-        return entry is None or entry.may_use(name)
+    return caller, admin
 
+
+def _allowed(entry: KeyEntry | None, name: str) -> bool:
+    return entry is None or entry.may_use(name)
+
+
+def _routed(state: ServerState, name: str, entry: KeyEntry | None) -> ServedDelta:
+    # 403 before 404: a tenant learns nothing about names outside its own list.
+    if not _allowed(entry, name):
+        raise HTTPException(403, f"your key (tenant {entry.tenant!r}) may not use model {name!r}")
+    if name not in state.routes:
+        raise HTTPException(404, f"unknown model {name!r}; GET /v1/models lists the models you may use")
+    return state.routes[name]
+
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         message = _validation_message(exc.errors())
@@ -249,6 +276,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         log.exception("internal error on %s %s", request.method, request.url.path)
         return _error(500, "internal server error; the server log has the details")
 
+
+def _add_model_routes(app: FastAPI, state: ServerState, caller) -> None:
+    """/health, /v1/models, /v1/models/{name}, /v1/predict: for every key (``caller``)."""
+    config = state.config
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "base": config.base, "models": len(state.routes), "queued": state.batcher.queued}
@@ -256,27 +288,19 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.get("/v1/models")
     async def list_models(entry: KeyEntry | None = Depends(caller)) -> dict[str, Any]:
         out: dict[str, Any] = {"base": config.base,
-                               "models": [d.describe() for n, d in sorted(state.routes.items()) if allowed(entry, n)]}
+                               "models": [d.describe() for n, d in sorted(state.routes.items()) if _allowed(entry, n)]}
         if entry is None or entry.admin:
             out["refused"] = state.refused
         return out
 
     @app.get("/v1/models/{name}")
     async def get_model(name: str, entry: KeyEntry | None = Depends(caller)) -> dict[str, Any]:
-        return _routed(name, entry).describe()
-
-    def _routed(name: str, entry: KeyEntry | None) -> ServedDelta:
-        # 403 before 404: a tenant learns nothing about names outside its own list.
-        if not allowed(entry, name):
-            raise HTTPException(403, f"your key (tenant {entry.tenant!r}) may not use model {name!r}")
-        if name not in state.routes:
-            raise HTTPException(404, f"unknown model {name!r}; GET /v1/models lists the models you may use")
-        return state.routes[name]
+        return _routed(state, name, entry).describe()
 
     @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True)
     async def predict(body: PredictRequest, entry: KeyEntry | None = Depends(caller)) -> dict[str, Any]:
         check_count(body.inputs, state.limits)
-        delta = _routed(body.model, entry)
+        delta = _routed(state, body.model, entry)
         # Encode and enqueue with no await between the route lookup and the submit: an unload queued
         # later (also from this event loop) runs after this request is answered.
         with state.store.tokenizer_lock:
@@ -284,6 +308,11 @@ def create_app(config: ServeConfig) -> FastAPI:
         future = state.batcher.submit(Job(delta.name, examples))
         predictions, used = await asyncio.wrap_future(future)
         return {"model": used.name, "version": used.version, "path": used.serving_path, "predictions": predictions}
+
+
+def _add_admin_routes(app: FastAPI, state: ServerState, admin) -> None:
+    """/v1/models/{name}/load, /v1/models/{name}/unload, /metrics: admin key only (``admin``)."""
+    config = state.config
 
     @app.post("/v1/models/{name}/load")
     async def load(name: str, body: LoadRequest | None = None, _: KeyEntry = Depends(admin)) -> dict[str, Any]:
@@ -319,8 +348,6 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def metrics(_: KeyEntry = Depends(admin)) -> Response:
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
-    return app
-
 
 def serve(*, base: str, deltas: str, keys: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           max_batch_size: int = 32, max_wait_ms: float = 5.0, max_items: int = 32, max_text_chars: int = 10_000,
@@ -345,7 +372,7 @@ def serve(*, base: str, deltas: str, keys: str | None = None, host: str = "127.0
                          max_items=max_items, max_text_chars=max_text_chars)
     app = create_app(config)
     state = app.state.serve
-    log.info("base %s: %d delta(s) served (%d mixed, %d grouped), %d refused; listening on http://%s:%d",
-             base, len(state.routes), sum(d.serving_path == MIXED for d in state.routes.values()),
-             sum(d.serving_path == GROUPED for d in state.routes.values()), len(state.refused), host, port)
+    per_path = ", ".join(f"{state.served_on(path)} {path.name}" for path in state.store.paths)
+    log.info("base %s: %d delta(s) served (%s), %d refused; listening on http://%s:%d",
+             base, len(state.routes), per_path, len(state.refused), host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,11 +1,7 @@
 """The deltas one server holds on one base, and running a batch of their requests.
 
-Two paths, chosen per delta when it loads (``/v1/models`` reports it):
-
-* ``mixed``: bias / LayerNorm / head deltas share one forward pass (``MixedBiasModel``), each example
-  with its own delta's rows of the stacked tables.
-* ``grouped``: deltas that change body weights (``full``, element masks, ...) run per delta on a second
-  copy of the base, switched with ``DeltaSet`` (one copy per number of labels, made when first needed).
+Each delta takes the first serving path (``paths.py``: ``mixed``, then ``grouped``) that can serve it;
+``/v1/models`` reports which and why.
 
 Loading is split so that serving never waits on disk: ``prepare`` (any thread) reads the files, checks the
 base fingerprint and picks the path; ``commit`` and ``remove`` (the batcher thread, between batches) swap
@@ -16,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,16 +24,14 @@ import torch.nn as nn
 from selectune.delta import DELTA_CONFIG, DeltaError, DeltaFingerprintMismatch, base_fingerprint, read_delta
 from selectune.masks import SparseEntries
 from selectune.models import resolve_model
-from selectune.multi_delta import DeltaSet
 from selectune.selection import NEW_PARAMETERS_ATTR, Selection
 from selectune.serve.inputs import collate
-from selectune.serve.mixed_model import MixedBiasModel, MixedDelta, mixed_path_obstacle
+from selectune.serve.paths import GroupedPath, MixedPath, ServingPath
 from selectune.train.tabular import TabularMLP, is_tabular_model_dir
 from selectune.train.tasks import Task
 
 log = logging.getLogger("selectune.serve")
 DELTA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MIXED, GROUPED = "mixed", "grouped"
 
 
 @dataclass
@@ -48,7 +43,7 @@ class ServedDelta:
     task: Task
     selection: Selection
     serving_path: str
-    """``mixed`` (shares the batch's forward pass) or ``grouped`` (its own pass per batch)."""
+    """Name of the ``ServingPath`` it runs on: ``mixed`` (shares the batch's forward pass) or ``grouped`` (its own pass)."""
     reason: str
     tensors: dict[str, torch.Tensor | SparseEntries] = field(repr=False, default_factory=dict)
 
@@ -135,16 +130,20 @@ def load_base(base: str, num_labels: int = 2) -> tuple[nn.Module, Any, str]:
 
 
 class DeltaStore:
-    """One base, its deltas on the mixed and grouped paths, and ``run`` for a batch of requests."""
+    """One base, its deltas on their serving paths, and ``run`` for a batch of requests."""
 
     def __init__(self, base: str):
         self.base = base
         self.model, self.tokenizer, self.kind = load_base(base)
-        self.mixed = MixedBiasModel(self.model)
+        # Tried in order: a delta takes the first path with no obstacle to it (grouped takes any).
+        self.paths: list[ServingPath] = [MixedPath(self.model), GroupedPath(self._base_copy)]
         self.deltas: dict[str, ServedDelta] = {}  # what the batcher thread serves
-        self._grouped: dict[int, DeltaSet] = {}  # number of outputs -> a base copy with its deltas
         self._fingerprints: dict[frozenset[str], str] = {}
         self.tokenizer_lock = threading.Lock()  # a fast tokenizer must not be called from two threads at once
+
+    def path(self, name: str) -> ServingPath:
+        """The serving path called ``name`` (a ``ServedDelta.serving_path``)."""
+        return next(p for p in self.paths if p.name == name)
 
     # ---- loading -------------------------------------------------------------------------------
     def fingerprint(self, exclude: list[str]) -> str:
@@ -174,86 +173,65 @@ class DeltaStore:
         wanted = "text" if task.kind == "text-classification" else "tabular"
         if wanted != self.kind:
             raise DeltaError(f"delta {source} is a {task.kind} delta but the base {self.base} is a {self.kind} model.")
-        obstacle = mixed_path_obstacle(self.model, tensors, selection.new_parameters)
-        if obstacle is None:
-            path, reason = MIXED, "biases, LayerNorm and head only: shares the batch's forward pass (per-example gather)"
-        else:
-            path, reason = GROUPED, obstacle
-        return ServedDelta(name=name, path=str(source), version=config["weights_sha256"], task=task, selection=selection,
-                           serving_path=path, reason=reason, tensors=tensors)
+        delta = ServedDelta(name=name, path=str(source), version=config["weights_sha256"], task=task, selection=selection,
+                            serving_path="", reason="", tensors=tensors)
+        delta.serving_path, delta.reason = self._choose_path(delta)
+        return delta
+
+    def _choose_path(self, delta: ServedDelta) -> tuple[str, str]:
+        """(name, reason) of the first path with no obstacle to ``delta``."""
+        refusals: list[str] = []
+        for path in self.paths:
+            obstacle = path.obstacle(delta)
+            if obstacle is None:
+                return path.name, path.reason(refusals)
+            refusals.append(obstacle)
+        raise DeltaError(f"delta {delta.path} fits no serving path: {'; '.join(refusals)}")
 
     def commit(self, delta: ServedDelta) -> None:
         """Serve ``delta``, replacing one of the same name only once the new one is in place. Batcher thread only."""
         old = self.deltas.get(delta.name)
-        if delta.serving_path == GROUPED:
-            deltas = self._grouped_set(delta.task.n_outputs)
-            if delta.key not in deltas.deltas:
-                deltas.load(delta.key, delta.path, force=True)  # fingerprint already checked by prepare_delta
-            delta.tensors = {}  # the DeltaSet holds its own copy (a `full` delta is as large as the base)
+        self.path(delta.serving_path).add(delta)  # replaces ``old`` there if on the same path; raises unchanged
         self.deltas[delta.name] = delta
-        if MIXED in (delta.serving_path, getattr(old, "serving_path", None)):
-            try:
-                self._rebuild_mixed()
-            except Exception:
-                self.deltas.pop(delta.name)
-                if old is not None:
-                    self.deltas[old.name] = old
-                self._rebuild_mixed()
-                raise
-        if old is not None and old.serving_path == GROUPED and old.key != delta.key:
-            self._grouped[old.task.n_outputs].unload(old.key)
+        if old is not None and old.serving_path != delta.serving_path:
+            self.path(old.serving_path).remove(old)
 
     def remove(self, name: str) -> None:
         """Stop serving ``name``. Batcher thread only."""
         delta = self.deltas.pop(name)
-        if delta.serving_path == GROUPED:
-            self._grouped[delta.task.n_outputs].unload(delta.key)
+        self.path(delta.serving_path).remove(delta)
+
+    def _base_copy(self, n_outputs: int) -> nn.Module:
+        """A second copy of the base with ``n_outputs`` outputs, for the grouped path."""
+        if self.kind == "tabular":
+            model, _, _ = load_base(self.base)
         else:
-            self._rebuild_mixed()
-
-    def mixed_delta(self, name: str) -> MixedDelta:
-        delta = self.deltas[name]
-        return MixedDelta(delta.name, delta.tensors, delta.selection.new_parameters)
-
-    def _rebuild_mixed(self) -> None:
-        self.mixed.set_deltas([self.mixed_delta(n) for n, d in self.deltas.items() if d.serving_path == MIXED])
-
-    def _grouped_set(self, n_outputs: int) -> DeltaSet:
-        if n_outputs not in self._grouped:
-            if self.kind == "tabular":
-                model, _, _ = load_base(self.base)
-            else:
-                model, _, _ = load_base(self.base, num_labels=n_outputs)
-            self._grouped[n_outputs] = DeltaSet(model)
-        return self._grouped[n_outputs]
+            model, _, _ = load_base(self.base, num_labels=n_outputs)
+        return model
 
     # ---- serving -------------------------------------------------------------------------------
-    def run(self, jobs: list[tuple[str, list[dict[str, Any]]]]) -> list[tuple[list[dict[str, Any]], ServedDelta]]:
-        """Predictions for each job (delta name, encoded examples), in order; mixed jobs share one forward pass.
+    def run(self, jobs: list[tuple[str, list[dict[str, Any]]]],
+            on_pass: Callable[[ServingPath, list[ServedDelta], int], None] | None = None,
+            ) -> list[tuple[list[dict[str, Any]], ServedDelta]]:
+        """Predictions for each job (delta name, encoded examples), in order; each path runs its jobs in as
+        many forward passes as it needs (mixed: one for all its deltas; grouped: one per delta).
 
-        Returns, per job, (one prediction per example, the delta that answered).
+        Returns, per job, (one prediction per example, the delta that answered). ``on_pass(path, the pass's
+        deltas, its number of examples)`` is called after each forward pass (metrics).
         """
         results: list[Any] = [None] * len(jobs)
-        mixed = [i for i, (name, _) in enumerate(jobs) if self.deltas[name].serving_path == MIXED]
-        if mixed:
-            rows_of = {name: r for r, name in enumerate(self.mixed.names)}
-            examples = [e for i in mixed for e in jobs[i][1]]
-            rows = torch.tensor([rows_of[jobs[i][0]] for i in mixed for _ in jobs[i][1]], dtype=torch.long)
-            logits = self.mixed.forward(rows, **self._collate(examples))
-            self._split(jobs, mixed, logits, self.model, results)
-        grouped: dict[str, list[int]] = {}
-        for i, (name, _) in enumerate(jobs):
-            if self.deltas[name].serving_path == GROUPED:
-                grouped.setdefault(name, []).append(i)
-        for name, indices in grouped.items():
-            delta = self.deltas[name]
-            deltas = self._grouped[delta.task.n_outputs]
-            if deltas.active != delta.key:
-                deltas.activate(delta.key)
-            examples = [e for i in indices for e in jobs[i][1]]
-            with torch.inference_mode():
-                logits = deltas.model(**self._collate(examples)).logits
-            self._split(jobs, indices, logits, deltas.model, results)
+        for path in self.paths:
+            mine = [i for i, (name, _) in enumerate(jobs) if self.deltas[name].serving_path == path.name]
+            if not mine:
+                continue
+            for group in path.passes([self.deltas[jobs[i][0]] for i in mine]):
+                indices = [mine[g] for g in group]
+                examples = [e for i in indices for e in jobs[i][1]]
+                per_example = [self.deltas[jobs[i][0]] for i in indices for _ in jobs[i][1]]
+                logits, model = path.forward(per_example, self._collate(examples))
+                self._split(jobs, indices, logits, model, results)
+                if on_pass is not None:
+                    on_pass(path, [self.deltas[jobs[i][0]] for i in indices], len(examples))
         return results
 
     def _collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
