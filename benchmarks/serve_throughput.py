@@ -88,13 +88,14 @@ def main() -> None:
         for name in names:
             store.commit(store.prepare_delta(name, Path(tmp) / name))
         assert {d.serving_path for d in store.deltas.values()} == {"mixed"}
+        mixed = store.path("mixed")
         merged = Task(kind="text-classification", label_col="rating", labels=LABELS).load_model(resolve_model("minilm")).eval()
         load_delta(merged, Path(tmp) / names[0])
         # Correctness on the real model: each example of a 16-delta batch against its delta merged alone.
         batches = review_batches(store.tokenizer, args.batch_size, args.batches, args.max_length)
         check_rows = torch.arange(args.batch_size) % 16
-        store.mixed.set_deltas([store.mixed_delta(n) for n in names[:16]])
-        mixed_logits = store.mixed.forward(check_rows, **batches[0])
+        mixed.model.set_deltas([mixed.mixed_delta(store.deltas[n]) for n in names[:16]])
+        mixed_logits = mixed.model.forward(check_rows, **batches[0])
         worst = 0.0
         for d in range(16):
             alone = Task(kind="text-classification", label_col="rating", labels=LABELS).load_model(resolve_model("minilm")).eval()
@@ -109,11 +110,11 @@ def main() -> None:
     configs = {"merged (1 delta merged into the base)": (None, lambda b: merged(**b).logits)}
     for count in DELTA_COUNTS:
         def tables(count=count):
-            store.mixed.set_deltas([store.mixed_delta(n) for n in names[:count]])
+            mixed.model.set_deltas([mixed.mixed_delta(store.deltas[n]) for n in names[:count]])
 
         def mixed_forward(batch, count=count):
             rows = torch.arange(batch["input_ids"].shape[0]) % count  # round-robin: every delta in every batch
-            return store.mixed.forward(rows, **batch)
+            return mixed.model.forward(rows, **batch)
         configs[f"selectune mixed, {count} bitfit deltas"] = (tables, mixed_forward)
     lora = {}
     for count in DELTA_COUNTS:
