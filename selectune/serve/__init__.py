@@ -1,6 +1,7 @@
 """Serving: one base model, many tenants' deltas, mixed in one batch.
 
     mixed_model.py   per-example bias/LayerNorm gather from stacked tables, heads per group (one forward pass)
+    paths.py         serving paths behind one interface: mixed (shared pass) and grouped (per delta on a base copy)
     delta_store.py   the deltas one server holds, which path each takes, running a batch of requests
     batcher.py       the dynamic batcher (max batch size, max wait); hot load/unload between batches
     inputs.py        request inputs -> model inputs, with 4xx messages
