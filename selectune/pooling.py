@@ -26,6 +26,8 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, BertModel
 from transformers.utils import logging as hf_logging
 
+from selectune.io import staged_folder
+
 MEAN_SCALE = 100.0
 
 

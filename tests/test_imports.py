@@ -106,7 +106,7 @@ def test_the_graph_sees_module_function_and_relative_imports():
     assert "selectune.cli" not in top["selectune.evaluate.gate"]
     assert "selectune.methods" in top["selectune.selection"]  # from selectune.methods.spec import ...: runs methods/__init__
     assert "selectune.evaluate" not in top["selectune.evaluate.gate"]  # its own package is already initialising
-    assert set(top) == set(module_files()) and len(top) > 80
+    assert set(top) == set(module_files()) and len(top) > 50
 
 
 def test_core_modules_import_each_other_one_way():
