@@ -20,7 +20,7 @@ import pandas as pd
 
 from selectune.compare import compare
 from selectune.data import export_bundled
-from selectune.delta import atomic_write_json
+from selectune.io import atomic_write_json
 from selectune.train.run import environment
 
 from reuse import data_sha256, reusable  # benchmarks/reuse.py, beside this script

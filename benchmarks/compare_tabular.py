@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from selectune.compare import compare
 from selectune.data import export_bundled
-from selectune.delta import atomic_write_json
+from selectune.io import atomic_write_json
 from selectune.data.bundled import BUNDLED
 from selectune.train.loop import TrainConfig, make_accelerator, predict, score
 from selectune.train.run import environment, train

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 from transformers.utils import logging
 
-from selectune.delta import atomic_write_json
+from selectune.io import atomic_write_json
 from selectune.models import resolve_model
 from selectune.selection import select
 from selectune.train.run import environment

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from selectune.compare import compare  # noqa: E402
 from selectune.data import export_bundled  # noqa: E402
-from selectune.delta import atomic_write_json  # noqa: E402
+from selectune.io import atomic_write_json  # noqa: E402
 from selectune.train.run import environment  # noqa: E402
 
 from reuse import data_sha256, reusable  # noqa: E402  (benchmarks/reuse.py, beside this script)

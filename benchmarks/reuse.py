@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from selectune.delta import file_sha256
+from selectune.fingerprint import file_sha256
 
 
 def data_sha256(files: dict[str, str]) -> dict[str, str]:

@@ -28,7 +28,7 @@ import pandas as pd
 
 from benchmarks.serve_deltas import SYNTHETIC_NOTE, make_perturbed_deltas
 from selectune.data import export_bundled
-from selectune.delta import atomic_write_json
+from selectune.io import atomic_write_json
 from selectune.serve.tenants import hash_key
 from selectune.train.run import environment
 

@@ -23,7 +23,8 @@ import torch
 
 from benchmarks.serve_deltas import SYNTHETIC_NOTE, make_perturbed_deltas
 from selectune.data import export_bundled
-from selectune.delta import atomic_write_json, load_delta
+from selectune.delta import load_delta
+from selectune.io import atomic_write_json
 from selectune.models import resolve_model
 from selectune.serve.delta_store import DeltaStore
 from selectune.train.run import environment

@@ -12,22 +12,23 @@ Only safetensors and JSON are ever read: pickles (``.bin``, ``.pt``) can run cod
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-import selectune
+from selectune.fingerprint import base_fingerprint, file_sha256
+from selectune.io import atomic_write_json, staged_file
 from selectune.masks import SparseEntries, effective_tensor, flat_indices
+from selectune.methods.bias_insertion import insert_biases, remove_biases
 from selectune.selection import Selection
+from selectune.version import __version__
 
 DELTA_WEIGHTS = "delta.safetensors"
 DELTA_CONFIG = "delta_config.json"
@@ -51,77 +52,6 @@ class DeltaFingerprintMismatch(DeltaError):
             "Load the base model the delta was trained on (its path is in delta_config.json), "
             "or pass force=True (CLI: --force) to apply it anyway."
         )
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    # Reinterpret as raw bytes so every dtype (bf16 included) hashes without conversion.
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
-
-
-def base_fingerprint(model: nn.Module, exclude: Iterable[str] = ()) -> str:
-    """sha256 over sorted (name, dtype, shape, bytes) of the model's state, minus ``exclude``.
-
-    ``exclude`` holds parameters that are random per load (a new classifier), which would make the
-    fingerprint of the same checkpoint differ between two loads.
-    """
-    skip = set(exclude)
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if name in skip:
-            continue
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(_tensor_bytes(tensor))
-    return "sha256:" + digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
-def fsync_path(path: str | os.PathLike) -> None:
-    """Flush a file, or a folder's entries (a rename is durable only once its folder is fsynced), to disk."""
-    if os.name != "posix" and Path(path).is_dir():
-        return  # folders cannot be opened for fsync on Windows; NTFS journals renames itself
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)  # os.umask can only be read by setting it
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, rename, fsync the folder: readers see old or new, never half,
-    and after a crash (power loss included) the new file is there whole or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the file the mode open() would, so reviewers can read it
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(Path(path), (json.dumps(data, sort_keys=True, indent=2, default=str) + "\n").encode())
 
 
 def save_delta(model: nn.Module, selection: Selection, out_dir: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> Path:
@@ -152,16 +82,12 @@ def save_delta(model: nn.Module, selection: Selection, out_dir: str | os.PathLik
             described[name]["nonzero"] = value.numel()
         else:
             tensors[name] = value
-    out.mkdir(parents=True, exist_ok=True)
-    # safetensors writes the file itself; write to a temp name in the same folder and rename.
-    tmp = out / f".{DELTA_WEIGHTS}.tmp"
-    save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    fsync_path(tmp)
-    os.replace(tmp, out / DELTA_WEIGHTS)
+    with staged_file(out / DELTA_WEIGHTS) as tmp:  # safetensors writes the file itself, by name
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "selectune_version": selectune.__version__,
+        "selectune_version": __version__,
         "selection": selection.to_dict(),
         "tensors": described,
         "weights_sha256": file_sha256(out / DELTA_WEIGHTS),
@@ -257,8 +183,6 @@ def write_delta_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], sele
 
     Returns the biases it inserted. On a bad name or shape nothing is left changed.
     """
-    from selectune.methods.bias_insertion import insert_biases, remove_biases
-
     have = {n for n, _ in model.named_parameters()}
     try:
         inserted = insert_biases(model, [n for n in selection.inserted_parameters if n not in have])

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
 from selectune.delta import DeltaError, load_delta, read_delta
+from selectune.io import staged_folder
 from selectune.train.tasks import ModelLoadError, Task
 
 # Short names for models that ship inside PyPI packages (nothing can be downloaded from a hub here).
@@ -108,18 +107,11 @@ def merge(delta: str, out: str, model: str | None = None, force: bool = False, o
     target = Path(out)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with staged_folder(target) as partial:
         task.save_model(net, partial)
         (partial / TASK_FILE).write_text(json.dumps(task.metadata(), indent=2, sort_keys=True) + "\n")
         (partial / "selectune_merge.json").write_text(json.dumps(
             {"delta": str(Path(delta).resolve()), "delta_weights_sha256": config["weights_sha256"],
              "base_fingerprint": config["selection"]["base_fingerprint"], "method": config["selection"]["method"]},
             indent=2, sort_keys=True) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(partial, target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return str(target)

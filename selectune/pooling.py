@@ -20,12 +20,13 @@ fingerprint works on it unchanged, and the layer's own biases and LayerNorms tra
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, BertModel
 from transformers.utils import logging as hf_logging
+
+from selectune.io import staged_folder
 
 MEAN_SCALE = 100.0
 
@@ -73,14 +74,9 @@ def _build(source: str, out: str, scale: float) -> str:
     pooled = BertModel(config, add_pooling_layer=True)
     pooled.load_state_dict(state, strict=True)
     target = Path(out)
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    pooled.save_pretrained(partial)
-    AutoTokenizer.from_pretrained(source).save_pretrained(partial)
-    if target.exists():  # another process built it meanwhile: keep theirs (same bytes)
-        shutil.rmtree(partial)
-    else:
-        partial.rename(target)
+    with staged_folder(target, keep_existing=True) as partial:  # another process built it meanwhile: keep theirs (same bytes)
+        pooled.save_pretrained(partial)
+        AutoTokenizer.from_pretrained(source).save_pretrained(partial)
     return str(target)
 
 

@@ -16,7 +16,9 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
+from selectune.fingerprint import base_fingerprint
 from selectune.masks import apply_masks, plain_named_parameters, plain_parameter_names
+from selectune.methods import get_method
 from selectune.methods.spec import MaskedResult
 from selectune.roles import ROLES, parameter_roles
 
@@ -101,9 +103,6 @@ def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str
     ``batches``: for data-driven methods (``spec.needs_data``: fish, lt_sft), an iterable of dicts that
     ``model(**batch)`` turns into an output with ``.loss``; other methods ignore it.
     """
-    from selectune.delta import base_fingerprint
-    from selectune.methods import get_method
-
     spec = get_method(method)
     resolved = spec.resolve_options(options)
     if spec.needs_data and batches is None:
@@ -113,7 +112,8 @@ def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str
     # Fingerprint first: the base must be pristine, and new parameters are random per load.
     fingerprint = base_fingerprint(model, exclude=new)
     before = {n for n, _ in model.named_parameters()}
-    result = spec.select(model, batches=batches, **resolved) if spec.needs_data else spec.select(model, **resolved)
+    inputs = {**({"batches": batches} if spec.needs_data else {}), **({"new_parameters": new} if spec.takes_new_parameters else {})}
+    result = spec.select(model, **inputs, **resolved)
     masks = {n: m for n, m in result.masks.items() if n not in new} if isinstance(result, MaskedResult) else {}
     chosen = set(result.whole if isinstance(result, MaskedResult) else result) | set(masks) | set(new)
     params = dict(model.named_parameters())

@@ -142,7 +142,7 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     # mkstemp creates 0600 files; a delta or report must be readable by a reviewer as any other file would be.
     import os
 
-    from selectune.delta import atomic_write_bytes
+    from selectune.io import atomic_write_bytes
 
     old = os.umask(0o022)
     try:

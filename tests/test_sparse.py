@@ -23,6 +23,7 @@ from selectune.selection import NEW_PARAMETERS_ATTR
 from tests.tiny_models import tiny_bert, tiny_text_batch
 
 MASK_METHODS = ["random", "pafi", "fish", "lt_sft"]
+TINY_BERT_NEW = ["classifier.weight", "classifier.bias"]  # tiny_bert's fresh head, which select() passes to the methods
 
 
 def _data(method, model):
@@ -30,7 +31,7 @@ def _data(method, model):
 
 
 def _eligible_total(model):
-    return sum(p.numel() for p in eligible_parameters(model).values())
+    return sum(p.numel() for p in eligible_parameters(model, new_parameters=TINY_BERT_NEW).values())
 
 
 def _mask_count(sel):
@@ -48,7 +49,7 @@ def test_budget_count_and_fraction(method):
     assert _mask_count(sel) == round(0.01 * total)
     # Budget is global over the eligible tensors: no embeddings, no new parameters, nothing 1-D.
     assert not any("embeddings" in n or n.startswith("classifier") for n in sel.masked)
-    assert set(sel.masked) <= set(eligible_parameters(tiny_bert()))
+    assert set(sel.masked) <= set(eligible_parameters(tiny_bert(), new_parameters=TINY_BERT_NEW))
     # Biases train whole beside the mask; counted in trainable_parameters with the mask's entries.
     params = dict(tiny_bert().named_parameters())
     whole = set(sel.trainable) - set(sel.masked)
@@ -86,7 +87,7 @@ def test_deterministic_with_a_seed(method):
 
 def test_pafi_picks_the_smallest_magnitudes():
     model = tiny_bert()
-    weights = {n: p.detach().abs().clone() for n, p in eligible_parameters(model).items()}
+    weights = {n: p.detach().abs().clone() for n, p in eligible_parameters(model, new_parameters=TINY_BERT_NEW).items()}
     sel = select(model, "pafi", budget=40)
     picked = torch.cat([weights[n][m] for n, m in sel.masks.items()])
     rest = torch.cat([weights[n][~sel.masks[n]] if n in sel.masks else weights[n].reshape(-1) for n in weights])
@@ -128,7 +129,7 @@ def test_fish_without_batches_refused():
 def test_lt_sft_resets_the_model_bitwise_before_training():
     model = tiny_bert()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    fitted = LotteryTicketMask(budget=30, steps=3).fit(model, [tiny_text_batch(model)])
+    fitted = LotteryTicketMask(budget=30, steps=3).fit(model, [tiny_text_batch(model)], new_parameters=TINY_BERT_NEW)
     assert any(c.max() > 0 for c in fitted.change_.values()), "the ranking steps changed nothing"
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     # The kept entries are those that moved most.

@@ -9,9 +9,7 @@ Everything is written to a partial folder and renamed into place at the end.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import statistics
 import sys
 import tempfile
@@ -32,7 +30,8 @@ from selectune.compare.recommend import COSTS, recommend
 from selectune.compare.summary import choose_lr, subgroup_scores, summarise
 from selectune.data import DataError, load_splits
 from selectune.data.check_command import check_splits
-from selectune.delta import atomic_write_json, file_sha256
+from selectune.fingerprint import file_sha256
+from selectune.io import atomic_write_json, staged_folder
 from selectune.evaluate.metrics import majority_baseline
 from selectune.models import resolve_model
 from selectune.train.loop import TrainConfig, fit, make_accelerator, predict, score
@@ -148,11 +147,8 @@ def compare(train: str, *, model: str, out: str, methods: str = DEFAULT_METHODS,
                          metric=metric, class_weight=class_weight, progress=progress)
 
     # ---- runs: method x learning rate x seed ------------------------------------------------------------------
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    scratch = Path(tempfile.mkdtemp(prefix="selectune-compare-"))
-    try:
-        partial.mkdir(parents=True)
+    with staged_folder(target) as partial, tempfile.TemporaryDirectory(prefix="selectune-compare-", ignore_cleanup_errors=True) as scratch:
+        scratch = Path(scratch)
         runs: list[dict[str, Any]] = []
         outputs: dict[tuple[str, float, int], dict[str, np.ndarray]] = {}
         for contender in contenders:
@@ -195,12 +191,6 @@ def compare(train: str, *, model: str, out: str, methods: str = DEFAULT_METHODS,
         plots = plot_comparison(summaries, metric, partial, title, floor=baseline[metric] if baseline and metric in baseline else None)
         result["plots"] = [p.name for p in plots]
         atomic_write_json(partial / "compare.json", result)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(partial, target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.rmtree(scratch, ignore_errors=True)
     result["out"] = str(target)
     return result
 

@@ -6,16 +6,17 @@ The packages are never imported (some pull heavy or conflicting dependencies, he
 
 from __future__ import annotations
 
+import contextlib
 import html
 import importlib.metadata
 import io
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from selectune.io import staged_file
 
 from .checks import normalized_text
 from .readers import DataError
@@ -146,22 +147,11 @@ def diabetes() -> dict[str, pd.DataFrame]:
 
 
 def write_atomically(frames: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, str]:
-    """Write every file to a temp name first and rename only when all succeeded,
+    """Write every file to a temp name first and rename only when all were written,
     so an interrupted export never leaves a half-written CSV that looks complete."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    temps: dict[str, str] = {}
-    try:
+    paths = {key: out_dir / f"{key}.csv" for key in frames}
+    with contextlib.ExitStack() as staged:
+        temps = {key: staged.enter_context(staged_file(path)) for key, path in paths.items()}
         for key, frame in frames.items():
-            fd, temps[key] = tempfile.mkstemp(dir=out_dir, prefix=f".{key}-", suffix=".csv.tmp")
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-                frame.to_csv(fh, index=False)
-            os.chmod(temps[key], 0o644)  # mkstemp creates 0600; exported data is meant to be shared
-        paths = {}
-        for key, temp in temps.items():
-            paths[key] = str(out_dir / f"{key}.csv")
-            os.replace(temp, paths[key])
-        return paths
-    finally:
-        for temp in temps.values():
-            if os.path.exists(temp):
-                os.remove(temp)
+            frame.to_csv(temps[key], index=False)
+    return {key: str(path) for key, path in paths.items()}

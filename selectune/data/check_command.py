@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from selectune.delta import atomic_write_json
+from selectune.io import atomic_write_json
 
 from .checks import CheckReport, run_checks
 from .readers import DataError

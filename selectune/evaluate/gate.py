@@ -28,8 +28,6 @@ Writes into ``--out`` (all at once, through a partial folder renamed at the end)
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -40,7 +38,9 @@ import numpy as np
 import pandas as pd
 
 from selectune.data import DataError, load_splits, read_table
-from selectune.delta import DELTA_CONFIG, atomic_write_bytes, atomic_write_json, file_sha256, read_delta
+from selectune.delta import DELTA_CONFIG, read_delta
+from selectune.fingerprint import file_sha256
+from selectune.io import atomic_write_bytes, atomic_write_json, staged_folder
 from selectune.evaluate.criteria import CriteriaFile, check_applicable, judge, load_criteria
 from selectune.evaluate.metrics import choose_threshold, parse_threshold_rule
 from selectune.evaluate.run import model_outputs, read_frame
@@ -341,18 +341,11 @@ def _predictions(frame, y, outputs, thresholds, task, settings, groups) -> bytes
 
 def _write(target: Path, record: dict, evaluation_bytes: bytes, rules: CriteriaFile, predictions: bytes) -> None:
     """Everything into a partial folder, renamed into place: a reader sees the old result or the whole new one."""
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with staged_folder(target) as partial:
         atomic_write_bytes(partial / "evaluation.json", evaluation_bytes)
         atomic_write_bytes(partial / "criteria.yaml", rules.text.encode("utf-8"))
         atomic_write_bytes(partial / "predictions.csv", predictions)
         atomic_write_json(partial / "gate.json", record)  # last: a folder with gate.json is complete
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(partial, target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
 
 
 def render(result: dict[str, Any]) -> str:

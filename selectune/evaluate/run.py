@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from selectune.data import DataError, read_table
 from selectune.data.splits import check_frame, prepare
-from selectune.delta import atomic_write_bytes, atomic_write_json
+from selectune.io import atomic_write_bytes, atomic_write_json
 from selectune.models import load_for_inference
 from selectune.train.loop import make_accelerator, predict as predict_outputs, score, TrainConfig
 

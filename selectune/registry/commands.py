@@ -1,12 +1,12 @@
 """``selectune registry add | promote | rollback | history | show | export | verify``: thin over the store."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from selectune.delta import DELTA_CONFIG, DELTA_WEIGHTS, atomic_write_json, fsync_path
+from selectune.delta import DELTA_CONFIG, DELTA_WEIGHTS
+from selectune.io import atomic_write_json, staged_folder
 from selectune.registry.register import check_request, register
 from selectune.registry.store import PRODUCTION, Registry, Version
 
@@ -79,21 +79,11 @@ def export(ref: str, out: str, *, registry: str = "registry", overwrite: bool = 
     with Registry(registry) as reg:
         version = reg.get(ref)
         source, base = reg.delta_path(version), reg.base_path(version)
-        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        try:
-            partial.mkdir(parents=True)
+        with staged_folder(target) as partial:
             for name in (DELTA_WEIGHTS, DELTA_CONFIG):
                 shutil.copyfile(source / name, partial / name)
-                fsync_path(partial / name)
             reg.check_delta(partial, version.delta_id, version.weights_sha256, version.ref)  # the copy is the registered bytes
             atomic_write_json(partial / "registry_version.json", {**version.to_dict(), "base_path": base, "registry": str(reg.root)})
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(partial, target)
-            fsync_path(target.parent)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
     return str(target)
 
 

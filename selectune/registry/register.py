@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from selectune.delta import DELTA_CONFIG, base_fingerprint, file_sha256, read_delta, save_delta
+from selectune.delta import DELTA_CONFIG, read_delta, save_delta
+from selectune.fingerprint import base_fingerprint, file_sha256
 from selectune.models import BUNDLED_MODELS, TASK_FILE, load_with_delta, resolve_model
 from selectune.registry.store import IN_REGISTRY, Registry, RegistryError, Version
 from selectune.selection import Selection, new_parameters_of

@@ -34,7 +34,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from selectune.delta import DELTA_CONFIG, DELTA_WEIGHTS, DeltaError, file_sha256, fsync_path
+from selectune.delta import DELTA_CONFIG, DELTA_WEIGHTS, DeltaError
+from selectune.fingerprint import file_sha256
+from selectune.io import replace_folder
 
 DATABASE, LOCK = "registry.sqlite", "write.lock"
 PRODUCTION = "production"
@@ -171,12 +173,7 @@ class Registry:
         if final.exists():
             shutil.rmtree(staged)
             return final
-        for path in staged.iterdir():
-            fsync_path(path)
-        fsync_path(staged)
-        final.parent.mkdir(exist_ok=True)
-        os.replace(staged, final)
-        fsync_path(final.parent)
+        replace_folder(staged, final)
         return final
 
     def store_delta(self, source: Path) -> tuple[str, str]:

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from selectune.data import load_splits
-from selectune.delta import DELTA_CONFIG, atomic_write_bytes, atomic_write_json, file_sha256
+from selectune.delta import DELTA_CONFIG
+from selectune.fingerprint import file_sha256
+from selectune.io import atomic_write_bytes, atomic_write_json
 from selectune.registry.register import register
 from selectune.registry.store import Registry, RegistryError
 from selectune.train.tasks import Task

@@ -4,14 +4,13 @@ setup (read and validate every saved file) -> build the sections -> render both 
 """
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
 from pathlib import Path
 from typing import Any
 
 from selectune.data import DataError
-from selectune.delta import atomic_write_bytes, file_sha256
+from selectune.fingerprint import file_sha256
+from selectune.io import atomic_write_bytes, staged_folder
 from selectune.report.change_record import hf_metadata, model_card_sections, pccp_section
 from selectune.report.collect import RunEvidence, read_run
 from selectune.report.document import FILL_MARK, Code, Fields, Notice, Paragraph, Section, Table, figures, to_html, to_markdown
@@ -128,18 +127,11 @@ def report(run: str, *, out: str, gate: str | None = None, base: str | None = No
     markdown = to_markdown(title, subtitle, sections, front_matter)
 
     # Everything goes into a partial folder first, renamed into place at the end: never a half-written report.
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with staged_folder(target) as partial:
         atomic_write_bytes(partial / REPORT_HTML, html_text.encode("utf-8"))
         atomic_write_bytes(partial / REPORT_MD, markdown.encode("utf-8"))
         for name, png in figures(sections).items():
             atomic_write_bytes(partial / FIGURES / f"{name}.png", png)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(partial, target)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     fill_ins = markdown.count(f"[{FILL_MARK}]")
     return {"html": str(target / REPORT_HTML), "markdown": str(target / REPORT_MD), "figures": len(figures(sections)),
             "gate": None if gate_evidence is None else ("passed" if gate_evidence.passed else "failed"), "fields_to_fill": fill_ins}

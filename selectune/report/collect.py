@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from selectune.data import DataError
-from selectune.delta import DELTA_CONFIG, DELTA_WEIGHTS, file_sha256
+from selectune.delta import DELTA_CONFIG, DELTA_WEIGHTS
+from selectune.fingerprint import file_sha256
 
 RUN_FILES = ("run_config.json", "metrics.json", f"delta/{DELTA_CONFIG}", f"delta/{DELTA_WEIGHTS}")
 

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from selectune.delta import DELTA_CONFIG, DeltaError, DeltaFingerprintMismatch, base_fingerprint, read_delta
+from selectune.delta import DELTA_CONFIG, DeltaError, DeltaFingerprintMismatch, read_delta
+from selectune.fingerprint import base_fingerprint
 from selectune.masks import SparseEntries
 from selectune.models import resolve_model
 from selectune.selection import NEW_PARAMETERS_ATTR, Selection

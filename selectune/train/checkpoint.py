@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from selectune.delta import atomic_write_json, file_sha256, fsync_path
+from selectune.fingerprint import file_sha256
+from selectune.io import atomic_write_json, staged_folder
 
 TENSORS, STATE = "tensors.safetensors", "state.json"
 PARAM, BUFFER, BEST, OPTIMIZER, RNG = "param/", "buffer/", "best/", "optimizer/", "rng/"
@@ -91,21 +90,11 @@ class Checkpoints:
             "numpy_rng": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
             "python_rng": random.getstate(),
         }
-        self.folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=".staging-"))
-        try:
+        final = self.folder / f"epoch-{epoch:04d}"
+        with staged_folder(final) as staging:  # replaces the folder of an epoch a resumed run redoes
             save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(staging / TENSORS))
-            fsync_path(staging / TENSORS)
             state["tensors_sha256"] = file_sha256(staging / TENSORS)
             atomic_write_json(staging / STATE, state)  # written last: a folder with state.json is complete
-            fsync_path(staging)
-            final = self.folder / f"epoch-{epoch:04d}"
-            if final.exists():  # a resumed run redoing an epoch whose folder survived
-                shutil.rmtree(final)
-            os.replace(staging, final)
-            fsync_path(self.folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         for old in self.complete()[:-self.keep]:
             shutil.rmtree(old[1], ignore_errors=True)
         return final

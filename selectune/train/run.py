@@ -20,7 +20,9 @@ import torch
 import selectune
 from selectune.data import load_splits
 from selectune.data.check_command import check_splits
-from selectune.delta import atomic_write_json, file_sha256, load_delta, read_delta, read_selection, save_delta, stack_selection
+from selectune.delta import load_delta, read_delta, read_selection, save_delta, stack_selection
+from selectune.fingerprint import file_sha256
+from selectune.io import atomic_write_json, staged_folder
 from selectune.evaluate.metrics import majority_baseline
 from selectune.masks import merge_masks
 from selectune.methods import get_method, parse_method
@@ -181,9 +183,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
         return summary
 
     # save: everything into a partial folder, renamed into place at the end
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with staged_folder(target) as partial:
         resolved = {"command": "selectune train", "argv": sys.argv, "train": train, "validation": validation, "test": test,
                     "model": model, "model_path": model_path, "method": method_name, "method_options": selection.options,
                     "label_col": label_col, "text_col": text_col, "feature_cols": features, "task": kind,
@@ -206,10 +206,5 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
             merge_masks(net)  # masked weights become plain tensors with plain names before save_pretrained
             the_task.save_model(net, partial / "model")
             (partial / "model" / TASK_FILE).write_text(json.dumps(the_task.metadata(), indent=2, sort_keys=True) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(partial, target)
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete: nothing left to resume
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete: nothing left to resume
     return summary
