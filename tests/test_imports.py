@@ -36,12 +36,14 @@ def module_files() -> dict[str, Path]:
 
 
 def _runs_at_import(tree: ast.Module) -> list[ast.stmt]:
-    """Statements executed when the module is imported: not function bodies (class bodies do run)."""
+    """Statements executed when the module is imported: not function bodies (class bodies do run), not ``if TYPE_CHECKING:``."""
     run, todo = [], list(tree.body)
     while todo:
         node = todo.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            continue  # annotations only (``from __future__ import annotations``): never runs
         run.append(node)
         todo.extend(child for child in ast.iter_child_nodes(node) if isinstance(child, ast.stmt))
     return run
