@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 EVALUATION_SCHEMA, GATE_SCHEMA = "selectune-evaluation/1", "selectune-gate/1"
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -268,6 +268,20 @@ class GateRecord(Record):
     settings: Settings
     command: list[str]
     created: str
+
+
+Parsed = TypeVar("Parsed", bound=BaseModel)
+
+
+def parse_record(model: type[Parsed], data: Any, path: Path | str, error: type[Exception], fix: str) -> Parsed:
+    """DATA (a file's parsed JSON) as MODEL, or ERROR naming the file, the first field that is wrong and FIX."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the top level"
+        raise error(f"{path} is not a file this selectune reads ({err.error_count()} problem(s); first at {where}: "
+                    f"{first['msg']}); {fix}") from None
 
 
 SCHEMA_FILES = {"evaluation.schema.json": Evaluation, "gate.schema.json": GateRecord}
