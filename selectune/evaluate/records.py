@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 EVALUATION_SCHEMA, GATE_SCHEMA = "selectune-evaluation/1", "selectune-gate/1"
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -216,7 +216,7 @@ class GateRow(Record):
     rule: str
     params: dict[str, Any]
     note: str | None
-    passed: bool
+    passed: StrictBool  # a verdict is never coerced from "yes" or 1
     evidence: str
     values: dict[str, Any]
     """The numbers judged; their shape depends on the rule."""
@@ -257,7 +257,7 @@ class GateRecord(Record):
     """gate.json: the verdict, one row per criterion, the criteria as written, and what was compared."""
     schema_: Literal["selectune-gate/1"] = Field(GATE_SCHEMA, alias="schema")
     always_written = ("schema_", "evaluation")
-    passed: bool
+    passed: StrictBool
     rows: list[GateRow]
     criteria: CriteriaRecord
     evaluation: str = "evaluation.json"
