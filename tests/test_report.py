@@ -203,6 +203,7 @@ def test_multi_class_evaluation_renders_one_curve_per_class_and_model():
     # Hand-made predictions through the gate's own scorer: the report's evaluation sections need no model.
     import numpy as np
 
+    from selectune.evaluate.records import Evaluation
     from selectune.evaluate.scorecard import EvaluationSettings, score_predictions
     from selectune.report.document import figures
     from selectune.report.evaluation_sections import evaluation_sections
@@ -219,7 +220,7 @@ def test_multi_class_evaluation_renders_one_curve_per_class_and_model():
     evaluation = score_predictions(y, {"base": probs(1.5), "update": probs(1.0)}, {"base": 0.4, "update": 0.4}, ["neg", "neutral", "pos"],
                                    EvaluationSettings(resamples=50, positive_label="neg", group_cols=["site"], min_group_n=20), groups)
     evaluation = json.loads(json.dumps(evaluation))  # as the gate saves it
-    sections = evaluation_sections(evaluation, None, {})
+    sections = evaluation_sections(Evaluation.model_validate(evaluation), None, {})
     md = to_markdown("t", "s", sections)
     assert sorted(figures(sections)) == ["calibration", "pr", "roc", "subgroups_1"]
     assert "ROC curves of base and update on the test rows (one-vs-rest per class)" in md

@@ -35,25 +35,16 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from selectune.evaluate.metrics import CLASSIFICATION_METRICS, FAIRNESS_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS
 
 HEADLINE = set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS)
-# rule -> (required parameters, optional parameters with defaults)
-RULES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "min": (("value",), {"use": "point"}),
-    "max": (("value",), {"use": "point", "group_col": None}),
-    "non_inferior": (("margin",), {}),
-    "superior": ((), {"margin": 0.0}),
-    "max_worsening": (("value",), {"group_col": None}),
-    "max_subgroup_drop": (("max_drop",), {"group_col": None, "use": "point", "include_small_groups": False}),
-}
-USES = {"min": ("point", "ci_low"), "max": ("point", "ci_high"), "max_subgroup_drop": ("point", "ci")}
 COMMON_KEYS = ("id", "metric", "rule", "note")
 TOP_KEYS = ("criteria", "description", "version")
+NON_NEGATIVE = ("margin", "max_drop")  # numbers that must be >= 0 (a min/max ``value`` may be negative, e.g. r2)
 
 
 class CriteriaError(ValueError):
@@ -64,17 +55,13 @@ class CriteriaError(ValueError):
 class Criterion:
     id: str
     metric: str
-    rule: str
+    rule: str  # a key of RULES
     params: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
 
     def describe(self) -> str:
         p = self.params
-        text = {"min": f"{self.metric} >= {p.get('value')}", "max": f"{self.metric} <= {p.get('value')}",
-                "non_inferior": f"{self.metric} non-inferior to base, margin {p.get('margin')}",
-                "superior": f"{self.metric} better than base by > {p.get('margin')}",
-                "max_worsening": f"{self.metric} worse than base by <= {p.get('value')}",
-                "max_subgroup_drop": f"{self.metric} drop vs base in any subgroup <= {p.get('max_drop')}"}[self.rule]
+        text = RULES[self.rule].describe(self.metric, p)
         if p.get("use") not in (None, "point"):
             text += f" (judged on {p['use']})"
         if p.get("group_col"):
@@ -131,29 +118,10 @@ def _parse_entry(i: int, entry: Any, path: str) -> Criterion:
         raise CriteriaError(f"{where}: unknown metric {metric!r}; valid metrics: {', '.join(valid_metrics)}")
     if rule not in RULES:
         raise CriteriaError(f"{where}: unknown rule {rule!r}; valid rules: {', '.join(RULES)}")
-    if metric in FAIRNESS_METRICS and rule not in ("max", "max_worsening"):
-        raise CriteriaError(f"{where}: fairness metric {metric} takes the rule max or max_worsening, not {rule!r}")
-    required, optional = RULES[rule]
-    allowed = set(COMMON_KEYS) | set(required) | set(optional)
-    if metric not in FAIRNESS_METRICS and rule in ("max", "max_worsening"):
-        allowed.discard("group_col")  # a headline metric is judged on all test rows
-    unknown = sorted(set(entry) - allowed)
-    if unknown:
-        raise CriteriaError(f"{where}: unknown key(s) {unknown} for rule {rule!r}; valid keys: {', '.join(sorted(allowed))}")
-    missing = [k for k in required if k not in entry]
-    if missing:
-        raise CriteriaError(f"{where}: rule {rule!r} needs {', '.join(missing)} (e.g. {missing[0]}: 0.05)")
-    params = {k: v for k, v in optional.items() if k in allowed}
-    params.update({k: entry[k] for k in entry if k in set(required) | set(optional)})
-    for key in ("value", "margin", "max_drop"):
-        if key in params:
-            params[key] = _number(where, key, params[key], minimum=0.0 if key != "value" else None)
-    if "use" in params and params["use"] not in USES.get(rule, ("point",)):
-        raise CriteriaError(f"{where}: use must be one of {', '.join(USES[rule])} for rule {rule!r}, got {params['use']!r}")
-    if not isinstance(params.get("include_small_groups", False), bool):
-        raise CriteriaError(f"{where}: include_small_groups must be true or false")
-    if params.get("group_col") is not None and not isinstance(params["group_col"], str):
-        raise CriteriaError(f"{where}: group_col must be a column name, got {params['group_col']!r}")
+    if metric in FAIRNESS_METRICS and not RULES[rule].judges_fairness_gaps:
+        fairness_rules = " or ".join(name for name, r in RULES.items() if r.judges_fairness_gaps)
+        raise CriteriaError(f"{where}: fairness metric {metric} takes the rule {fairness_rules}, not {rule!r}")
+    params = RULES[rule].parse(where, entry, metric)
     note = entry.get("note")
     ident = entry.get("id", f"{metric} {rule}")
     if not isinstance(ident, str) or not ident.strip():
@@ -206,7 +174,7 @@ def check_applicable(criteria: CriteriaFile, *, classification: bool, group_cols
         if c.metric not in valid:
             raise CriteriaError(f"{criteria.path}: criterion {c.id!r} uses {c.metric}, which a {kind} model does not have; "
                                 f"valid metrics for {kind}: {', '.join(sorted(valid))}")
-        needs_groups = c.rule == "max_subgroup_drop" or c.metric in FAIRNESS_METRICS
+        needs_groups = RULES[c.rule].judges_subgroups or c.metric in FAIRNESS_METRICS
         if needs_groups and not group_cols:
             raise CriteriaError(f"{criteria.path}: criterion {c.id!r} judges subgroups, but no --group-cols were given; "
                                 "pass --group-cols COLUMN[,COLUMN] (columns of the test file)")
@@ -242,19 +210,84 @@ def _worse_by(higher: bool, diff: dict, use: str) -> float | None:
 
 
 def judge(criterion: Criterion, evaluation: dict, confidence: float) -> dict[str, Any]:
-    """One gate row: passed (a criterion that cannot be evaluated fails), human evidence, and the numbers."""
-    c, p = criterion, criterion.params
-    higher = HIGHER_IS_BETTER[c.metric]
-    models, diff = evaluation["models"], evaluation.get("paired_differences") or {}
-    level = f"{confidence:.0%}"
-    values: dict[str, Any] = {}
-    if c.metric in FAIRNESS_METRICS:
+    """One gate row: passed (a criterion that cannot be evaluated fails), human evidence, and the numbers.
+
+    EVALUATION is evaluation.json's content (``selectune.evaluate.records.Evaluation`` dumped to a dict).
+    """
+    c = criterion
+    passed, evidence, values = RULES[c.rule].judge(c, evaluation, f"{confidence:.0%}")
+    return {"id": c.id, "criterion": c.describe(), "metric": c.metric, "rule": c.rule, "params": c.params, "note": c.note,
+            "passed": bool(passed), "evidence": evidence, "values": values}
+
+
+# ---- the rules: one class per rule name ----------------------------------------------------------------
+
+Judgement = tuple[bool, str, dict[str, Any]]  # (passed, evidence text, the numbers judged)
+
+
+class Rule:
+    """One kind of criterion: which parameters it takes (parse), its text (describe) and its verdict (judge)."""
+    name: ClassVar[str]
+    required: ClassVar[tuple[str, ...]] = ()
+    optional: ClassVar[dict[str, Any]] = {}  # parameter -> default
+    uses: ClassVar[tuple[str, ...]] = ("point",)  # what ``use:`` may name
+    judges_fairness_gaps: ClassVar[bool] = False  # a fairness metric (a gap per group column) may take this rule
+    judges_subgroups: ClassVar[bool] = False  # needs --group-cols whatever the metric
+
+    def allowed_keys(self, metric: str) -> set[str]:
+        return set(COMMON_KEYS) | set(self.required) | set(self.optional)
+
+    def parse(self, where: str, entry: dict[str, Any], metric: str) -> dict[str, Any]:
+        """The entry's parameters with defaults filled in; CriteriaError names any key or value this rule refuses."""
+        allowed = self.allowed_keys(metric)
+        unknown = sorted(set(entry) - allowed)
+        if unknown:
+            raise CriteriaError(f"{where}: unknown key(s) {unknown} for rule {self.name!r}; valid keys: {', '.join(sorted(allowed))}")
+        missing = [k for k in self.required if k not in entry]
+        if missing:
+            raise CriteriaError(f"{where}: rule {self.name!r} needs {', '.join(missing)} (e.g. {missing[0]}: 0.05)")
+        params = {k: v for k, v in self.optional.items() if k in allowed}
+        params.update({k: entry[k] for k in entry if k in set(self.required) | set(self.optional)})
+        for key in ("value", "margin", "max_drop"):
+            if key in params:
+                params[key] = _number(where, key, params[key], minimum=0.0 if key in NON_NEGATIVE else None)
+        if "use" in params and params["use"] not in self.uses:
+            raise CriteriaError(f"{where}: use must be one of {', '.join(self.uses)} for rule {self.name!r}, got {params['use']!r}")
+        if not isinstance(params.get("include_small_groups", False), bool):
+            raise CriteriaError(f"{where}: include_small_groups must be true or false")
+        if params.get("group_col") is not None and not isinstance(params["group_col"], str):
+            raise CriteriaError(f"{where}: group_col must be a column name, got {params['group_col']!r}")
+        return params
+
+    def describe(self, metric: str, params: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def judge(self, c: Criterion, evaluation: dict, level: str) -> Judgement:
+        raise NotImplementedError
+
+
+class FairnessGapRule(Rule):
+    """A rule that, on a fairness metric, judges the gap of each group column (headline metrics: all test rows)."""
+    judges_fairness_gaps = True
+
+    def allowed_keys(self, metric: str) -> set[str]:
+        allowed = super().allowed_keys(metric)
+        if metric not in FAIRNESS_METRICS:
+            allowed.discard("group_col")  # a headline metric is judged on all test rows
+        return allowed
+
+    def gap_judged(self, new: float | None, old: float | None) -> float | None:
+        """The amount compared with ``value``: the update's gap (max) or its growth over base (max_worsening)."""
+        raise NotImplementedError
+
+    def judge_gaps(self, c: Criterion, evaluation: dict) -> Judgement:
+        p = c.params
         columns = [p["group_col"]] if p.get("group_col") else list(evaluation["fairness"])
-        failures, parts = [], []
+        failures, parts, values = [], [], {}
         for column in columns:
             gaps = evaluation["fairness"][column]
             new, old = gaps["update"][c.metric], gaps["base"][c.metric]
-            amount = new if c.rule == "max" else (None if new is None or old is None else new - old)
+            amount = self.gap_judged(new, old)
             ok = amount is not None and amount <= p["value"]
             values[column] = {"update": new, "base": old, "judged": amount, "passed": ok}
             part = f"{column}: update {_fmt(new)} (base {_fmt(old)})"
@@ -264,40 +297,138 @@ def judge(criterion: Criterion, evaluation: dict, confidence: float) -> dict[str
             parts.append(part)
             if not ok:
                 failures.append(column)
-        passed = not failures
         evidence = "; ".join(parts) + (f"; fails in {', '.join(failures)}" if failures else "")
-    elif c.rule in ("min", "max"):
+        return not failures, evidence, values
+
+
+class BoundRule(FairnessGapRule):
+    """``min`` / ``max``: the update's value (or its CI bound, with ``use``) against a fixed ``value``."""
+    required = ("value",)
+    sign: ClassVar[str]
+
+    def describe(self, metric: str, params: dict[str, Any]) -> str:
+        return f"{metric} {self.sign} {params.get('value')}"
+
+    def judge(self, c: Criterion, evaluation: dict, level: str) -> Judgement:
+        if c.metric in FAIRNESS_METRICS:
+            return self.judge_gaps(c, evaluation)
+        p, models = c.params, evaluation["models"]
         est = models["update"]["metrics"][c.metric]
         judged = est["value"] if p["use"] == "point" else est[p["use"]]
-        passed = judged is not None and (judged >= p["value"] if c.rule == "min" else judged <= p["value"])
-        sign = ">=" if c.rule == "min" else "<="
+        passed = judged is not None and (judged >= p["value"] if self.sign == ">=" else judged <= p["value"])
         base = models.get("base", {}).get("metrics", {}).get(c.metric, {}).get("value")
         evidence = (f"update {_fmt(est['value'])} ({level} {_ci(est)}); {p['use'].replace('_', ' ')} {_fmt(judged)} "
-                    f"{sign if passed else 'not ' + sign} {p['value']:g}; base {_fmt(base)}")
-        values = {"update": est, "judged": judged}
-    elif c.rule in ("non_inferior", "superior", "max_worsening"):
-        d = diff[c.metric]
-        if c.rule == "max_worsening":
-            worse = _worse_by(higher, d, "point")
-            passed = worse is not None and worse <= p["value"]
-            evidence = f"update - base {_fmt(d['value'], True)} ({level} {_ci(d, True)}); worse by {_fmt(worse)} (allowed {p['value']:g})"
+                    f"{self.sign if passed else 'not ' + self.sign} {p['value']:g}; base {_fmt(base)}")
+        return passed, evidence, {"update": est, "judged": judged}
+
+
+class Min(BoundRule):
+    name, sign = "min", ">="
+    optional = {"use": "point"}
+    uses = ("point", "ci_low")
+    judges_fairness_gaps = False
+
+
+class Max(BoundRule):
+    name, sign = "max", "<="
+    optional = {"use": "point", "group_col": None}
+    uses = ("point", "ci_high")
+
+    def gap_judged(self, new, old):
+        return new
+
+
+def _paired_values(c: Criterion, evaluation: dict, difference: dict) -> dict[str, Any]:
+    models = evaluation["models"]
+    return {"difference": difference, "base": models["base"]["metrics"][c.metric],
+            "update": models["update"]["metrics"][c.metric]}
+
+
+class MaxWorsening(FairnessGapRule):
+    """The update may be worse than base by at most ``value`` (point estimates)."""
+    name = "max_worsening"
+    required = ("value",)
+    optional = {"group_col": None}
+
+    def describe(self, metric: str, params: dict[str, Any]) -> str:
+        return f"{metric} worse than base by <= {params.get('value')}"
+
+    def gap_judged(self, new, old):
+        return None if new is None or old is None else new - old
+
+    def judge(self, c: Criterion, evaluation: dict, level: str) -> Judgement:
+        if c.metric in FAIRNESS_METRICS:
+            return self.judge_gaps(c, evaluation)
+        d = (evaluation.get("paired_differences") or {})[c.metric]
+        worse = _worse_by(HIGHER_IS_BETTER[c.metric], d, "point")
+        passed = worse is not None and worse <= c.params["value"]
+        evidence = (f"update - base {_fmt(d['value'], True)} ({level} {_ci(d, True)}); worse by {_fmt(worse)} "
+                    f"(allowed {c.params['value']:g})")
+        return passed, evidence, _paired_values(c, evaluation, d)
+
+
+class PairedCIRule(Rule):
+    """``non_inferior`` / ``superior``: the paired CI of update - base, on its bad side, against the margin."""
+    strict: ClassVar[bool]  # superior needs the bound strictly past the margin
+
+    def judge(self, c: Criterion, evaluation: dict, level: str) -> Judgement:
+        higher = HIGHER_IS_BETTER[c.metric]
+        d = (evaluation.get("paired_differences") or {})[c.metric]
+        # Non-inferior: the worst plausible change (CI bound on the bad side) is within the margin.
+        bound = d["ci_low"] if higher else d["ci_high"]
+        limit = self.limit(c.params["margin"])
+        target = limit if higher else -limit
+        if bound is None:
+            passed = False
+        elif higher:
+            passed = bound > target if self.strict else bound >= target
         else:
-            # Non-inferior: the worst plausible change (CI bound on the bad side) is within the margin.
-            bound = d["ci_low"] if higher else d["ci_high"]
-            limit = -p["margin"] if c.rule == "non_inferior" else p["margin"]
-            if bound is None:
-                passed = False
-            elif c.rule == "non_inferior":
-                passed = bound >= limit if higher else bound <= -limit
-            else:
-                passed = bound > limit if higher else bound < -limit
-            side = "lower" if higher else "upper"
-            target = limit if higher else -limit
-            relation = (">=" if c.rule == "non_inferior" else ">") if higher else ("<=" if c.rule == "non_inferior" else "<")
-            evidence = (f"update - base {_fmt(d['value'], True)} (paired {level} {_ci(d, True)}); {side} bound "
-                        f"{_fmt(bound, True)} {relation if passed else 'not ' + relation} {target:+.3f}")
-        values = {"difference": d, "base": models["base"]["metrics"][c.metric], "update": models["update"]["metrics"][c.metric]}
-    else:  # max_subgroup_drop
+            passed = bound < target if self.strict else bound <= target
+        side = "lower" if higher else "upper"
+        relation = (">" if self.strict else ">=") if higher else ("<" if self.strict else "<=")
+        evidence = (f"update - base {_fmt(d['value'], True)} (paired {level} {_ci(d, True)}); {side} bound "
+                    f"{_fmt(bound, True)} {relation if passed else 'not ' + relation} {target:+.3f}")
+        return passed, evidence, _paired_values(c, evaluation, d)
+
+    def limit(self, margin: float) -> float:
+        raise NotImplementedError
+
+
+class NonInferior(PairedCIRule):
+    name, strict = "non_inferior", False
+    required = ("margin",)
+
+    def describe(self, metric: str, params: dict[str, Any]) -> str:
+        return f"{metric} non-inferior to base, margin {params.get('margin')}"
+
+    def limit(self, margin: float) -> float:
+        return -margin  # a loss of up to margin is allowed
+
+
+class Superior(PairedCIRule):
+    name, strict = "superior", True
+    optional = {"margin": 0.0}
+
+    def describe(self, metric: str, params: dict[str, Any]) -> str:
+        return f"{metric} better than base by > {params.get('margin')}"
+
+    def limit(self, margin: float) -> float:
+        return margin  # a gain of more than margin is needed
+
+
+class MaxSubgroupDrop(Rule):
+    """In every subgroup judged, the update may be worse than base on that subgroup by at most ``max_drop``."""
+    name = "max_subgroup_drop"
+    required = ("max_drop",)
+    optional = {"group_col": None, "use": "point", "include_small_groups": False}
+    uses = ("point", "ci")
+    judges_subgroups = True
+
+    def describe(self, metric: str, params: dict[str, Any]) -> str:
+        return f"{metric} drop vs base in any subgroup <= {params.get('max_drop')}"
+
+    def judge(self, c: Criterion, evaluation: dict, level: str) -> Judgement:
+        p, higher = c.params, HIGHER_IS_BETTER[c.metric]
         columns = [p["group_col"]] if p.get("group_col") else list(evaluation["subgroups"])
         judged, skipped, undefined = [], [], []
         for column in columns:
@@ -314,21 +445,23 @@ def judge(criterion: Criterion, evaluation: dict, confidence: float) -> dict[str
                                "base": row["metrics"]["base"][c.metric]["value"], "update": row["metrics"]["update"][c.metric]["value"],
                                "passed": worse <= p["max_drop"]})
         failing = [j for j in judged if not j["passed"]]
-        passed = bool(judged) and not failing
-        if judged:
-            worst = max(judged, key=lambda j: j["worse_by"])
-            evidence = (f"worst {worst['column']}={worst['group']} (n={worst['n']}): {_fmt(worst['base'])} -> {_fmt(worst['update'])}, "
-                        f"{'drop' if p['use'] == 'point' else 'paired-CI worst-case drop'} {_fmt(worst['worse_by'])} "
-                        f"(allowed {p['max_drop']:g})")
-            if failing:
-                evidence += f"; {len(failing)} of {len(judged)} subgroups exceed: " + ", ".join(
-                    f"{j['column']}={j['group']}" for j in failing)
-        else:
-            evidence = "no subgroup could be judged"
+        evidence = self.evidence(c, judged, failing) if judged else "no subgroup could be judged"
         if skipped:
             evidence += f"; not judged (n < min-group-n): {', '.join(skipped)}"
         if undefined:
             evidence += f"; {c.metric} undefined in {', '.join(undefined)}"
-        values = {"judged": judged, "not_judged_small": skipped, "undefined": undefined}
-    return {"id": c.id, "criterion": c.describe(), "metric": c.metric, "rule": c.rule, "params": p, "note": c.note,
-            "passed": bool(passed), "evidence": evidence, "values": values}
+        return bool(judged) and not failing, evidence, {"judged": judged, "not_judged_small": skipped, "undefined": undefined}
+
+    @staticmethod
+    def evidence(c: Criterion, judged: list[dict], failing: list[dict]) -> str:
+        worst = max(judged, key=lambda j: j["worse_by"])
+        text = (f"worst {worst['column']}={worst['group']} (n={worst['n']}): {_fmt(worst['base'])} -> {_fmt(worst['update'])}, "
+                f"{'drop' if c.params['use'] == 'point' else 'paired-CI worst-case drop'} {_fmt(worst['worse_by'])} "
+                f"(allowed {c.params['max_drop']:g})")
+        if failing:
+            text += f"; {len(failing)} of {len(judged)} subgroups exceed: " + ", ".join(f"{j['column']}={j['group']}" for j in failing)
+        return text
+
+
+# The one list of rules: a criterion's ``rule:`` names one of these (file order is the order in error messages).
+RULES: dict[str, Rule] = {rule.name: rule for rule in (Min(), Max(), NonInferior(), Superior(), MaxWorsening(), MaxSubgroupDrop())}

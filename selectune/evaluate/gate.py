@@ -2,13 +2,13 @@
 
 Writes into ``--out`` (all at once, through a partial folder renamed at the end):
 
-``gate.json`` (schema ``selectune-gate/1``)
-    ``passed``, ``exit_code`` (0 pass, 1 fail); ``rows``: one per criterion with ``id``, ``criterion`` (text),
+``gate.json`` (schema ``selectune-gate/1``; the model is ``selectune.evaluate.records.GateRecord``)
+    ``passed`` (the CLI exits 1 when false); ``rows``: one per criterion with ``id``, ``criterion`` (text),
     ``metric``, ``rule``, ``params``, ``passed``, ``evidence`` (text) and ``values`` (the numbers judged);
     ``criteria``: the file's ``path``, ``sha256``, full ``text`` and parsed entries (so a later edit of the file
     shows); ``evaluation_sha256`` of the evaluation.json beside it; ``base``/``update`` short identities;
     ``command``, ``created``.
-``evaluation.json`` (schema ``selectune-evaluation/1``) — everything a report needs, no model re-run:
+``evaluation.json`` (schema ``selectune-evaluation/1``; model ``records.Evaluation``) — everything a report needs, no model re-run:
     ``settings`` (seed, resamples, confidence, threshold rule, min group n, group columns, positive label,
     bootstrap and ECE method), ``definitions`` (metric -> text), ``task`` (kind, labels, positive label,
     label counts, n), ``data`` (test file path/sha256/rows; ``checks``: per model, the leakage checks of its training data against
@@ -43,6 +43,8 @@ from selectune.fingerprint import file_sha256
 from selectune.io import atomic_write_bytes, atomic_write_json, staged_folder
 from selectune.evaluate.criteria import CriteriaFile, check_applicable, judge, load_criteria
 from selectune.evaluate.metrics import choose_threshold, parse_threshold_rule
+from selectune.evaluate.records import (CriteriaRecord, Evaluation, EvaluationData, GateRecord, GateRow, ModelIdentity,
+                                        ShortIdentity, TestFile, Threshold)
 from selectune.evaluate.run import model_outputs, read_frame
 from selectune.evaluate.scorecard import EvaluationSettings, score_predictions
 from selectune.models import TASK_FILE, load_for_inference
@@ -99,7 +101,7 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def identity(source: ModelSource) -> dict[str, Any]:
+def identity(source: ModelSource) -> ModelIdentity:
     """Who the model is: hashes, base model and fingerprint, method, and its training run's records."""
     out: dict[str, Any] = {"source": str(Path(source.path).resolve()), "kind": source.kind, "task": source.task.metadata()}
     if source.delta:
@@ -118,7 +120,7 @@ def identity(source: ModelSource) -> dict[str, Any]:
     if source.run_dir is not None:
         out["run_config"] = _read_json(source.run_dir / "run_config.json")
         out["run_metrics"] = _read_json(source.run_dir / "metrics.json")
-    return out
+    return ModelIdentity.model_validate(out)
 
 
 def compatible(base: ModelSource, update: ModelSource) -> None:
@@ -241,11 +243,58 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     rules = load_criteria(criteria)
 
     # setup: who is compared, on what; everything here is cheap and fails before any model runs
-    sources = {"base": resolve_source(base, "base"), "update": resolve_source(update, "update")}
-    compatible(sources["base"], sources["update"])
+    sources = load_sources(base, update)
     task = sources["update"].task
     settings.positive_label = resolve_positive_label(task, positive_label)
     check_applicable(rules, classification=task.is_classification, group_cols=groups)
+    rows = check_data(sources, task, test, validation, settings)
+
+    # evaluate: each model on the test rows; its threshold on validation rows
+    outputs, thresholds = evaluate_models(sources, task, rows, settings, batch_size)
+    evaluation = build_evaluation(sources, task, rows, outputs, thresholds, settings, started)
+
+    # judge: one row per criterion, in the file's order
+    judged = [judge(c, evaluation.dump(), confidence) for c in rules.criteria]
+    evaluation_bytes = evaluation.dump_json()
+    record = GateRecord(passed=all(r["passed"] for r in judged), rows=[GateRow(**r) for r in judged],
+                        criteria=CriteriaRecord.model_validate(rules.record()), evaluation_sha256=_sha256(evaluation_bytes),
+                        base=ShortIdentity.of(evaluation.models["base"].identity),
+                        update=ShortIdentity.of(evaluation.models["update"].identity),
+                        test=evaluation.data.test, settings=evaluation.settings, command=sys.argv, created=evaluation.created)
+    predictions = _predictions(rows.frames["update"], rows.y, outputs, {r: t.value if t else None for r, t in thresholds.items()},
+                               task, settings, groups)
+    _write(target, record, evaluation_bytes, rules, predictions)
+    scores = evaluation.dump()
+    return {**record.dump(), "out": str(target), "headline": {role: scores["models"][role]["metrics"] for role in ROLES},
+            "paired_differences": scores["paired_differences"]}
+
+
+def load_sources(base: str, update: str) -> dict[str, ModelSource]:
+    """The two models, resolved and checked to answer the same question (no model is loaded yet)."""
+    sources = {"base": resolve_source(base, "base"), "update": resolve_source(update, "update")}
+    compatible(sources["base"], sources["update"])
+    return sources
+
+
+@dataclass
+class TestRows:
+    """The test file as each model reads it, its labels, leakage checks, and the rows thresholds are chosen on."""
+    path: str
+    raw: pd.DataFrame
+    frames: dict[str, pd.DataFrame]  # role -> the test rows as that model's task reads them
+    y: np.ndarray  # (N,) label ids (classification) or values (regression)
+    checks: dict[str, dict[str, Any]]  # role -> data-check record of its training data against the test file
+    validations: dict[str, tuple[pd.DataFrame, dict[str, Any]]]  # role -> (validation rows, where they came from)
+
+
+def _needs_validation(task: Task, threshold_rule: str) -> bool:
+    return task.is_classification and not threshold_rule.startswith("fixed")
+
+
+def check_data(sources: dict[str, ModelSource], task: Task, test: str, validation: str | None,
+               settings: EvaluationSettings) -> TestRows:
+    """Read the test rows and the validation rows, and refuse missing group columns or test rows a model trained on."""
+    groups = settings.group_cols
     frames = {role: read_frame(src.task, test, need_labels=True) for role, src in sources.items()}
     missing = [c for c in groups if c not in frames["update"].columns]
     if missing:
@@ -254,75 +303,68 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     test_raw = read_table(test)
     checks = {role: leakage_check(src, test, test_raw, role) for role, src in sources.items()}
     validations = {}
-    needs_validation = task.is_classification and not threshold_rule.startswith("fixed")
-    if needs_validation:
+    if _needs_validation(task, settings.threshold_rule):
         for role, src in sources.items():
             rows, record = validation_frame(src, validation)
             if isinstance(rows, str):
                 rows = read_frame(src.task, rows, need_labels=True)
             validations[role] = (rows, record)
+    return TestRows(path=test, raw=test_raw, frames=frames, y=y, checks=checks, validations=validations)
 
-    # evaluate: each model on the test rows; its threshold on validation rows
-    outputs, thresholds, threshold_records = {}, {}, {}
+
+def evaluate_models(sources: dict[str, ModelSource], task: Task, rows: TestRows, settings: EvaluationSettings,
+                    batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, Threshold | None]]:
+    """Each model's outputs on the test rows ((N, C) probabilities or (N,) values) and its threshold (None: regression)."""
+    outputs, thresholds = {}, {}
     for role, src in sources.items():
         net, loaded = src.load()
-        outputs[role] = model_outputs(net, loaded, frames[role], batch_size)
-        if not task.is_classification:
-            thresholds[role] = None
-            continue
-        pos = task.labels.index(settings.positive_label)
-        if needs_validation:
-            rows, record = validations[role]
-            scores = model_outputs(net, loaded, rows, batch_size)[:, pos]
-            truth = src.task.label_ids(rows) == pos
-            try:
-                thresholds[role] = choose_threshold(truth, scores, threshold_rule)
-            except ValueError as err:
-                raise DataError(f"{role}: {err}") from None
-            threshold_records[role] = {"value": thresholds[role], "rule": threshold_rule, "validation": {**record, "rows": len(rows)}}
-        else:
-            thresholds[role] = parse_threshold_rule(threshold_rule)[1]
-            threshold_records[role] = {"value": thresholds[role], "rule": threshold_rule, "validation": None}
+        outputs[role] = model_outputs(net, loaded, rows.frames[role], batch_size)
+        thresholds[role] = choose_model_threshold(role, src, net, loaded, task, rows, settings, batch_size)
         del net
-    evaluation = score_predictions(y, outputs, thresholds, task.labels, settings, frames["update"][groups] if groups else None)
-    for role, src in sources.items():
-        evaluation["models"][role]["identity"] = identity(src)
-        if role in threshold_records:
-            evaluation["models"][role]["threshold"] = threshold_records[role]
-    evaluation.update({
-        "schema": "selectune-evaluation/1",
-        "data": {"test": {"path": str(Path(test).resolve()), "sha256": file_sha256(test), "rows": len(test_raw)},
-                 "checks": checks},
-        "environment": _environment(), "command": sys.argv, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seconds": round(time.time() - started, 1),
-    })
-    evaluation["task"]["kind"] = task.kind
+    return outputs, thresholds
 
-    # judge: one row per criterion, in the file's order
-    rows = [judge(c, evaluation, confidence) for c in rules.criteria]
-    passed = all(r["passed"] for r in rows)
-    evaluation_bytes = (json.dumps(evaluation, sort_keys=True, indent=2, default=str, allow_nan=False) + "\n").encode()
-    record = {
-        "schema": "selectune-gate/1", "passed": passed, "exit_code": 0 if passed else 1, "rows": rows,
-        "criteria": rules.record(), "evaluation": "evaluation.json", "evaluation_sha256": _sha256(evaluation_bytes),
-        "base": _short_identity(evaluation["models"]["base"]["identity"]),
-        "update": _short_identity(evaluation["models"]["update"]["identity"]),
-        "test": evaluation["data"]["test"], "settings": evaluation["settings"], "command": sys.argv, "created": evaluation["created"],
-    }
-    _write(target, record, evaluation_bytes, rules, _predictions(frames["update"], y, outputs, thresholds, task, settings, groups))
-    return {**record, "out": str(target), "headline": {role: evaluation["models"][role]["metrics"] for role in ROLES},
-            "paired_differences": evaluation["paired_differences"]}
+
+def choose_model_threshold(role: str, src: ModelSource, net, loaded: Task, task: Task, rows: TestRows, settings: EvaluationSettings,
+                           batch_size: int) -> Threshold | None:
+    """The threshold on P(positive): chosen on this model's validation rows by the rule, or the fixed value."""
+    rule = settings.threshold_rule
+    if not task.is_classification:
+        return None
+    pos = task.labels.index(settings.positive_label)
+    if not _needs_validation(task, rule):
+        return Threshold(value=parse_threshold_rule(rule)[1], rule=rule, validation=None)
+    validation, record = rows.validations[role]
+    scores = model_outputs(net, loaded, validation, batch_size)[:, pos]
+    truth = src.task.label_ids(validation) == pos
+    try:
+        value = choose_threshold(truth, scores, rule)
+    except ValueError as err:
+        raise DataError(f"{role}: {err}") from None
+    return Threshold(value=value, rule=rule, validation={**record, "rows": len(validation)})
+
+
+def build_evaluation(sources: dict[str, ModelSource], task: Task, rows: TestRows, outputs: dict[str, np.ndarray],
+                     thresholds: dict[str, Threshold | None], settings: EvaluationSettings, started: float) -> Evaluation:
+    """evaluation.json: the scorecard of both models plus who they are, the data, the environment and the command."""
+    groups = settings.group_cols
+    scorecard = score_predictions(rows.y, outputs, {r: t.value if t else None for r, t in thresholds.items()}, task.labels, settings,
+                                  rows.frames["update"][groups] if groups else None)
+    test = TestFile(path=str(Path(rows.path).resolve()), sha256=file_sha256(rows.path), rows=len(rows.raw))
+    evaluation = Evaluation.model_validate({
+        **scorecard, "data": EvaluationData(test=test, checks=rows.checks), "environment": _environment(), "command": sys.argv,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 1)})
+    for role, src in sources.items():
+        evaluation.models[role].identity = identity(src)
+        if thresholds[role] is not None:
+            evaluation.models[role].threshold = thresholds[role]
+    evaluation.task.kind = task.kind
+    return evaluation
 
 
 def _sha256(data: bytes) -> str:
     import hashlib
 
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _short_identity(full: dict[str, Any]) -> dict[str, Any]:
-    keys = ("source", "kind", "delta_weights_sha256", "base_model", "base_fingerprint", "method", "weights_sha256")
-    return {k: full[k] for k in keys if k in full}
 
 
 def _predictions(frame, y, outputs, thresholds, task, settings, groups) -> bytes:
@@ -339,13 +381,13 @@ def _predictions(frame, y, outputs, thresholds, task, settings, groups) -> bytes
     return table.to_csv(index=False).encode()
 
 
-def _write(target: Path, record: dict, evaluation_bytes: bytes, rules: CriteriaFile, predictions: bytes) -> None:
+def _write(target: Path, record: GateRecord, evaluation_bytes: bytes, rules: CriteriaFile, predictions: bytes) -> None:
     """Everything into a partial folder, renamed into place: a reader sees the old result or the whole new one."""
     with staged_folder(target) as partial:
         atomic_write_bytes(partial / "evaluation.json", evaluation_bytes)
         atomic_write_bytes(partial / "criteria.yaml", rules.text.encode("utf-8"))
         atomic_write_bytes(partial / "predictions.csv", predictions)
-        atomic_write_json(partial / "gate.json", record)  # last: a folder with gate.json is complete
+        atomic_write_json(partial / "gate.json", record.dump())  # last: a folder with gate.json is complete
 
 
 def render(result: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from selectune.delta import DELTA_CONFIG, read_delta, save_delta
+from selectune.evaluate.records import GateRecord, parse_record
 from selectune.fingerprint import base_fingerprint, file_sha256
 from selectune.models import BUNDLED_MODELS, TASK_FILE, load_with_delta, resolve_model
 from selectune.registry.store import IN_REGISTRY, Registry, RegistryError, Version
@@ -48,11 +49,11 @@ def read_gate(path: str | None) -> tuple[bool | None, dict[str, Any] | None]:
         raise RegistryError(f"cannot read the gate result {file}: {err}; give the gate.json written by `selectune gate --out`") from None
     if not isinstance(gate, dict) or not isinstance(gate.get("passed"), bool):
         raise RegistryError(f"{file} has no boolean 'passed'; give the gate.json written by `selectune gate --out`")
-    criteria = gate.get("criteria") or {}
-    return gate["passed"], {"passed": gate["passed"], "criteria_sha256": criteria.get("sha256"), "criteria_path": criteria.get("path"),
-                            "file": str(file.resolve()), "file_sha256": file_sha256(file),
-                            "base": gate.get("base"), "update": gate.get("update"),
-                            "rows": [{k: r.get(k) for k in ("id", "passed", "evidence")} for r in gate.get("rows", [])]}
+    record = parse_record(GateRecord, gate, file, RegistryError, "give the gate.json written by `selectune gate --out`")
+    return record.passed, {"passed": record.passed, "criteria_sha256": record.criteria.sha256, "criteria_path": record.criteria.path,
+                           "file": str(file.resolve()), "file_sha256": file_sha256(file),
+                           "base": record.base.dump(), "update": record.update.dump(),
+                           "rows": [{"id": r.id, "passed": r.passed, "evidence": r.evidence} for r in record.rows]}
 
 
 def run_evidence(run: Path | None) -> dict[str, Any]:

@@ -30,12 +30,12 @@ def summary_section(update: RunEvidence, base: RunEvidence | None, gate: GateEvi
     else:
         passed = gate.passed
         section.add(Notice("pass" if passed else "fail", f"Gate {'PASSED' if passed else 'FAILED'} "
-                                                         f"({sum(bool(r.get('passed')) for r in gate.rows)} of {len(gate.rows)} criteria met)."))
+                                                         f"({sum(r.passed for r in gate.rows)} of {len(gate.rows)} criteria met)."))
     m = update.metrics
     items = [("update", f"{m.get('method')} on {base_model_name(update)}: {m.get('trainable_parameters', 0):,} parameters "
                         f"({m.get('trainable_percent', 0):.3f}%) trained, delta {update.delta_bytes:,} bytes"),
              ("model in use (base)", f"{base.metrics.get('method')} run {redact(base.path.name)}" if base else "not given")]
-    judged = {r.get("metric") for r in gate.rows} if gate else set()
+    judged = {r.metric for r in gate.rows} if gate else set()
     for h in sorted(rows, key=lambda h: h["metric"] not in judged)[:4]:  # the metrics the gate judged first
         value = f"update {fmt(h['update'])}"
         if h.get("base"):
@@ -47,17 +47,17 @@ def summary_section(update: RunEvidence, base: RunEvidence | None, gate: GateEvi
 
 def gate_identity(gate: GateEvidence) -> Section:
     """How the evidence was produced: the gate's settings, command and library versions."""
-    settings, evaluation = gate.evaluation.get("settings", {}), gate.evaluation
-    argv = list(evaluation.get("command") or gate.record.get("command") or [])
+    settings, evaluation = gate.evaluation.settings, gate.evaluation
+    argv = list(evaluation.command or gate.record.command or [])
     if argv:
         argv[0] = Path(argv[0]).name
     section = Section("Evaluation (the gate)")
-    section.add(Fields([("bootstrap", settings.get("bootstrap")), ("bootstrap seed", settings.get("seed")),
-                        ("confidence", settings.get("confidence")), ("threshold rule", settings.get("threshold_rule")),
-                        ("positive label", redact(settings.get("positive_label"))),
-                        ("group columns", redact(", ".join(settings.get("group_cols") or []) or "none")),
-                        ("minimum group n", settings.get("min_group_n")),
-                        *((f"version: {k}", v) for k, v in sorted((evaluation.get("environment") or {}).items()))]))
+    section.add(Fields([("bootstrap", settings.bootstrap), ("bootstrap seed", settings.seed),
+                        ("confidence", settings.confidence), ("threshold rule", settings.threshold_rule),
+                        ("positive label", redact(settings.positive_label)),
+                        ("group columns", redact(", ".join(settings.group_cols) or "none")),
+                        ("minimum group n", settings.min_group_n),
+                        *((f"version: {k}", v) for k, v in sorted((evaluation.environment or {}).items()))]))
     if argv:
         section.add(Code(redact(shlex.join(argv))))
     return section
@@ -78,12 +78,12 @@ def build(update: RunEvidence, base: RunEvidence | None, gate: GateEvidence | No
     identity = identity_section(runs)
     if gate and base is None:
         # e.g. a merged model folder as the base (`selectune update`): its identity is what the gate recorded
-        recorded = gate.record.get("base") or {}
-        weights = recorded.get("weights_sha256") or recorded.get("delta_weights_sha256")
+        recorded = gate.record.base
+        weights = recorded.weights_sha256 or recorded.delta_weights_sha256
         identity.add(Paragraph("Model in use (base), as the gate recorded it (no training-run folder for it):"),
-                     Fields([("kind", recorded.get("kind")), ("folder", redact(Path(str(recorded.get("source", ""))).name)),
-                             ("base model", redact(recorded.get("base_model"))), ("base fingerprint", recorded.get("base_fingerprint")),
-                             ("method", recorded.get("method")),
+                     Fields([("kind", recorded.kind), ("folder", redact(Path(recorded.source).name)),
+                             ("base model", redact(recorded.base_model)), ("base fingerprint", recorded.base_fingerprint),
+                             ("method", recorded.method),
                              ("weights sha256", ", ".join(f"{k} {v}" for k, v in weights.items()) if isinstance(weights, dict) else weights)]))
     if gate:
         identity.subsections.append(gate_identity(gate))
@@ -116,7 +116,7 @@ def report(run: str, *, out: str, gate: str | None = None, base: str | None = No
     gate_evidence = read_gate(gate, update) if gate else None
     base_path = base or (gate_evidence.base_run if gate_evidence else None)
     base_run = read_run(base_path, "base run") if base_path else None
-    judged = ((gate_evidence.record.get("base") or {}).get("delta_weights_sha256")) if gate_evidence else None
+    judged = gate_evidence.record.base.delta_weights_sha256 if gate_evidence else None
     if base_run and judged and judged != base_run.delta.get("weights_sha256"):
         raise DataError(f"the gate in {gate} compared against a base whose delta sha256 is {judged}, but --base {base} holds "
                         f"{base_run.delta.get('weights_sha256')}; leave --base out or give the base the gate judged.")

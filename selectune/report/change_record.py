@@ -11,6 +11,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCardData
 
+from selectune.evaluate.records import Evaluation, GateRecord
 from selectune.report.collect import RunEvidence
 from selectune.report.document import Fields, FillIn, Notice, Paragraph, Section
 from selectune.report.evaluation_sections import fmt, verdict
@@ -39,7 +40,7 @@ def describe_change(update: RunEvidence, base: RunEvidence | None) -> str:
             "weights are unchanged and identified by the base fingerprint; the update ships as a delta file tied to that fingerprint.")
 
 
-def pccp_section(update: RunEvidence, base: RunEvidence | None, gate: dict | None, headline: list[dict]) -> Section:
+def pccp_section(update: RunEvidence, base: RunEvidence | None, gate: GateRecord | None, headline: list[dict]) -> Section:
     section = Section("Change record (PCCP-shaped)")
     section.add(Paragraph("Filled from the run's files where they know the answer; every field marked TO FILL needs a person."))
     desc = section.sub("Description of the modification")
@@ -58,7 +59,7 @@ def pccp_section(update: RunEvidence, base: RunEvidence | None, gate: dict | Non
          f"batch {cfg.get('batch_size')}, seed {cfg.get('seed')}; the exact command is in Identity"),
         ("performance evaluation", "bootstrap CIs on held-out test rows, a paired comparison with the model in use, subgroup "
          "tables and acceptance criteria fixed before evaluation" if gate else "NOT DONE: no gate evaluation (see Base vs update)"),
-        ("acceptance criteria", f"criteria file sha256 {(gate.get('criteria') or {}).get('sha256')}" if gate else "none judged"),
+        ("acceptance criteria", f"criteria file sha256 {gate.criteria.sha256}" if gate else "none judged"),
         ("update procedure", "apply the delta to the base with the recorded fingerprint (a different base is refused); rollback = "
          "unload the delta, which restores the base bit for bit"),
     ]))
@@ -69,9 +70,8 @@ def pccp_section(update: RunEvidence, base: RunEvidence | None, gate: dict | Non
     if gate is None:
         impact.add(Notice("missing", "No gate result: the update's impact against the model in use was not measured."))
     else:
-        rows = gate.get("rows") or []
-        failed = [redact(r.get("id")) for r in rows if not r.get("passed")]
-        passed = gate.get("passed", not failed)
+        failed = [redact(r.id) for r in gate.rows if not r.passed]
+        passed = gate.passed
         impact.add(Notice("pass" if passed else "fail",
                           f"Gate {'passed' if passed else 'failed'}" + (f" on: {', '.join(failed)}" if failed else ": every criterion met")))
     changes = [f"{h['metric']} {fmt(h['difference'], signed=True)}" for h in headline if h.get("difference")]
@@ -86,7 +86,7 @@ def pccp_section(update: RunEvidence, base: RunEvidence | None, gate: dict | Non
     return section
 
 
-def model_card_sections(update: RunEvidence, evaluation: dict | None, headline: list[dict]) -> Section:
+def model_card_sections(update: RunEvidence, evaluation: Evaluation | None, headline: list[dict]) -> Section:
     section = Section("Model card")
     details = section.sub("Model details")
     task = update.task
@@ -104,8 +104,8 @@ def model_card_sections(update: RunEvidence, evaluation: dict | None, headline: 
     if n:
         known.append(f"Evaluated on {n:,} test rows; see the CI widths in Base vs update before trusting small differences.")
     if evaluation:
-        for column, rows in (evaluation.get("subgroups") or {}).items():
-            small = [r for r in rows if r.get("small")]
+        for column, rows in evaluation.subgroups.items():
+            small = [r for r in rows if r.small]
             if small:
                 known.append(f"{len(small)} of {len(rows)} {redact(column)} groups are below the minimum n; their metrics are unreliable.")
     else:
@@ -138,10 +138,10 @@ def hf_metadata(update: RunEvidence, headline: list[dict], model_name: str) -> s
             continue
         hf_type, config, name = HF_METRICS[h["metric"]]
         est = h["update"]
-        ci = f" (95% CI {est['ci_low']:.4f}–{est['ci_high']:.4f})" if est.get("ci_low") is not None and est.get("ci_high") is not None else ""
+        ci = f" (95% CI {est.ci_low:.4f}–{est.ci_high:.4f})" if est.ci_low is not None and est.ci_high is not None else ""
         results.append(EvalResult(task_type=TASK_TYPES.get(kind, kind), task_name=kind.replace("-", " "), dataset_type="csv",
                                   dataset_name=dataset, dataset_split="test", metric_type=hf_type, metric_config=config,
-                                  metric_value=round(float(est["value"]), 6), metric_name=name + ci))
+                                  metric_value=round(float(est.value), 6), metric_name=name + ci))
     card = ModelCardData(base_model=base_model, library_name="selectune", model_name=model_name,
                          tags=["selectune", str(update.metrics.get("method")), kind, "medical"],
                          eval_results=results or None,
