@@ -17,7 +17,7 @@ def _ci(stat: dict[str, Any] | None) -> str:
 
 
 def render_comparison(result: dict[str, Any]) -> str:
-    from selectune.cli import table
+    from selectune.text_table import table
 
     metric = result["metric"]
     second = "accuracy" if "accuracy" in result["methods"][0]["test"] else "mae"

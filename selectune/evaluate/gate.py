@@ -357,7 +357,7 @@ def _write(target: Path, record: dict, evaluation_bytes: bytes, rules: CriteriaF
 
 def render(result: dict[str, Any]) -> str:
     """The pass/fail table with its evidence, after the headline metrics of both models."""
-    from selectune.cli import table
+    from selectune.text_table import table
 
     metrics = result["headline"]
     diffs = result["paired_differences"] or {}
@@ -383,6 +383,3 @@ def render(result: dict[str, Any]) -> str:
              table(gate_rows, ["#", "criterion", "result", "evidence"]), "",
              f"gate {verdict}" + (f": {', '.join(failed)}" if failed else "") + f"  ->  {result['out']}/gate.json"]
     return "\n".join(lines)
-
-
-gate.render = render

@@ -105,7 +105,7 @@ def verify(*, registry: str = "registry") -> dict[str, Any]:
     with Registry(registry) as reg:
         problems = reg.verify()
         counted = {name: len(reg.versions(name)) for name in reg.names()}
-    return {"registry": str(Path(registry).resolve()), "versions": counted, "problems": problems, "exit_code": 1 if problems else 0}
+    return {"registry": str(Path(registry).resolve()), "versions": counted, "problems": problems}
 
 
 def history(name: str, *, registry: str = "registry") -> dict[str, Any]:
@@ -147,7 +147,7 @@ def metric_text(version: dict[str, Any]) -> tuple[str, str]:
 
 
 def render_history(result: dict[str, Any]) -> str:
-    from selectune.cli import table
+    from selectune.text_table import table
 
     versions, events, production = result["versions"], result["events"], result["production"]
     rows = []
@@ -199,8 +199,3 @@ def render_verify(result: dict[str, Any]) -> str:
     if not result["problems"]:
         return f"{result['registry']}: every file matches its recorded hash ({counted})"
     return "\n".join([f"{result['registry']}: {len(result['problems'])} problem(s)", *(f"  {p}" for p in result["problems"])])
-
-
-history.render = render_history
-add.render = promote.render = rollback.render = render_summary
-verify.render = render_verify
