@@ -61,13 +61,13 @@ def _add_option(parser, dest: str, name: str, base: Any, default: Any, required:
 
 
 def _add_config(parser, pname: str, cls: type, default: Any, dropped: tuple[str, ...]) -> None:
-    """One flag per field of the config dataclass ``cls``; dest ``pname.field``, grouped back into ``cls`` by ``main``."""
+    """One flag per field of the config dataclass ``cls`` (dest: the field's name), grouped back into ``cls`` by ``main``."""
     hints = typing.get_type_hints(cls)
     for f in cli_fields(cls, dropped):
         value = getattr(default, f.name) if dataclasses.is_dataclass(default) else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
         required = value is dataclasses.MISSING
-        _add_option(parser, f"{pname}.{f.name}", f.name, _unwrap(hints[f.name])[0], None if required else value, required,
+        _add_option(parser, f.name, f.name, _unwrap(hints[f.name])[0], None if required else value, required,
                     f.metadata.get("help", " "))
 
 
@@ -96,22 +96,22 @@ def _add_command(sub, name: str, fn: Callable) -> None:
 
 
 def _call_arguments(fn: Callable, args: dict[str, Any]) -> dict[str, Any]:
-    """The parsed flags as ``fn``'s arguments: ``pname.field`` values built into their config dataclass, list
-    parameters converted to their item type (a bad item is a ValueError naming the flag, exit 2)."""
+    """The parsed flags as ``fn``'s arguments: a config parameter's fields built into its dataclass, list parameters
+    converted to their item type (a bad item is a ValueError naming the flag, exit 2)."""
     hints = typing.get_type_hints(fn, include_extras=True)
     call: dict[str, Any] = {}
-    configs: dict[str, dict[str, Any]] = {}
-    for dest, value in args.items():
-        pname, _, field_name = dest.partition(".")
-        if field_name:
-            configs.setdefault(pname, {})[field_name] = value
+    for pname, param in pyinspect.signature(fn).parameters.items():
+        if param.kind == param.VAR_KEYWORD:
             continue
-        item = list_item_type(_unwrap(hints.get(pname, str))[0])
-        call[pname] = as_list(value, item, flag_name(pname)) if item is not None and value is not None else value
-    for pname, values in configs.items():
-        cls = _unwrap(hints[pname])[0]
-        default = pyinspect.signature(fn).parameters[pname].default
-        call[pname] = dataclasses.replace(default, **values) if dataclasses.is_dataclass(default) else cls(**values)
+        base, extras = _unwrap(hints.get(pname, str))
+        if dataclasses.is_dataclass(base):
+            dropped = tuple(n for e in extras if isinstance(e, Without) for n in e.names)
+            values = {f.name: args[f.name] for f in cli_fields(base, dropped)}
+            default = param.default
+            call[pname] = dataclasses.replace(default, **values) if dataclasses.is_dataclass(default) else base(**values)
+        else:
+            item, value = list_item_type(base), args[pname]
+            call[pname] = as_list(value, item, flag_name(pname)) if item is not None and value is not None else value
     return call
 
 
