@@ -165,3 +165,11 @@ def with_settings(command: str, configs: dict[str, Any], settings: dict[str, Any
         mine = {name: value for name, value in settings.items() if owner[name] == key}
         resolved[key] = cfg(**mine) if isinstance(cfg, type) else dataclasses.replace(cfg, **mine) if mine else cfg
     return resolved
+
+
+@dataclass
+class CheckThresholds(_Lists):
+    """When a data check warns (``selectune check``, ``run_checks``)."""
+    min_group_size: int = option(30, "subgroups with fewer rows than this in a split are warned about")
+    imbalance_ratio: float = option(3.0, "warn when the largest class is this many times the smallest")
+    max_prevalence_shift: float = option(0.05, "warn when a class's share differs this much between splits (and beyond chance)")
