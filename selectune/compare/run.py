@@ -33,13 +33,13 @@ from selectune.compare.plots import plot_comparison
 from selectune.compare.recommend import COSTS, recommend
 from selectune.config import ColumnsConfig, ModelConfig, SplitConfig, TrainConfig, _Lists, option, with_settings, without
 from selectune.compare.summary import choose_lr, subgroup_scores, summarise
-from selectune.data import DataError, load_splits
+from selectune.data import DataError
 from selectune.data.check_command import check_splits
 from selectune.delta import atomic_write_json, file_sha256
 from selectune.evaluate.metrics import majority_baseline
 from selectune.models import resolve_model
 from selectune.train.loop import fit, make_accelerator, predict, score
-from selectune.train.run import _task, environment
+from selectune.train.run import _split, _task, environment
 from selectune.train.tasks import Task
 
 DEFAULT_METHODS = "full,bitfit,bitfit:roles=query+mlp_in,layernorm,head,random,pafi,fish,lt_sft,lora,ia3,beft"
@@ -92,76 +92,40 @@ def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig()
                                         "training": training}, settings)
     comparison, columns, split, base, training = (configs[k] for k in ("comparison", "columns", "split", "base", "training"))
     target = Path(out)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"output directory {out} already exists; choose another --out or pass --overwrite")
-    columns.validate()
-    if training.class_weight not in (None, "balanced"):
-        raise ValueError(f"--class-weight must be 'balanced' or omitted, got {training.class_weight!r}")
-    if split.test is None and not split.test_fraction:
-        raise ValueError("compare reports test metrics: give --test FILE or --test-fraction (e.g. 0.2)")
-    comparison.validate()
-    if training.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {training.epochs}")
-    training.validate()
+    _check_settings(out, overwrite, comparison, columns, split, training)
     contenders = parse_contenders(",".join(comparison.methods))
     config = training.for_task(columns.task == "classification")
+    metric = config.metric
+
+    # ---- data: loaded, split (and subset) once; every run sees the same rows; every method prepared once -------
     splits, checks = _load(train, columns, split, comparison, config.progress)
     the_task, kind = _task(columns, splits.labels, base.max_length)
     model_path = resolve_model(base.model)
-    # Prepare every method once on a fresh base before any training, so a method that cannot apply to this model
-    # (a role it lacks, a PEFT target it lacks) stops the comparison now, not an hour in.
-    for i, contender in enumerate(contenders):
-        if i == 0 or not contender.needs_data:  # the first load also gives the task its tokenizer
-            net = the_task.load_model(model_path, splits.train, base.hidden)
-            if not contender.needs_data:
-                prepare(net, contender)
+    _prepare_each(contenders, the_task, model_path, splits, base.hidden)
     rows = {role: the_task.examples(frame) for role, frame in (("train", splits.train), ("validation", splits.validation),
                                                                  ("test", splits.test))}
     y = {"validation": the_task.label_ids(splits.validation), "test": the_task.label_ids(splits.test)}
-    seed_list, subgroup_columns, hidden_sizes, metric, progress = comparison.seeds, comparison.group_cols, base.hidden, config.metric, config.progress
-    config = dataclasses.replace(config, lr=None, seed=0)  # each run sets its own
+    bench = Bench(the_task, model_path, splits, rows, y, dataclasses.replace(config, lr=None, seed=0), base.hidden)  # each run: its own
 
-    # ---- runs: method x learning rate x seed ------------------------------------------------------------------
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix="selectune-compare-"))
     try:
         partial.mkdir(parents=True)
-        runs: list[dict[str, Any]] = []
-        outputs: dict[tuple[str, float, int], dict[str, np.ndarray]] = {}
-        for contender in contenders:
-            factors = LR_SWEEP_FACTORS if comparison.lr_sweep else (1.0,)
-            for lr in [float(f"{contender.default_lr * f:.3g}") for f in factors]:
-                for seed in seed_list:
-                    where = (partial / "runs" if comparison.keep_deltas else scratch) / _run_name(contender.text, lr, seed)
-                    run, run_outputs = _run_one(contender, lr, seed, the_task, model_path, splits, rows, y, config, hidden_sizes, where)
-                    runs.append(run)
-                    outputs[(contender.text, lr, seed)] = run_outputs
-                    if progress:
-                        print(f"{contender.text} lr {lr:g} seed {seed}: validation {metric} {run['validation'][metric]:.4f}, "
-                              f"test {metric} {run['test'][metric]:.4f} ({run['wall_seconds']:.0f} s)", file=sys.stderr, flush=True)
+        runs, outputs = _run_all(contenders, comparison, bench, partial / "runs" if comparison.keep_deltas else scratch)
 
         # ---- summarise: learning rate on validation, seeds -> mean ± sd, test CIs --------------------------------
-        chosen_lr = {c.text: choose_lr([r for r in runs if r["method"] == c.text], metric) for c in contenders}
-        summaries = [summarise(c, chosen_lr[c.text], [r for r in runs if r["method"] == c.text], outputs, y["test"], the_task,
-                               metric, comparison.bootstrap, seed_list[0]) for c in contenders]
-        groups = {role: {col: frame[col].astype(str).to_numpy() for col in subgroup_columns}
-                  for role, frame in (("validation", splits.validation), ("test", splits.test))}
-        subgroups = {role: {s["method"]: subgroup_scores([outputs[(s["method"], s["lr"], seed)][role] for seed in seed_list],
-                                                         y[role], groups[role], the_task, metric) for s in summaries}
-                     for role in ("validation", "test")} if subgroup_columns else {}
-        advice = recommend(summaries, metric, comparison.tolerance, comparison.prefer, subgroups.get("validation"), comparison.min_group_n)
+        summaries, subgroups, advice = _summarise_all(contenders, comparison, bench, runs, outputs)
         baseline = majority_baseline(the_task.label_ids(splits.train), y["test"], the_task.n_outputs) if the_task.is_classification else None
-
         resolved = {"command": "selectune compare", "argv": sys.argv, "train": train, "validation": split.validation, "test": split.test,
                     "model": base.model, "model_path": model_path, "methods": [c.text for c in contenders], "label_col": columns.label_col,
                     "text_col": columns.text_col, "feature_cols": columns.feature_cols, "task": kind, "val_fraction": split.val_fraction,
-                    "test_fraction": split.test_fraction, "group_col": split.group_col, "group_cols": subgroup_columns,
-                    "train_limit": comparison.train_limit, "seeds": seed_list, "lr_sweep": comparison.lr_sweep,
+                    "test_fraction": split.test_fraction, "group_col": split.group_col, "group_cols": comparison.group_cols,
+                    "train_limit": comparison.train_limit, "seeds": comparison.seeds, "lr_sweep": comparison.lr_sweep,
                     "lr_sweep_factors": list(LR_SWEEP_FACTORS) if comparison.lr_sweep else None, "max_length": base.max_length,
                     "hidden": base.hidden_text, "metric": metric, "tolerance": comparison.tolerance, "prefer": comparison.prefer,
                     "min_group_n": comparison.min_group_n, "bootstrap_resamples": comparison.bootstrap,
-                    "train_config": {k: v for k, v in vars(config).items() if k not in ("lr", "seed")}}
+                    "train_config": {k: v for k, v in vars(bench.config).items() if k not in ("lr", "seed")}}
         data_files = {role: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
                       for role, p in (("train", train), ("validation", split.validation), ("test", split.test)) if p}
         result = {"config": resolved, "data_files": data_files, "split_protocol": splits.protocol, "metric": metric,
@@ -181,9 +145,80 @@ def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig()
     return result
 
 
-def _run_one(contender: Contender, lr: float, seed: int, task: Task, model_path: str, splits, rows, y, base_config: TrainConfig,
-             hidden: list[int], where: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _check_settings(out: str, overwrite: bool, comparison: CompareConfig, columns: ColumnsConfig, split: SplitConfig,
+                    training: TrainConfig) -> None:
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    columns.validate()
+    if training.class_weight not in (None, "balanced"):
+        raise ValueError(f"--class-weight must be 'balanced' or omitted, got {training.class_weight!r}")
+    if split.test is None and not split.test_fraction:
+        raise ValueError("compare reports test metrics: give --test FILE or --test-fraction (e.g. 0.2)")
+    comparison.validate()
+    if training.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {training.epochs}")
+    training.validate()
+
+
+def _prepare_each(contenders: list[Contender], task: Task, model_path: str, splits, hidden: list[int]) -> None:
+    """Prepare every method once on a fresh base before any training, so a method that cannot apply to this model
+    (a role it lacks, a PEFT target it lacks) stops the comparison now, not an hour in."""
+    for i, contender in enumerate(contenders):
+        if i == 0 or not contender.needs_data:  # the first load also gives the task its tokenizer
+            net = task.load_model(model_path, splits.train, hidden)
+            if not contender.needs_data:
+                prepare(net, contender)
+
+
+@dataclass
+class Bench:
+    """What every run shares: the task, the base, the same rows and labels, the settings (lr and seed set per run)."""
+    task: Task
+    model_path: str
+    splits: Any
+    rows: dict[str, list[dict]]
+    y: dict[str, np.ndarray]
+    config: TrainConfig
+    hidden: list[int]
+
+
+def _run_all(contenders: list[Contender], comparison: CompareConfig, bench: Bench, runs_dir: Path):
+    """Every method x learning rate x seed; (run records, outputs by (method, lr, seed))."""
+    metric = bench.config.metric
+    runs: list[dict[str, Any]] = []
+    outputs: dict[tuple[str, float, int], dict[str, np.ndarray]] = {}
+    for contender in contenders:
+        factors = LR_SWEEP_FACTORS if comparison.lr_sweep else (1.0,)
+        for lr in [float(f"{contender.default_lr * f:.3g}") for f in factors]:
+            for seed in comparison.seeds:
+                run, run_outputs = _run_one(contender, lr, seed, bench, runs_dir / _run_name(contender.text, lr, seed))
+                runs.append(run)
+                outputs[(contender.text, lr, seed)] = run_outputs
+                if bench.config.progress:
+                    print(f"{contender.text} lr {lr:g} seed {seed}: validation {metric} {run['validation'][metric]:.4f}, "
+                          f"test {metric} {run['test'][metric]:.4f} ({run['wall_seconds']:.0f} s)", file=sys.stderr, flush=True)
+    return runs, outputs
+
+
+def _summarise_all(contenders: list[Contender], comparison: CompareConfig, bench: Bench, runs, outputs):
+    """(per-method summaries, subgroup scores per role, the recommendation)."""
+    metric, seeds, y, splits = bench.config.metric, comparison.seeds, bench.y, bench.splits
+    chosen_lr = {c.text: choose_lr([r for r in runs if r["method"] == c.text], metric) for c in contenders}
+    summaries = [summarise(c, chosen_lr[c.text], [r for r in runs if r["method"] == c.text], outputs, y["test"], bench.task,
+                           metric, comparison.bootstrap, seeds[0]) for c in contenders]
+    groups = {role: {col: frame[col].astype(str).to_numpy() for col in comparison.group_cols}
+              for role, frame in (("validation", splits.validation), ("test", splits.test))}
+    subgroups = {role: {s["method"]: subgroup_scores([outputs[(s["method"], s["lr"], seed)][role] for seed in seeds],
+                                                     y[role], groups[role], bench.task, metric) for s in summaries}
+                 for role in ("validation", "test")} if comparison.group_cols else {}
+    advice = recommend(summaries, metric, comparison.tolerance, comparison.prefer, subgroups.get("validation"), comparison.min_group_n)
+    return summaries, subgroups, advice
+
+
+def _run_one(contender: Contender, lr: float, seed: int, bench: Bench, where: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """One training run; returns its JSON record and its (validation, test) outputs."""
+    task, model_path, splits, rows, y, base_config, hidden = (bench.task, bench.model_path, bench.splits, bench.rows, bench.y,
+                                                                bench.config, bench.hidden)
     started = time.perf_counter()
     config = TrainConfig(**{**vars(base_config), "lr": lr, "seed": seed})
     torch.manual_seed(seed)  # the new classifier's initialisation
@@ -221,9 +256,7 @@ def _run_one(contender: Contender, lr: float, seed: int, task: Task, model_path:
 
 def _load(train: str, columns: ColumnsConfig, split: SplitConfig, comparison: CompareConfig, progress: bool):
     """The data, loaded, split (and subset) once, with the first seed; every run sees the same rows."""
-    splits = load_splits(train, split.validation, split.test, label_col=columns.label_col, text_col=columns.text_col,
-                         feature_cols=columns.feature_cols or None, task=columns.task, val_fraction=split.val_fraction,
-                         test_fraction=split.test_fraction, group_col=split.group_col, seed=comparison.seeds[0])
+    splits = _split(train, columns, split, comparison.seeds[0])
     for column in comparison.group_cols:
         for role, frame in (("validation", splits.validation), ("test", splits.test)):
             if column not in frame.columns:

@@ -77,9 +77,7 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
 
     # setup: data, task, model, selection
     torch.manual_seed(config.seed)
-    splits = load_splits(train, split.validation, split.test, label_col=columns.label_col, text_col=columns.text_col,
-                         feature_cols=columns.feature_cols or None, task=columns.task, val_fraction=split.val_fraction,
-                         test_fraction=split.test_fraction, group_col=split.group_col, seed=config.seed)
+    splits = _split(train, columns, split, config.seed)
     # Leakage between the splits (including the validation split cut from TRAIN) stops the run here, before
     # anything is written; warnings carry counts and row numbers only, never the text they are about.
     checks = check_splits(splits, id_col=split.group_col, phi_policy=phi_policy)
@@ -89,38 +87,23 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
     the_task, kind = _task(columns, splits.labels, base.max_length)
     model_path = resolve_model(base.model)
     net = the_task.load_model(model_path, splits.train, hidden=base.hidden)
-    parent = None
-    if init_delta:
-        parent = read_selection(init_delta)
-        load_delta(net, init_delta)  # refuses a delta trained on another base
-        setattr(net, NEW_PARAMETERS_ATTR, [])  # the parent trained its new parameters: no longer random
-    batches = None
-    if spec.needs_data:
-        # Data-driven masks (fish, lt_sft) are fitted on the first training batches; each takes its n_batches.
-        loader = DataLoader(the_task.examples(splits.train), batch_size=config.batch_size, shuffle=False, collate_fn=the_task.collate)
-        batches = list(islice(loader, 32))
-    selection = select(net, method_name, batches=batches, **method_options)
+    parent = _start_from(net, init_delta)
+    selection = select(net, method_name, batches=_mask_batches(spec, the_task, splits, config.batch_size), **method_options)
     lr_used = config.lr if config.lr is not None else spec.default_lr
     accelerator = make_accelerator(config)
+    resolved = {"command": "selectune train", "argv": sys.argv, "train": train, "validation": split.validation, "test": split.test,
+                "model": base.model, "model_path": model_path, "method": method_name, "method_options": selection.options,
+                "label_col": columns.label_col, "text_col": columns.text_col, "feature_cols": columns.feature_cols, "task": kind,
+                "val_fraction": split.val_fraction, "test_fraction": split.test_fraction, "group_col": split.group_col,
+                "phi_policy": phi_policy, "hidden": base.hidden_text, "max_length": base.max_length,
+                "train_config": {**vars(config), "lr": lr_used}, "num_processes": accelerator.num_processes}
 
-    # train
-    checkpoints = None
-    if checkpoint:
-        # What the run is: a checkpoint of anything else (other settings, other data) is refused on --resume.
-        identity = {"train_config": {**vars(config), "progress": None, "lr": lr_used}, "method": method_name, "options": selection.options,
-                    "model": model_path, "init_delta": init_delta and file_sha256(Path(init_delta) / "delta.safetensors"),
-                    "data": {role: p and file_sha256(p) for role, p in _data_files(train, split)},
-                    "columns": [columns.label_col, columns.text_col, columns.feature_cols, split.group_col],
-                    "split": [split.val_fraction, split.test_fraction], "hidden": base.hidden_text, "max_length": base.max_length,
-                    "trainable": selection.trainable, "processes": accelerator.num_processes}
-        if not resume:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # --overwrite: the old run's checkpoints must not mix in
-        checkpoints = Checkpoints(checkpoint_dir, identity, resume=resume)
+    # train, then test beside the majority-class floor
+    checkpoints = _checkpoints(checkpoint_dir, resolved, selection, init_delta, resume) if checkpoint else None
     result = fit(net, the_task, the_task.examples(splits.train), the_task.examples(splits.validation), config, lr_used, accelerator,
                  checkpoints)
     net = accelerator.unwrap_model(net)
     test_metrics, baseline = _test_metrics(net, the_task, splits, config, accelerator)
-
     summary = {
         "method": method_name, "method_options": selection.options, "lr": lr_used,
         "trainable_parameters": selection.trainable_parameters, "total_parameters": selection.total_parameters,
@@ -132,12 +115,6 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
         return summary
 
     # save: everything into a partial folder, renamed into place at the end
-    resolved = {"command": "selectune train", "argv": sys.argv, "train": train, "validation": split.validation, "test": split.test,
-                "model": base.model, "model_path": model_path, "method": method_name, "method_options": selection.options,
-                "label_col": columns.label_col, "text_col": columns.text_col, "feature_cols": columns.feature_cols, "task": kind,
-                "val_fraction": split.val_fraction, "test_fraction": split.test_fraction, "group_col": split.group_col,
-                "phi_policy": phi_policy, "hidden": base.hidden_text, "max_length": base.max_length,
-                "train_config": {**vars(config), "lr": lr_used}, "num_processes": accelerator.num_processes}
     run = TrainedRun(net=net, task=the_task, selection=selection, parent=parent, init_delta=init_delta, resolved=resolved,
                      data_files=_data_files(train, split), summary=summary, history=result.history, splits=splits, checks=checks)
     _save(run, target, save_model=save_model or base.model == "mlp")
@@ -150,6 +127,45 @@ def _task(columns: ColumnsConfig, labels: list[str] | None, max_length: int) -> 
     the_task = Task(kind=kind, label_col=columns.label_col, labels=labels, text_col=columns.text_col, feature_cols=columns.feature_cols,
                     max_length=max_length)
     return the_task, kind
+
+
+def _split(train: str, columns: ColumnsConfig, split: SplitConfig, seed: int):
+    """TRAIN (and the validation/test files) read and split as the configs say."""
+    return load_splits(train, split.validation, split.test, label_col=columns.label_col, text_col=columns.text_col,
+                       feature_cols=columns.feature_cols or None, task=columns.task, val_fraction=split.val_fraction,
+                       test_fraction=split.test_fraction, group_col=split.group_col, seed=seed)
+
+
+def _start_from(net, init_delta: str | None):
+    """Load INIT_DELTA's state onto ``net`` (a continual update); its selection, or None without one."""
+    if not init_delta:
+        return None
+    parent = read_selection(init_delta)
+    load_delta(net, init_delta)  # refuses a delta trained on another base
+    setattr(net, NEW_PARAMETERS_ATTR, [])  # the parent trained its new parameters: no longer random
+    return parent
+
+
+def _mask_batches(spec, the_task: Task, splits, batch_size: int) -> list | None:
+    """Data-driven masks (fish, lt_sft) are fitted on the first training batches; each takes its n_batches."""
+    if not spec.needs_data:
+        return None
+    loader = DataLoader(the_task.examples(splits.train), batch_size=batch_size, shuffle=False, collate_fn=the_task.collate)
+    return list(islice(loader, 32))
+
+
+def _checkpoints(checkpoint_dir: Path, resolved: dict[str, Any], selection, init_delta: str | None, resume: bool) -> Checkpoints:
+    # What the run is: a checkpoint of anything else (other settings, other data) is refused on --resume.
+    r = resolved
+    identity = {"train_config": {**r["train_config"], "progress": None}, "method": r["method"], "options": selection.options,
+                "model": r["model_path"], "init_delta": init_delta and file_sha256(Path(init_delta) / "delta.safetensors"),
+                "data": {role: r[role] and file_sha256(r[role]) for role in ("train", "validation", "test")},
+                "columns": [r["label_col"], r["text_col"], r["feature_cols"], r["group_col"]],
+                "split": [r["val_fraction"], r["test_fraction"]], "hidden": r["hidden"], "max_length": r["max_length"],
+                "trainable": selection.trainable, "processes": r["num_processes"]}
+    if not resume:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # --overwrite: the old run's checkpoints must not mix in
+    return Checkpoints(checkpoint_dir, identity, resume=resume)
 
 
 def _check_run_folders(out: str, checkpoint_dir: Path, *, checkpoint: bool, resume: bool, overwrite: bool) -> None:
