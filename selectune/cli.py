@@ -1,7 +1,12 @@
 """The command line. Thin: each command is a library function whose signature *is* the CLI.
 
 Positional parameters become positional arguments, keyword-only ones become ``--flags`` with their
-defaults shown, and the ``name: help`` lines of the docstring become the help text.
+defaults shown, and the ``name: help`` lines of the docstring become the help text. A parameter annotated
+with a config dataclass (``selectune.config``) becomes one flag per field, with the field's ``help``; a
+``list[...]`` parameter or field takes its items space- or comma-separated (``--hidden 64 64``, ``--hidden 64,64``).
+
+Library functions return results or raise; ``COMMANDS`` maps each command to its function, the function that
+prints its result, and its exit status (2 for bad input, raised as DataError/DeltaError/ModelLoadError/ValueError).
 """
 from __future__ import annotations
 

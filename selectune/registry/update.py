@@ -84,14 +84,7 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
     if not parent_dir.is_dir():
         merge(parent_delta, str(parent_dir), model=root)
     parent_metrics = evaluate(str(files["test"]), model=str(parent_dir))["metrics"]
-    gate_file = None
-    if criteria:
-        from selectune.evaluate.gate import gate
-
-        gate_file = target / "gate" / "gate.json"
-        if not gate_file.is_file():
-            gate(base=str(parent_dir), update=str(run_dir), criteria=criteria, test=str(files["test"]), validation=str(files["validation"]),
-                 group_cols=",".join(group_cols or []) or None, seed=training.seed, out=str(gate_file.parent))
+    gate_file = _gate(criteria, parent_dir, run_dir, files, group_cols, training.seed) if criteria else None
 
     # register V+1 as a child of V (once: a resumed update finds the version it registered)
     delta_id = file_sha256(run_dir / "delta" / DELTA_CONFIG).removeprefix("sha256:")
@@ -111,6 +104,17 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
               "gate": version.record.get("gate"), "out": str(target)}
     atomic_write_json(target / "update.json", result)
     return result
+
+
+def _gate(criteria: str, parent_dir: Path, run_dir: Path, files: dict[str, Path], group_cols: list[str], seed: int) -> Path:
+    """`selectune gate` of the update against V (once: a resumed update keeps a finished gate); its gate.json."""
+    from selectune.evaluate.gate import gate
+
+    gate_file = run_dir.parent / "gate" / "gate.json"
+    if not gate_file.is_file():
+        gate(base=str(parent_dir), update=str(run_dir), criteria=criteria, test=str(files["test"]), validation=str(files["validation"]),
+             group_cols=",".join(group_cols) or None, seed=seed, out=str(gate_file.parent))
+    return gate_file
 
 
 def _split_once(data: str, task: Task, kind: str, split: SplitConfig, seed: int, target: Path) -> tuple[Any, dict[str, Path]]:
