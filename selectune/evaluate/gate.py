@@ -47,6 +47,7 @@ from selectune.evaluate.run import model_outputs, read_frame
 from selectune.evaluate.scorecard import EvaluationSettings, score_predictions
 from selectune.models import TASK_FILE, load_for_inference
 from selectune.train.tasks import ModelLoadError, Task
+from selectune.text_table import table
 
 ROLES = ("base", "update")
 
@@ -357,8 +358,6 @@ def _write(target: Path, record: dict, evaluation_bytes: bytes, rules: CriteriaF
 
 def render(result: dict[str, Any]) -> str:
     """The pass/fail table with its evidence, after the headline metrics of both models."""
-    from selectune.text_table import table
-
     metrics = result["headline"]
     diffs = result["paired_differences"] or {}
     level = f"{result['settings']['confidence']:.0%}"

@@ -9,6 +9,7 @@ from typing import Any
 from selectune.delta import DELTA_CONFIG, DELTA_WEIGHTS, atomic_write_json, fsync_path
 from selectune.registry.register import check_request, register
 from selectune.registry.store import PRODUCTION, Registry, Version
+from selectune.text_table import table
 
 
 def add(path: str, *, name: str, registry: str = "registry", parent: int | None = None, gate: str | None = None,
@@ -147,8 +148,6 @@ def metric_text(version: dict[str, Any]) -> tuple[str, str]:
 
 
 def render_history(result: dict[str, Any]) -> str:
-    from selectune.text_table import table
-
     versions, events, production = result["versions"], result["events"], result["production"]
     rows = []
     for v in versions:

@@ -23,6 +23,7 @@ from selectune.data import load_splits
 from selectune.delta import DELTA_CONFIG, atomic_write_bytes, atomic_write_json, file_sha256
 from selectune.registry.register import register
 from selectune.registry.store import Registry, RegistryError
+from selectune.text_table import table
 from selectune.train.tasks import Task
 
 
@@ -136,8 +137,6 @@ def _split_once(data: str, task: Task, kind: str, split: SplitConfig, seed: int,
 
 
 def render(result: dict[str, Any]) -> str:
-    from selectune.text_table import table
-
     keys = [k for k in ("accuracy", "macro_f1", "auroc", "mae", "rmse", "r2") if k in result["test"]]
     rows = [{"model": f"{result['parent']} (parent)", **result["parent_test"]}, {"model": f"{result['version']} ({result['method']})", **result["test"]}]
     gate = {None: "no gate (no --criteria)", True: "gate PASSED", False: "gate FAILED: `registry promote` will refuse it without --override"}
