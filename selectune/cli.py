@@ -1,19 +1,28 @@
 """The command line. Thin: each command is a library function whose signature *is* the CLI.
 
 Positional parameters become positional arguments, keyword-only ones become ``--flags`` with their
-defaults shown, and the ``name: help`` lines of the docstring become the help text.
+defaults shown, and the ``name: help`` lines of the docstring become the help text. A parameter annotated
+with a config dataclass (``selectune.config``) becomes one flag per field, with the field's ``help``; a
+``list[...]`` parameter or field takes its items space- or comma-separated (``--hidden 64 64``, ``--hidden 64,64``).
+
+Library functions return results or raise; ``COMMANDS`` maps each command to its function, the function that
+prints its result, and its exit status (2 for bad input, raised as DataError/DeltaError/ModelLoadError/ValueError).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect as pyinspect
 import json
 import os
 import sys
+import types
 import typing
 from typing import Any, Callable
 
+from selectune.config import Without, as_list, cli_fields, flag_name, list_item_type
 from selectune.data import DataError
+from selectune.text_table import table
 
 
 def _docs(fn: Callable) -> tuple[str, dict[str, str]]:
@@ -27,29 +36,88 @@ def _docs(fn: Callable) -> tuple[str, dict[str, str]]:
     return summary, helps
 
 
+def _unwrap(kind: Any) -> tuple[Any, tuple]:
+    """(the type without ``| None`` and ``Annotated``, the ``Annotated`` extras)."""
+    extras: tuple = ()
+    if typing.get_origin(kind) is typing.Annotated:
+        kind, *rest = typing.get_args(kind)
+        extras = tuple(rest)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+    return kind, extras
+
+
+class _ListOption(argparse.Action):
+    """``--x a b`` and ``--x a,b`` both give ``["a", "b"]`` (strings: the config or ``as_list`` converts them)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [p.strip() for v in values for p in v.split(",") if p.strip()])
+
+
+def _add_option(parser, dest: str, name: str, base: Any, default: Any, required: bool, text: str) -> None:
+    flag = flag_name(name)
+    if base is bool:
+        parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=text)
+    elif list_item_type(base) is not None:
+        parser.add_argument(flag, dest=dest, action=_ListOption, nargs="+", default=default, required=required, help=text,
+                            metavar=name.rstrip("_").upper())
+    else:
+        parser.add_argument(flag, dest=dest, type=base, default=default, required=required, help=text, metavar=name.rstrip("_").upper())
+
+
+def _add_config(parser, pname: str, cls: type, default: Any, dropped: tuple[str, ...]) -> None:
+    """One flag per field of the config dataclass ``cls`` (dest: the field's name), grouped back into ``cls`` by ``main``."""
+    hints = typing.get_type_hints(cls)
+    for f in cli_fields(cls, dropped):
+        value = getattr(default, f.name) if dataclasses.is_dataclass(default) else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+        required = value is dataclasses.MISSING
+        _add_option(parser, f.name, f.name, _unwrap(hints[f.name])[0], None if required else value, required,
+                    f.metadata.get("help", " "))
+
+
 def _add_command(sub, name: str, fn: Callable) -> None:
     summary, helps = _docs(fn)
     parser = sub.add_parser(name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    hints = typing.get_type_hints(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
     for pname, param in pyinspect.signature(fn).parameters.items():
-        kind = hints.get(pname, str)
-        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind) if typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else kind
+        if param.kind == param.VAR_KEYWORD:  # flat settings for Python callers; the CLI fills the configs
+            continue
+        base, extras = _unwrap(hints.get(pname, str))
+        if dataclasses.is_dataclass(base):
+            dropped = tuple(n for e in extras if isinstance(e, Without) for n in e.names)
+            _add_config(parser, pname, base, param.default, dropped)
+            continue
         text = helps.get(pname, " ")
         if param.default is pyinspect.Parameter.empty and param.kind == param.POSITIONAL_OR_KEYWORD:
-            if typing.get_origin(base) is list:
-                parser.add_argument(pname, nargs="+", type=typing.get_args(base)[0], help=text)
+            if list_item_type(base) is not None:
+                parser.add_argument(pname, nargs="+", type=list_item_type(base), help=text)
             else:
                 parser.add_argument(pname, type=base, help=text)
             continue
-        # A trailing underscore lets a Python keyword be a flag: ``from_`` -> ``--from``.
-        flag = "--" + pname.rstrip("_").replace("_", "-")
         required = param.default is pyinspect.Parameter.empty
-        if base is bool:
-            parser.add_argument(flag, dest=pname, action=argparse.BooleanOptionalAction, default=param.default, help=text)
-        else:
-            parser.add_argument(flag, dest=pname, type=base, default=None if required else param.default, required=required, help=text,
-                                metavar=pname.rstrip("_").upper())
+        _add_option(parser, pname, pname, base, None if required else param.default, required, text)
     parser.set_defaults(_fn=fn)
+
+
+def _call_arguments(fn: Callable, args: dict[str, Any]) -> dict[str, Any]:
+    """The parsed flags as ``fn``'s arguments: a config parameter's fields built into its dataclass, list parameters
+    converted to their item type (a bad item is a ValueError naming the flag, exit 2)."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    call: dict[str, Any] = {}
+    for pname, param in pyinspect.signature(fn).parameters.items():
+        if param.kind == param.VAR_KEYWORD:
+            continue
+        base, extras = _unwrap(hints.get(pname, str))
+        if dataclasses.is_dataclass(base):
+            dropped = tuple(n for e in extras if isinstance(e, Without) for n in e.names)
+            values = {f.name: args[f.name] for f in cli_fields(base, dropped)}
+            default = param.default
+            call[pname] = dataclasses.replace(default, **values) if dataclasses.is_dataclass(default) else base(**values)
+        else:
+            item, value = list_item_type(base), args[pname]
+            call[pname] = as_list(value, item, flag_name(pname)) if item is not None and value is not None else value
+    return call
 
 
 def methods() -> list[dict[str, Any]]:
@@ -135,79 +203,85 @@ def summary(runs: list[str], *, reference: str | None = None) -> list[dict[str, 
     return rows
 
 
-def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """Fixed-width text table; floats to 4 significant decimals."""
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-    body = [[cell(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
-    return "\n".join([line, "  ".join("-" * w for w in widths)] + ["  ".join(v.ljust(w) for v, w in zip(b, widths)) for b in body])
+def render_methods(result: list[dict[str, Any]]) -> str:
+    width = max(len(m["name"]) for m in result) + 2
+    lines = []
+    for m in result:
+        lines.append(f"{m['name']:<{width}}{m['summary']}  (default lr {m['default_lr']:g})")
+        lines += [f"{'':<{width + 2}}{o['name']}={o['default']}: {o['help']}" for o in m["options"]]
+    return "\n".join(lines)
 
 
-def _print_result(command: str, result: Any) -> None:
-    if command == "methods":
-        width = max(len(m["name"]) for m in result) + 2
-        for m in result:
-            print(f"{m['name']:<{width}}{m['summary']}  (default lr {m['default_lr']:g})")
-            for o in m["options"]:
-                print(f"{'':<{width + 2}}{o['name']}={o['default']}: {o['help']}")
-    elif command == "inspect":
-        print(f"{result['method']} {result['options']} on {result['model']}")
-        for row in result["roles"]:
-            row["% of role"], row["% of model"] = f"{row['pct_of_role']:.3f}", f"{row['pct_of_model']:.4f}"
-        print(table(result["roles"], ["role", "tensors", "trainable", "total", "% of role", "% of model"]))
-        if result["new_parameters"]:
-            print(f"new (random-init, always trained): {', '.join(result['new_parameters'])}")
-        if result["inserted_parameters"]:
-            inserted = result["inserted_parameters"]
-            print(f"inserted (zero-init biases on bias-free layers, outputs unchanged until trained): {len(inserted)} tensors, "
-                  f"e.g. {', '.join(inserted[:3])}")
-    elif command == "train":
-        rows = []
-        if result.get("majority_baseline"):
-            rows.append({"model": "majority class", **result["majority_baseline"], "trainable %": "-"})
-        if result.get("test"):
-            rows.append({"model": result["method"], **result["test"], "trainable %": f"{result['trainable_percent']:.3f}"})
-        cols = ["model", "n", "accuracy", "macro_f1", "auroc", "trainable %"] if "accuracy" in (result.get("test") or {}) else ["model", "n", "mae", "rmse", "r2", "trainable %"]
-        print(f"\n{result['method']}: {result['trainable_parameters']:,} of {result['total_parameters']:,} parameters "
-              f"({result['trainable_percent']:.3f}%), lr {result['lr']:g}, best epoch {result['best_epoch']}, "
-              f"{result['train_seconds']:.0f} s ({result['examples_per_second']:.1f} ex/s)")
-        if rows:
-            print(table(rows, cols))
-    elif command == "summary":
-        print(table(result, ["model", "accuracy", "macro_f1", "auroc", "epochs", "lr", "dropout", "trainable %", "delta KB", "train s", "source"]))
-    elif isinstance(result, (dict, list)):
-        print(json.dumps(result, indent=2, default=str))
-    elif result is not None:
-        print(result)
+def render_inspect(result: dict[str, Any]) -> str:
+    lines = [f"{result['method']} {result['options']} on {result['model']}"]
+    for row in result["roles"]:
+        row["% of role"], row["% of model"] = f"{row['pct_of_role']:.3f}", f"{row['pct_of_model']:.4f}"
+    lines.append(table(result["roles"], ["role", "tensors", "trainable", "total", "% of role", "% of model"]))
+    if result["new_parameters"]:
+        lines.append(f"new (random-init, always trained): {', '.join(result['new_parameters'])}")
+    if result["inserted_parameters"]:
+        inserted = result["inserted_parameters"]
+        lines.append(f"inserted (zero-init biases on bias-free layers, outputs unchanged until trained): {len(inserted)} tensors, "
+                     f"e.g. {', '.join(inserted[:3])}")
+    return "\n".join(lines)
 
 
-# The one list of commands: name -> "module:function". The function's signature is the command line.
-# A function may carry a ``render(result) -> str`` attribute to print its result as text (else JSON),
-# and may return a dict with an ``exit_code`` (e.g. a failed gate exits 1).
+def render_summary(result: list[dict[str, Any]]) -> str:
+    return table(result, ["model", "accuracy", "macro_f1", "auroc", "epochs", "lr", "dropout", "trainable %", "delta KB", "train s", "source"])
+
+
+def render_json(result: Any) -> str | None:
+    """The default: JSON for dicts and lists, the value itself otherwise, nothing for None."""
+    if isinstance(result, (dict, list)):
+        return json.dumps(result, indent=2, default=str)
+    return None if result is None else str(result)
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A command: the library function whose signature is its command line ("module:function"), the function that
+    prints its result as text ("module:function"; default JSON), and its exit status from the result (default 0).
+    Library functions return results or raise; only this table turns a result into an exit status."""
+    target: str
+    render: str = "selectune.cli:render_json"
+    exit_status: Callable[[Any], int] = lambda result: 0
+
+
+def _refused(result: dict[str, Any]) -> int:
+    return 1 if result["status"] == "refuse" else 0  # the data were refused (a finding); 2 stays reserved for bad input
+
+
+def _failed_gate(result: dict[str, Any]) -> int:
+    return 0 if result["passed"] else 1
+
+
+def _problems(result: dict[str, Any]) -> int:
+    return 1 if result["problems"] else 0
+
+
+# The one list of commands.
 COMMANDS = {
-    "train": "selectune.train.run:train",
-    "evaluate": "selectune.evaluate.run:evaluate",
-    "predict": "selectune.evaluate.run:predict",
-    "inspect": "selectune.cli:inspect",
-    "merge": "selectune.models:merge",
-    "methods": "selectune.cli:methods",
-    "data": "selectune.cli:data",
-    "check": "selectune.data.check_command:check",
-    "summary": "selectune.cli:summary",
-    "update": "selectune.registry.update:update",
-    "registry add": "selectune.registry.commands:add",
-    "registry promote": "selectune.registry.commands:promote",
-    "registry rollback": "selectune.registry.commands:rollback",
-    "registry history": "selectune.registry.commands:history",
-    "registry show": "selectune.registry.commands:show",
-    "registry export": "selectune.registry.commands:export",
-    "registry verify": "selectune.registry.commands:verify",
-    "serve": "selectune.serve.app:serve",
-    "compare": "selectune.compare.run:compare",
-    "gate": "selectune.evaluate.gate:gate",
-    "report": "selectune.report.build:report",
+    "train": Command("selectune.train.run:train", "selectune.train.run:render"),
+    "evaluate": Command("selectune.evaluate.run:evaluate"),
+    "predict": Command("selectune.evaluate.run:predict"),
+    "inspect": Command("selectune.cli:inspect", "selectune.cli:render_inspect"),
+    "merge": Command("selectune.models:merge"),
+    "methods": Command("selectune.cli:methods", "selectune.cli:render_methods"),
+    "data": Command("selectune.cli:data"),
+    "check": Command("selectune.data.check_command:check", "selectune.data.check_command:render", _refused),
+    "summary": Command("selectune.cli:summary", "selectune.cli:render_summary"),
+    "update": Command("selectune.registry.update:update", "selectune.registry.update:render"),
+    "registry add": Command("selectune.registry.commands:add", "selectune.registry.commands:render_summary"),
+    "registry promote": Command("selectune.registry.commands:promote", "selectune.registry.commands:render_summary"),
+    "registry rollback": Command("selectune.registry.commands:rollback", "selectune.registry.commands:render_summary"),
+    "registry history": Command("selectune.registry.commands:history", "selectune.registry.commands:render_history"),
+    "registry show": Command("selectune.registry.commands:show"),
+    "registry export": Command("selectune.registry.commands:export"),
+    "registry verify": Command("selectune.registry.commands:verify", "selectune.registry.commands:render_verify", _problems),
+    "serve": Command("selectune.serve.app:serve"),
+    "compare": Command("selectune.compare.run:compare", "selectune.compare.render:render_comparison"),
+    "gate": Command("selectune.evaluate.gate:gate", "selectune.evaluate.gate:render", _failed_gate),
+    "report": Command("selectune.report.build:report", "selectune.report.build:render"),
 }
 
 
@@ -228,14 +302,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     first = next((a for a in argv or [] if not a.startswith("-")), None)
     wanted = first if first in {n.split(" ")[0] for n in COMMANDS} else None
     groups: dict[str, Any] = {}
-    for name, target in COMMANDS.items():
+    for name, command in COMMANDS.items():
         if wanted and name.split(" ")[0] != wanted:
             continue
         group, _, leaf = name.rpartition(" ")
         if group and group not in groups:  # "registry add" -> `selectune registry add`
             members = ", ".join(n.rpartition(" ")[2] for n in COMMANDS if n.rpartition(" ")[0] == group)
             groups[group] = sub.add_parser(group, help=f"{group} commands: {members}").add_subparsers(dest="subcommand", required=True)
-        _add_command(groups[group] if group else sub, leaf, _resolve(target))
+        _add_command(groups[group] if group else sub, leaf, _resolve(command.target))
     return parser
 
 
@@ -248,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     from selectune.train.tasks import ModelLoadError
 
     try:
-        result = fn(**args)
+        result = fn(**_call_arguments(fn, args))
     except (DataError, DeltaError, ModelLoadError, OSError, ValueError) as err:  # OSError: existing/unwritable --out
         print(f"selectune {command}: error: {err}", file=sys.stderr)
         return 2
@@ -256,12 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selectune {command}: interrupted; nothing was written", file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`, one process reports
-        render = getattr(fn, "render", None)
-        if render is not None:
-            print(render(result))
-        else:
-            _print_result(command, result)
-    return int(result.get("exit_code", 0)) if isinstance(result, dict) else 0
+        text = _resolve(COMMANDS[command].render)(result)
+        if text is not None:
+            print(text)
+    return COMMANDS[command].exit_status(result)
 
 
 if __name__ == "__main__":

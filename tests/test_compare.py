@@ -15,6 +15,7 @@ from selectune.compare.contenders import parse_contenders, prepare
 from selectune.compare.cost import PeakMemory
 from selectune.compare.peft_baselines import original_name
 from selectune.compare.recommend import recommend
+from selectune.compare.render import render_comparison
 from selectune.compare.run import _subset, compare
 from selectune.compare.summary import choose_lr
 from selectune.selection import NEW_PARAMETERS_ATTR
@@ -81,7 +82,7 @@ def test_compare_runs_selective_and_peft_methods_alike(tiny_bert_dir, site_csvs,
     for name in saved["plots"]:
         png = (out / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    text = compare.render(result)
+    text = render_comparison(result)
     assert "Recommendation" in text and advice["recommended"] in text and "lora" in text
     assert not list(tmp_path.glob(".cmp.partial-*"))
 

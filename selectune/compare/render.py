@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from selectune.text_table import table
+
 
 def _pm(stat: dict[str, Any] | None) -> str:
     if not stat:
@@ -17,8 +19,6 @@ def _ci(stat: dict[str, Any] | None) -> str:
 
 
 def render_comparison(result: dict[str, Any]) -> str:
-    from selectune.cli import table
-
     metric = result["metric"]
     second = "accuracy" if "accuracy" in result["methods"][0]["test"] else "mae"
     rows = []

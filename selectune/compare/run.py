@@ -9,6 +9,7 @@ Everything is written to a partial folder and renamed into place at the end.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import statistics
 import sys
@@ -16,7 +17,8 @@ import tempfile
 import time
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
@@ -27,167 +29,104 @@ from selectune.compare.contenders import Contender, parse_contenders, prepare
 from selectune.compare.cost import PeakMemory
 from selectune.compare.plots import plot_comparison
 from selectune.compare.recommend import COSTS, recommend
+from selectune.config import ColumnsConfig, ModelConfig, SplitConfig, TrainConfig, _Lists, option, with_settings, without
 from selectune.compare.summary import choose_lr, subgroup_scores, summarise
-from selectune.data import DataError, load_splits
+from selectune.data import DataError
 from selectune.data.check_command import check_splits
 from selectune.fingerprint import file_sha256
 from selectune.io import atomic_write_json, staged_folder
 from selectune.evaluate.metrics import majority_baseline
 from selectune.models import resolve_model
-from selectune.train.loop import TrainConfig, fit, make_accelerator, predict, score
-from selectune.train.run import environment
+from selectune.train.loop import fit, make_accelerator, predict, score
+from selectune.train.run import _split, _task, environment
 from selectune.train.tasks import Task
 
 DEFAULT_METHODS = "full,bitfit,bitfit:roles=query+mlp_in,layernorm,head,random,pafi,fish,lt_sft,lora,ia3,beft"
 LR_SWEEP_FACTORS = (1 / 3, 1.0, 3.0)  # times each method's default learning rate
 
 
-def compare(train: str, *, model: str, out: str, methods: str = DEFAULT_METHODS, label_col: str = "label",
-            text_col: str | None = None, feature_cols: str | None = None, task: str = "classification",
-            validation: str | None = None, test: str | None = None, val_fraction: float = 0.15, test_fraction: float = 0.0,
-            group_col: str | None = None, group_cols: str | None = None, train_limit: int | None = None, seeds: str = "0",
-            lr_sweep: bool = False, epochs: int = 3, batch_size: int = 32, max_length: int = 128, new_lr: float = 1e-2,
-            weight_decay: float = 0.0, warmup_ratio: float = 0.1, metric: str | None = None, class_weight: str | None = None,
-            hidden: str = "64,64", tolerance: float = 0.01, prefer: str = "parameters", min_group_n: int = 10,
-            bootstrap: int = 1000, keep_deltas: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+@dataclass
+class CompareConfig(_Lists):
+    """What is compared, and how the recommendation is made."""
+    methods: list[str] = option(DEFAULT_METHODS.split(","), "methods; options follow their method "
+                                "(bitfit:roles=query+mlp_in,lora:r=16,ia3); PEFT baselines: lora, ia3, beft")
+    seeds: list[int] = option([0], "training seeds (e.g. 0,1,2): mean ± sd over them; splits are made once, with the first")
+    lr_sweep: bool = option(False, "try each method's default learning rate x 1/3, 1, 3 and keep the best on validation (3x the runs)")
+    train_limit: int | None = option(None, "train on a stratified random subset of this many training rows (validation and test unchanged)")
+    group_cols: list[str] = option([], "columns whose subgroups the recommendation checks (on validation) and the JSON reports")
+    tolerance: float = option(0.01, "recommend the cheapest method whose validation metric is within this of the best (0.01 = 1 point)")
+    prefer: str = option("parameters", "what \"cheapest\" means: parameters (trainable), time (median step) or memory (peak beyond weights)")
+    min_group_n: int = option(10, "subgroups with fewer validation rows are listed but not judged")
+    bootstrap: int = option(1000, "bootstrap resamples of the test rows for the confidence intervals")
+    keep_deltas: bool = option(False, "keep every run's delta/adapter under OUT/runs/ (default: measured, then deleted)")
+
+    def validate(self) -> None:
+        if self.prefer not in COSTS:
+            raise ValueError(f"--prefer must be one of {', '.join(COSTS)}, got {self.prefer!r}")
+        if self.tolerance < 0:
+            raise ValueError(f"--tolerance must be >= 0 (0.01 = 1 point), got {self.tolerance}")
+        if self.bootstrap < 100:
+            raise ValueError(f"--bootstrap must be at least 100 resamples, got {self.bootstrap}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds must list distinct integers such as 0,1,2; got {','.join(map(str, self.seeds))!r}")
+
+
+# compare sets each run's learning rate (the method's default, or the sweep) and seed (--seeds) itself.
+CompareTraining = Annotated[TrainConfig, without("lr", "seed")]
+
+
+def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig(), columns: ColumnsConfig = ColumnsConfig(),
+            split: SplitConfig = SplitConfig(), base: ModelConfig | None = None, training: CompareTraining = TrainConfig(),
+            overwrite: bool = False, **settings: Any) -> dict[str, Any]:
     """Compare methods (selective and PEFT LoRA/IA3/BEFT) on the same data, splits, seeds and epochs; recommend one.
 
     train: training data file (csv, tsv, jsonl, parquet)
-    model: base model: a local HF folder, `minilm`, or a tabular model folder (`mlp` trains from scratch)
     out: output directory (compare.json, PNG plots); refused if it exists unless --overwrite
-    methods: comma-separated methods; options follow their method (bitfit:roles=query+mlp_in,lora:r=16,ia3); PEFT baselines: lora, ia3, beft
-    label_col: column with the label
-    text_col: column with the text (text classification)
-    feature_cols: comma-separated numeric feature columns (tabular)
-    task: classification or regression (tabular)
-    validation: validation file; default: split --val-fraction off TRAIN
-    test: test file; default: split --test-fraction off TRAIN (one of the two is required)
-    val_fraction: fraction of TRAIN held out for validation when --validation is not given
-    test_fraction: fraction of TRAIN held out for test when --test is not given
-    group_col: patient/group id column: all rows of a group stay in one split
-    group_cols: comma-separated columns whose subgroups the recommendation checks (on validation) and the JSON reports
-    train_limit: train on a stratified random subset of this many training rows (validation and test unchanged)
-    seeds: comma-separated training seeds (e.g. 0,1,2): mean ± sd over them; splits are made once, with the first
-    lr_sweep: try each method's default learning rate x 1/3, 1, 3 and keep the best on validation (3x the runs)
-    epochs: training epochs, the same for every method
-    batch_size: examples per optimizer step
-    max_length: max tokens per text
-    new_lr: learning rate of new parameters (a fresh classifier) under every method
-    weight_decay: AdamW weight decay on matrices
-    warmup_ratio: fraction of steps with linear warmup
-    metric: validation metric for keep-best, the learning rate and the recommendation (default macro_f1, or rmse)
-    class_weight: `balanced` weights the loss by inverse class frequency
-    hidden: hidden layer sizes of a new tabular MLP
-    tolerance: recommend the cheapest method whose validation metric is within this of the best (0.01 = 1 point)
-    prefer: what "cheapest" means: parameters (trainable), time (median step) or memory (peak beyond weights)
-    min_group_n: subgroups with fewer validation rows are listed but not judged
-    bootstrap: bootstrap resamples of the test rows for the confidence intervals
-    keep_deltas: keep every run's delta/adapter under OUT/runs/ (default: measured, then deleted)
     overwrite: replace OUT if it exists
-    progress: show progress bars
+
+    Python callers may give any field of the configs flat: ``compare(path, model="minilm", out="cmp", seeds=[0, 1])``.
     """
     # ---- check every setting before reading data --------------------------------------------------------------
+    configs = with_settings("compare", {"comparison": comparison, "columns": columns, "split": split, "base": base or ModelConfig,
+                                        "training": training}, settings)
+    comparison, columns, split, base, training = (configs[k] for k in ("comparison", "columns", "split", "base", "training"))
     target = Path(out)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"output directory {out} already exists; choose another --out or pass --overwrite")
-    if text_col and feature_cols:
-        raise ValueError("give either --text-col (text) or --feature-cols (tabular), not both")
-    if task not in ("classification", "regression") or (text_col and task != "classification"):
-        raise ValueError(f"--task must be classification or regression (regression only for tabular data), got {task!r}")
-    if class_weight not in (None, "balanced"):
-        raise ValueError(f"--class-weight must be 'balanced' or omitted, got {class_weight!r}")
-    if test is None and not test_fraction:
-        raise ValueError("compare reports test metrics: give --test FILE or --test-fraction (e.g. 0.2)")
-    if prefer not in COSTS:
-        raise ValueError(f"--prefer must be one of {', '.join(COSTS)}, got {prefer!r}")
-    if tolerance < 0:
-        raise ValueError(f"--tolerance must be >= 0 (0.01 = 1 point), got {tolerance}")
-    if bootstrap < 100:
-        raise ValueError(f"--bootstrap must be at least 100 resamples, got {bootstrap}")
-    if epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {epochs}")
-    seed_list = _parse_seeds(seeds)
-    contenders = parse_contenders(methods)
-    kind = "text-classification" if text_col else f"tabular-{task}"
-    metric = metric or ("macro_f1" if task == "classification" else "rmse")
-    features = [c.strip() for c in feature_cols.split(",") if c.strip()] if feature_cols else []
-    subgroup_columns = [c.strip() for c in group_cols.split(",") if c.strip()] if group_cols else []
+    _check_settings(out, overwrite, comparison, columns, split, training)
+    contenders = parse_contenders(",".join(comparison.methods))
+    config = training.for_task(columns.task == "classification")
+    metric = config.metric
 
-    # ---- data: loaded, split (and subset) once; every run sees the same rows ----------------------------------
-    splits = load_splits(train, validation, test, label_col=label_col, text_col=text_col, feature_cols=features or None,
-                         task=task, val_fraction=val_fraction, test_fraction=test_fraction, group_col=group_col, seed=seed_list[0])
-    for column in subgroup_columns:
-        for role, frame in (("validation", splits.validation), ("test", splits.test)):
-            if column not in frame.columns:
-                raise DataError(f"--group-cols names {column!r}, which the {role} data lacks; its columns are "
-                                f"{', '.join(map(str, frame.columns))}")
-    # The same data checks as `selectune train`: leakage between the splits stops here, before any training.
-    checks = check_splits(splits, id_col=group_col, group_cols=subgroup_columns or None)
-    if progress:
-        for warning in checks.warnings:
-            print(f"selectune compare: warning: {warning.message}", file=sys.stderr)
-    if train_limit is not None:
-        splits.train = _subset(splits.train, train_limit, label_col if task == "classification" else None, seed_list[0])
-        splits.protocol["train_limit"] = train_limit
-        splits.protocol["sizes"]["train"] = len(splits.train)
-    the_task = Task(kind=kind, label_col=label_col, labels=splits.labels, text_col=text_col, feature_cols=features, max_length=max_length)
-    model_path = resolve_model(model)
-    hidden_sizes = [int(h) for h in hidden.split(",") if h.strip()]
-    # Prepare every method once on a fresh base before any training, so a method that cannot apply to this model
-    # (a role it lacks, a PEFT target it lacks) stops the comparison now, not an hour in.
-    for i, contender in enumerate(contenders):
-        if i == 0 or not contender.needs_data:  # the first load also gives the task its tokenizer
-            net = the_task.load_model(model_path, splits.train, hidden_sizes)
-            if not contender.needs_data:
-                prepare(net, contender)
+    # ---- data: loaded, split (and subset) once; every run sees the same rows; every method prepared once -------
+    splits, checks = _load(train, columns, split, comparison, config.progress)
+    the_task, kind = _task(columns, splits.labels, base.max_length)
+    model_path = resolve_model(base.model)
+    _prepare_each(contenders, the_task, model_path, splits, base.hidden)
     rows = {role: the_task.examples(frame) for role, frame in (("train", splits.train), ("validation", splits.validation),
                                                                  ("test", splits.test))}
     y = {"validation": the_task.label_ids(splits.validation), "test": the_task.label_ids(splits.test)}
-    config = TrainConfig(new_lr=new_lr, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                         metric=metric, class_weight=class_weight, progress=progress)
+    bench = Bench(the_task, model_path, splits, rows, y, dataclasses.replace(config, lr=None, seed=0), base.hidden)  # each run: its own
 
-    # ---- runs: method x learning rate x seed ------------------------------------------------------------------
     with staged_folder(target) as partial, tempfile.TemporaryDirectory(prefix="selectune-compare-", ignore_cleanup_errors=True) as scratch:
-        scratch = Path(scratch)
-        runs: list[dict[str, Any]] = []
-        outputs: dict[tuple[str, float, int], dict[str, np.ndarray]] = {}
-        for contender in contenders:
-            factors = LR_SWEEP_FACTORS if lr_sweep else (1.0,)
-            for lr in [float(f"{contender.default_lr * f:.3g}") for f in factors]:
-                for seed in seed_list:
-                    where = (partial / "runs" if keep_deltas else scratch) / _run_name(contender.text, lr, seed)
-                    run, run_outputs = _run_one(contender, lr, seed, the_task, model_path, splits, rows, y, config, hidden_sizes, where)
-                    runs.append(run)
-                    outputs[(contender.text, lr, seed)] = run_outputs
-                    if progress:
-                        print(f"{contender.text} lr {lr:g} seed {seed}: validation {metric} {run['validation'][metric]:.4f}, "
-                              f"test {metric} {run['test'][metric]:.4f} ({run['wall_seconds']:.0f} s)", file=sys.stderr, flush=True)
+        runs, outputs = _run_all(contenders, comparison, bench, partial / "runs" if comparison.keep_deltas else Path(scratch))
 
         # ---- summarise: learning rate on validation, seeds -> mean ± sd, test CIs --------------------------------
-        chosen_lr = {c.text: choose_lr([r for r in runs if r["method"] == c.text], metric) for c in contenders}
-        summaries = [summarise(c, chosen_lr[c.text], [r for r in runs if r["method"] == c.text], outputs, y["test"], the_task,
-                               metric, bootstrap, seed_list[0]) for c in contenders]
-        groups = {role: {col: frame[col].astype(str).to_numpy() for col in subgroup_columns}
-                  for role, frame in (("validation", splits.validation), ("test", splits.test))}
-        subgroups = {role: {s["method"]: subgroup_scores([outputs[(s["method"], s["lr"], seed)][role] for seed in seed_list],
-                                                         y[role], groups[role], the_task, metric) for s in summaries}
-                     for role in ("validation", "test")} if subgroup_columns else {}
-        advice = recommend(summaries, metric, tolerance, prefer, subgroups.get("validation"), min_group_n)
+        summaries, subgroups, advice = _summarise_all(contenders, comparison, bench, runs, outputs)
         baseline = majority_baseline(the_task.label_ids(splits.train), y["test"], the_task.n_outputs) if the_task.is_classification else None
-
-        resolved = {"command": "selectune compare", "argv": sys.argv, "train": train, "validation": validation, "test": test,
-                    "model": model, "model_path": model_path, "methods": [c.text for c in contenders], "label_col": label_col,
-                    "text_col": text_col, "feature_cols": features, "task": kind, "val_fraction": val_fraction,
-                    "test_fraction": test_fraction, "group_col": group_col, "group_cols": subgroup_columns, "train_limit": train_limit,
-                    "seeds": seed_list, "lr_sweep": lr_sweep, "lr_sweep_factors": list(LR_SWEEP_FACTORS) if lr_sweep else None,
-                    "max_length": max_length, "hidden": hidden, "metric": metric, "tolerance": tolerance, "prefer": prefer,
-                    "min_group_n": min_group_n, "bootstrap_resamples": bootstrap, "train_config": {k: v for k, v in vars(config).items() if k not in ("lr", "seed")}}
+        resolved = {"command": "selectune compare", "argv": sys.argv, "train": train, "validation": split.validation, "test": split.test,
+                    "model": base.model, "model_path": model_path, "methods": [c.text for c in contenders], "label_col": columns.label_col,
+                    "text_col": columns.text_col, "feature_cols": columns.feature_cols, "task": kind, "val_fraction": split.val_fraction,
+                    "test_fraction": split.test_fraction, "group_col": split.group_col, "group_cols": comparison.group_cols,
+                    "train_limit": comparison.train_limit, "seeds": comparison.seeds, "lr_sweep": comparison.lr_sweep,
+                    "lr_sweep_factors": list(LR_SWEEP_FACTORS) if comparison.lr_sweep else None, "max_length": base.max_length,
+                    "hidden": base.hidden_text, "metric": metric, "tolerance": comparison.tolerance, "prefer": comparison.prefer,
+                    "min_group_n": comparison.min_group_n, "bootstrap_resamples": comparison.bootstrap,
+                    "train_config": {k: v for k, v in vars(bench.config).items() if k not in ("lr", "seed")}}
         data_files = {role: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
-                      for role, p in (("train", train), ("validation", validation), ("test", test)) if p}
+                      for role, p in (("train", train), ("validation", split.validation), ("test", split.test)) if p}
         result = {"config": resolved, "data_files": data_files, "split_protocol": splits.protocol, "metric": metric,
                   "data_checks": checks.to_json(), "majority_baseline": baseline, "methods": summaries, "recommendation": advice, "subgroups": subgroups,
                   "runs": runs, "environment": environment()}
-        title = f"{Path(train).stem} ({splits.protocol['sizes']['train']} training rows, {epochs} epochs)"
+        title = f"{Path(train).stem} ({splits.protocol['sizes']['train']} training rows, {config.epochs} epochs)"
         plots = plot_comparison(summaries, metric, partial, title, floor=baseline[metric] if baseline and metric in baseline else None)
         result["plots"] = [p.name for p in plots]
         atomic_write_json(partial / "compare.json", result)
@@ -195,9 +134,80 @@ def compare(train: str, *, model: str, out: str, methods: str = DEFAULT_METHODS,
     return result
 
 
-def _run_one(contender: Contender, lr: float, seed: int, task: Task, model_path: str, splits, rows, y, base_config: TrainConfig,
-             hidden: list[int], where: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _check_settings(out: str, overwrite: bool, comparison: CompareConfig, columns: ColumnsConfig, split: SplitConfig,
+                    training: TrainConfig) -> None:
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    columns.validate()
+    if training.class_weight not in (None, "balanced"):
+        raise ValueError(f"--class-weight must be 'balanced' or omitted, got {training.class_weight!r}")
+    if split.test is None and not split.test_fraction:
+        raise ValueError("compare reports test metrics: give --test FILE or --test-fraction (e.g. 0.2)")
+    comparison.validate()
+    if training.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {training.epochs}")
+    training.validate()
+
+
+def _prepare_each(contenders: list[Contender], task: Task, model_path: str, splits, hidden: list[int]) -> None:
+    """Prepare every method once on a fresh base before any training, so a method that cannot apply to this model
+    (a role it lacks, a PEFT target it lacks) stops the comparison now, not an hour in."""
+    for i, contender in enumerate(contenders):
+        if i == 0 or not contender.needs_data:  # the first load also gives the task its tokenizer
+            net = task.load_model(model_path, splits.train, hidden)
+            if not contender.needs_data:
+                prepare(net, contender)
+
+
+@dataclass
+class Bench:
+    """What every run shares: the task, the base, the same rows and labels, the settings (lr and seed set per run)."""
+    task: Task
+    model_path: str
+    splits: Any
+    rows: dict[str, list[dict]]
+    y: dict[str, np.ndarray]
+    config: TrainConfig
+    hidden: list[int]
+
+
+def _run_all(contenders: list[Contender], comparison: CompareConfig, bench: Bench, runs_dir: Path):
+    """Every method x learning rate x seed; (run records, outputs by (method, lr, seed))."""
+    metric = bench.config.metric
+    runs: list[dict[str, Any]] = []
+    outputs: dict[tuple[str, float, int], dict[str, np.ndarray]] = {}
+    for contender in contenders:
+        factors = LR_SWEEP_FACTORS if comparison.lr_sweep else (1.0,)
+        for lr in [float(f"{contender.default_lr * f:.3g}") for f in factors]:
+            for seed in comparison.seeds:
+                run, run_outputs = _run_one(contender, lr, seed, bench, runs_dir / _run_name(contender.text, lr, seed))
+                runs.append(run)
+                outputs[(contender.text, lr, seed)] = run_outputs
+                if bench.config.progress:
+                    print(f"{contender.text} lr {lr:g} seed {seed}: validation {metric} {run['validation'][metric]:.4f}, "
+                          f"test {metric} {run['test'][metric]:.4f} ({run['wall_seconds']:.0f} s)", file=sys.stderr, flush=True)
+    return runs, outputs
+
+
+def _summarise_all(contenders: list[Contender], comparison: CompareConfig, bench: Bench, runs, outputs):
+    """(per-method summaries, subgroup scores per role, the recommendation)."""
+    metric, seeds, y, splits = bench.config.metric, comparison.seeds, bench.y, bench.splits
+    chosen_lr = {c.text: choose_lr([r for r in runs if r["method"] == c.text], metric) for c in contenders}
+    summaries = [summarise(c, chosen_lr[c.text], [r for r in runs if r["method"] == c.text], outputs, y["test"], bench.task,
+                           metric, comparison.bootstrap, seeds[0]) for c in contenders]
+    groups = {role: {col: frame[col].astype(str).to_numpy() for col in comparison.group_cols}
+              for role, frame in (("validation", splits.validation), ("test", splits.test))}
+    subgroups = {role: {s["method"]: subgroup_scores([outputs[(s["method"], s["lr"], seed)][role] for seed in seeds],
+                                                     y[role], groups[role], bench.task, metric) for s in summaries}
+                 for role in ("validation", "test")} if comparison.group_cols else {}
+    advice = recommend(summaries, metric, comparison.tolerance, comparison.prefer, subgroups.get("validation"), comparison.min_group_n)
+    return summaries, subgroups, advice
+
+
+def _run_one(contender: Contender, lr: float, seed: int, bench: Bench, where: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """One training run; returns its JSON record and its (validation, test) outputs."""
+    task, model_path, splits, rows, y, base_config, hidden = (bench.task, bench.model_path, bench.splits, bench.rows, bench.y,
+                                                                bench.config, bench.hidden)
     started = time.perf_counter()
     config = TrainConfig(**{**vars(base_config), "lr": lr, "seed": seed})
     torch.manual_seed(seed)  # the new classifier's initialisation
@@ -233,14 +243,25 @@ def _run_one(contender: Contender, lr: float, seed: int, task: Task, model_path:
     return record, outputs
 
 
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in str(text).split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--seeds must be comma-separated integers such as 0,1,2; got {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds must list distinct integers such as 0,1,2; got {text!r}")
-    return seeds
+def _load(train: str, columns: ColumnsConfig, split: SplitConfig, comparison: CompareConfig, progress: bool):
+    """The data, loaded, split (and subset) once, with the first seed; every run sees the same rows."""
+    splits = _split(train, columns, split, comparison.seeds[0])
+    for column in comparison.group_cols:
+        for role, frame in (("validation", splits.validation), ("test", splits.test)):
+            if column not in frame.columns:
+                raise DataError(f"--group-cols names {column!r}, which the {role} data lacks; its columns are "
+                                f"{', '.join(map(str, frame.columns))}")
+    # The same data checks as `selectune train`: leakage between the splits stops here, before any training.
+    checks = check_splits(splits, id_col=split.group_col, group_cols=comparison.group_cols or None)
+    if progress:
+        for warning in checks.warnings:
+            print(f"selectune compare: warning: {warning.message}", file=sys.stderr)
+    if comparison.train_limit is not None:
+        label_col = columns.label_col if columns.task == "classification" else None
+        splits.train = _subset(splits.train, comparison.train_limit, label_col, comparison.seeds[0])
+        splits.protocol["train_limit"] = comparison.train_limit
+        splits.protocol["sizes"]["train"] = len(splits.train)
+    return splits, checks
 
 
 def _subset(frame: pd.DataFrame, n: int, label_col: str | None, seed: int) -> pd.DataFrame:
@@ -262,8 +283,3 @@ def _subset(frame: pd.DataFrame, n: int, label_col: str | None, seed: int) -> pd
 
 def _run_name(text: str, lr: float, seed: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_.+-]+', '-', text)}-lr{lr:g}-seed{seed}"
-
-
-from selectune.compare.render import render_comparison  # noqa: E402
-
-compare.render = render_comparison

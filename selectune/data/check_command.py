@@ -5,8 +5,11 @@ reports is what ``train`` will refuse or warn about.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from selectune.config import CheckThresholds, ColumnsConfig, SplitConfig, with_settings, without
 
 from selectune.io import atomic_write_json
 
@@ -35,46 +38,35 @@ def check_splits(splits: Splits, *, id_col: str | None = None, group_cols: list[
                       sources=sources, raise_on_refusal=raise_on_refusal, **thresholds)
 
 
-def check(train: str, *, validation: str | None = None, test: str | None = None, label_col: str = "label",
-          text_col: str | None = None, feature_cols: str | None = None, task: str = "classification",
-          val_fraction: float = 0.15, test_fraction: float = 0.0, id_col: str | None = None, group_cols: str | None = None,
-          phi_policy: str = "warn", phi_cols: str | None = None, min_group_size: int = 30, imbalance_ratio: float = 3.0,
-          max_prevalence_shift: float = 0.05, seed: int = 0, out: str | None = None) -> dict[str, Any]:
+def check(train: str, *, columns: ColumnsConfig = ColumnsConfig(), split: Annotated[SplitConfig, without("group_col")] = SplitConfig(),
+          id_col: str | None = None, group_cols: list[str] | None = None, phi_policy: str = "warn", phi_cols: list[str] | None = None,
+          thresholds: CheckThresholds = CheckThresholds(), seed: int = 0, out: str | None = None, **settings: Any) -> dict[str, Any]:
     """Check data before training: leakage between splits (refused), imbalance, shift, small subgroups, identifiers.
 
     train: training data file (csv, tsv, jsonl, parquet)
-    validation: validation file; default: split --val-fraction off TRAIN, as `train` does
-    test: test file; default: split --test-fraction off TRAIN (0 = no test)
-    label_col: column with the label
-    text_col: column with the text (text data)
-    feature_cols: comma-separated numeric feature columns (tabular data)
-    task: classification or regression
-    val_fraction: fraction of TRAIN held out for validation when --validation is not given
-    test_fraction: fraction of TRAIN held out for test when --test is not given
     id_col: patient/group id column (what `train` calls --group-col): splits are made by it and an id in two splits is refused
-    group_cols: comma-separated subgroup columns (e.g. sex,site,period) checked for small groups
+    group_cols: subgroup columns (e.g. sex site period, or sex,site,period) checked for small groups
     phi_policy: identifier-like text (e-mail, phone, record number, date, URL): warn, or refuse
-    phi_cols: comma-separated free-text columns to scan for identifiers (default: --text-col)
-    min_group_size: subgroups with fewer rows than this in a split are warned about
-    imbalance_ratio: warn when the largest class is this many times the smallest
-    max_prevalence_shift: warn when a class's share differs this much between splits (and beyond chance)
+    phi_cols: free-text columns to scan for identifiers (default: --text-col)
     seed: seed of the splits (use the one you give `train`)
     out: also write the report as JSON here
+
+    The result's ``status`` is ``refuse`` when the data were refused (the CLI exits 1).
     """
-    features = [c.strip() for c in feature_cols.split(",") if c.strip()] if feature_cols else None
+    configs = with_settings("check", {"columns": columns, "split": split, "thresholds": thresholds}, settings)
+    columns, split, thresholds = configs["columns"], configs["split"], configs["thresholds"]
     try:
-        splits = load_splits(train, validation, test, label_col=label_col, text_col=text_col, feature_cols=features, task=task,
-                             val_fraction=val_fraction, test_fraction=test_fraction, group_col=id_col, seed=seed)
+        splits = load_splits(train, split.validation, split.test, label_col=columns.label_col, text_col=columns.text_col,
+                             feature_cols=columns.feature_cols or None, task=columns.task, val_fraction=split.val_fraction,
+                             test_fraction=split.test_fraction, group_col=id_col, seed=seed)
     except DataError as err:  # the splitting column is --group-col in `train` and --id-col here
         raise DataError(str(err).replace("--group-col", "--id-col")) from None
     report = check_splits(splits, id_col=id_col, group_cols=group_cols, phi_policy=phi_policy, phi_cols=phi_cols,
-                          raise_on_refusal=False, min_group_size=min_group_size, imbalance_ratio=imbalance_ratio,
-                          max_prevalence_shift=max_prevalence_shift)
+                          raise_on_refusal=False, **dataclasses.asdict(thresholds))
     result = {**report.to_json(), "split_protocol": splits.protocol}
     if out:
         atomic_write_json(Path(out), result)
-    # 1 = the data were refused (a finding), as a failed gate; 2 stays reserved for bad input.
-    return {**result, "exit_code": 1 if report.status == "refuse" else 0}
+    return result
 
 
 def render(result: dict[str, Any]) -> str:
@@ -86,6 +78,3 @@ def render(result: dict[str, Any]) -> str:
                "pass": "passed"}[result["status"]]
     lines += ["", f"data checks {verdict}"]
     return "\n".join(lines)
-
-
-check.render = render

@@ -12,9 +12,12 @@ they came from, so a validation split cut from the training file names rows of t
 """
 from __future__ import annotations
 
+import dataclasses
 from itertools import combinations
 
 import pandas as pd
+
+from selectune.config import CheckThresholds, with_settings
 
 from .balance import class_imbalance, prevalence_shift, subgroup_sizes, target_shift
 from .check_report import (MAX_ROWS, CheckReport, CheckResult, DataCheckRefused, DataLeakageError, IdentifierError, plural,
@@ -31,8 +34,8 @@ PHI_POLICIES = ("warn", "refuse")
 def run_checks(frames: dict[str, pd.DataFrame | None], *, text_col: str | None = None, feature_cols: list[str] | None = None,
                label_col: str | None = None, task: str = "classification", id_col: str | None = None,
                group_cols: list[str] | str | None = None, phi_policy: str = "warn", phi_cols: list[str] | str | None = None,
-               sources: dict[str, str] | None = None, min_group_size: int = 30, imbalance_ratio: float = 3.0,
-               max_prevalence_shift: float = 0.05, raise_on_refusal: bool = True) -> CheckReport:
+               sources: dict[str, str] | None = None, thresholds: CheckThresholds = CheckThresholds(), raise_on_refusal: bool = True,
+               **threshold_settings: float) -> CheckReport:
     """Check the splits in FRAMES ({"train": df, "validation": df, "test": df}; None entries are left out).
 
     text_col / feature_cols: what the model reads; identical values across splits are leakage.
@@ -43,14 +46,15 @@ def run_checks(frames: dict[str, pd.DataFrame | None], *, text_col: str | None =
     phi_policy: "warn" (default) or "refuse" when free text holds identifier-like strings.
     phi_cols: free-text columns to scan (default: text_col).
     sources: split -> file it came from, recorded in the report so row numbers can be looked up.
+    thresholds: when imbalance, prevalence shift and small subgroups warn; or give them flat (``min_group_size=5``).
     raise_on_refusal: raise DataLeakageError / IdentifierError (with `.report`) instead of returning.
     """
+    thresholds = with_settings("run_checks", {"thresholds": thresholds}, threshold_settings)["thresholds"]
     frames = {name: frame for name, frame in frames.items() if frame is not None}
     group_cols = split_names(group_cols)
     phi_cols = split_names(phi_cols) or ([text_col] if text_col else [])
     feature_cols = split_names(feature_cols)
-    validate(frames, text_col, feature_cols, label_col, task, group_cols, phi_policy, phi_cols, id_col,
-             min_group_size, imbalance_ratio, max_prevalence_shift)
+    validate(frames, text_col, feature_cols, label_col, task, group_cols, phi_policy, phi_cols, id_col, thresholds)
 
     results = [
         id_leakage(frames, id_col),
@@ -58,15 +62,15 @@ def run_checks(frames: dict[str, pd.DataFrame | None], *, text_col: str | None =
         duplicates_within_splits(frames, text_col, feature_cols),
     ]
     if label_col is not None and task == "classification":
-        results += [class_imbalance(frames, label_col, imbalance_ratio), prevalence_shift(frames, label_col, max_prevalence_shift)]
+        results += [class_imbalance(frames, label_col, thresholds.imbalance_ratio),
+                    prevalence_shift(frames, label_col, thresholds.max_prevalence_shift)]
     elif label_col is not None:
         results.append(target_shift(frames, label_col))
-    results.append(subgroup_sizes(frames, group_cols, min_group_size))
+    results.append(subgroup_sizes(frames, group_cols, thresholds.min_group_size))
     results.append(identifiers(frames, phi_cols, phi_policy))
 
     settings = {"text_col": text_col, "feature_cols": feature_cols or None, "label_col": label_col, "task": task, "id_col": id_col,
-                "group_cols": group_cols, "phi_policy": phi_policy, "phi_cols": phi_cols, "min_group_size": min_group_size,
-                "imbalance_ratio": imbalance_ratio, "max_prevalence_shift": max_prevalence_shift,
+                "group_cols": group_cols, "phi_policy": phi_policy, "phi_cols": phi_cols, **dataclasses.asdict(thresholds),
                 "identifier_types": list(IDENTIFIER_TYPES)}
     splits = {name: {"rows": len(frame), "source": (sources or {}).get(name)} for name, frame in frames.items()}
     report = CheckReport(results=results, splits=splits, settings=settings)
@@ -86,7 +90,9 @@ def split_names(names: list[str] | str | None) -> list[str]:
 
 
 def validate(frames, text_col, feature_cols, label_col, task, group_cols, phi_policy, phi_cols, id_col,
-             min_group_size, imbalance_ratio, max_prevalence_shift) -> None:
+             thresholds: CheckThresholds) -> None:
+    min_group_size, imbalance_ratio, max_prevalence_shift = (thresholds.min_group_size, thresholds.imbalance_ratio,
+                                                             thresholds.max_prevalence_shift)
     if not frames:
         raise DataError("No data to check: give at least one split (e.g. the training file).")
     if phi_policy not in PHI_POLICIES:

@@ -49,6 +49,7 @@ from selectune.evaluate.run import model_outputs, read_frame
 from selectune.evaluate.scorecard import EvaluationSettings, score_predictions
 from selectune.models import TASK_FILE, load_for_inference
 from selectune.train.tasks import ModelLoadError, Task
+from selectune.text_table import table
 
 ROLES = ("base", "update")
 
@@ -392,8 +393,6 @@ def _write(target: Path, record: GateRecord, evaluation_bytes: bytes, rules: Cri
 
 def render(result: dict[str, Any]) -> str:
     """The pass/fail table with its evidence, after the headline metrics of both models."""
-    from selectune.cli import table
-
     metrics = result["headline"]
     diffs = result["paired_differences"] or {}
     level = f"{result['settings']['confidence']:.0%}"
@@ -418,6 +417,3 @@ def render(result: dict[str, Any]) -> str:
              table(gate_rows, ["#", "criterion", "result", "evidence"]), "",
              f"gate {verdict}" + (f": {', '.join(failed)}" if failed else "") + f"  ->  {result['out']}/gate.json"]
     return "\n".join(lines)
-
-
-gate.render = render

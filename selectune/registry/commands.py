@@ -9,6 +9,7 @@ from selectune.delta import DELTA_CONFIG, DELTA_WEIGHTS
 from selectune.io import atomic_write_json, staged_folder
 from selectune.registry.register import check_request, register
 from selectune.registry.store import PRODUCTION, Registry, Version
+from selectune.text_table import table
 
 
 def add(path: str, *, name: str, registry: str = "registry", parent: int | None = None, gate: str | None = None,
@@ -95,7 +96,7 @@ def verify(*, registry: str = "registry") -> dict[str, Any]:
     with Registry(registry) as reg:
         problems = reg.verify()
         counted = {name: len(reg.versions(name)) for name in reg.names()}
-    return {"registry": str(Path(registry).resolve()), "versions": counted, "problems": problems, "exit_code": 1 if problems else 0}
+    return {"registry": str(Path(registry).resolve()), "versions": counted, "problems": problems}
 
 
 def history(name: str, *, registry: str = "registry") -> dict[str, Any]:
@@ -137,8 +138,6 @@ def metric_text(version: dict[str, Any]) -> tuple[str, str]:
 
 
 def render_history(result: dict[str, Any]) -> str:
-    from selectune.cli import table
-
     versions, events, production = result["versions"], result["events"], result["production"]
     rows = []
     for v in versions:
@@ -189,8 +188,3 @@ def render_verify(result: dict[str, Any]) -> str:
     if not result["problems"]:
         return f"{result['registry']}: every file matches its recorded hash ({counted})"
     return "\n".join([f"{result['registry']}: {len(result['problems'])} problem(s)", *(f"  {p}" for p in result["problems"])])
-
-
-history.render = render_history
-add.render = promote.render = rollback.render = render_summary
-verify.render = render_verify

@@ -18,21 +18,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+from selectune.config import ColumnsConfig, ModelConfig, SplitConfig, TrainConfig, as_list, with_settings
 from selectune.data import load_splits
 from selectune.delta import DELTA_CONFIG
 from selectune.fingerprint import file_sha256
 from selectune.io import atomic_write_bytes, atomic_write_json
 from selectune.registry.register import register
 from selectune.registry.store import Registry, RegistryError
+from selectune.text_table import table
 from selectune.train.tasks import Task
 
 
-def update(*, from_: str, data: str, out: str, registry: str = "registry", method: str = "bitfit", test: str | None = None,
-           validation: str | None = None, test_fraction: float = 0.25, val_fraction: float = 0.15, group_col: str | None = None,
-           lr: float | None = None, new_lr: float = 1e-2, epochs: int = 3, batch_size: int = 32, weight_decay: float = 0.0,
-           warmup_ratio: float = 0.1, seed: int = 0, metric: str | None = None, patience: int | None = None,
-           class_weight: str | None = None, criteria: str | None = None, group_cols: str | None = None,
-           note: str | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def update(*, from_: str, data: str, out: str, registry: str = "registry", method: str = "bitfit",
+           split: SplitConfig = SplitConfig(test_fraction=0.25), training: TrainConfig = TrainConfig(), criteria: str | None = None,
+           group_cols: list[str] | None = None, note: str | None = None, resume: bool = False, **settings: Any) -> dict[str, Any]:
     """Train the next version of a registered model from version V's state on new DATA; compare, gate, register.
 
     from_: the version to start from: NAME@VERSION, or NAME@production
@@ -40,31 +39,21 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
     out: folder for this update's evidence: split/, run/, parent/, gate/, update.json
     registry: registry folder
     method: selection method for the update, with options, e.g. bitfit
-    test: test file; default: --test-fraction of DATA, split off with --seed
-    validation: validation file; default: --val-fraction of DATA
-    test_fraction: fraction of DATA held out as test rows when --test is not given
-    val_fraction: fraction of DATA held out for validation when --validation is not given
-    group_col: patient/group id column: all rows of a group stay in one split
-    lr: learning rate (default: the method's)
-    new_lr: learning rate of new parameters when pretrained ones train too
-    epochs: training epochs
-    batch_size: examples per optimizer step
-    weight_decay: AdamW weight decay on matrices
-    warmup_ratio: fraction of steps with linear warmup
-    seed: seed for the split, training and shuffling
-    metric: validation metric for keep-best/early stopping
-    patience: stop after this many epochs without validation improvement
-    class_weight: `balanced` weights the loss by inverse class frequency
     criteria: acceptance criteria (YAML) for `selectune gate`: the version records pass/fail and the criteria's sha256
-    group_cols: comma-separated subgroup columns of the test rows, for the gate
+    group_cols: subgroup columns of the test rows, for the gate (a b or a,b)
     note: free text recorded with the version
     resume: continue an interrupted update from where it stopped
-    progress: show the progress bar
+
+    The split (--test, --test-fraction 0.25 of DATA, ...) and the training settings (--epochs, --lr, ...) are those
+    of `selectune train`; Python callers may give them flat: ``update(from_="m@1", data=..., out=..., epochs=5)``.
     """
     from selectune.evaluate.run import evaluate
     from selectune.models import merge
     from selectune.train.run import train
 
+    configs = with_settings("update", {"split": split, "training": training}, settings)
+    split, training = configs["split"], configs["training"]
+    group_cols = as_list(group_cols, str, "--group-cols")
     target = Path(out)
     with Registry(registry) as reg:
         parent = reg.get(from_)
@@ -81,28 +70,16 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
     kind = "regression" if task.kind == "tabular-regression" else "classification"
 
     # split once, with the seed; the files are the record of which rows trained and which tested
-    splits = load_splits(data, validation, test, label_col=task.label_col, text_col=task.text_col, feature_cols=task.feature_cols or None,
-                         task=kind, val_fraction=val_fraction, test_fraction=test_fraction if test is None else 0.0,
-                         group_col=group_col, seed=seed)
-    if splits.test is None or not len(splits.test):
-        raise ValueError("an update is compared with its parent on test rows: give --test FILE or a --test-fraction above 0")
-    files = {role: target / "split" / f"{role}.csv" for role in ("train", "validation", "test")}
-    for role, frame in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
-        content = frame.to_csv(index=False).encode()
-        if files[role].is_file() and files[role].read_bytes() != content:
-            raise ValueError(f"{files[role]} differs from the split this command makes; the data or settings changed since the "
-                             "interrupted update. Start over with a new --out")
-        if not files[role].is_file():
-            atomic_write_bytes(files[role], content)
+    splits, files = _split_once(data, task, kind, split, training.seed, target)
 
     # train from V's state
     run_dir = target / "run"
     if not (run_dir / "metrics.json").is_file():
-        train(str(files["train"]), model=root, out=str(run_dir), method=method, label_col=task.label_col, text_col=task.text_col,
-              feature_cols=",".join(task.feature_cols) or None, task=kind, validation=str(files["validation"]), test=str(files["test"]),
-              lr=lr, new_lr=new_lr, epochs=epochs, batch_size=batch_size, max_length=task.max_length, weight_decay=weight_decay,
-              warmup_ratio=warmup_ratio, seed=seed, metric=metric, patience=patience, class_weight=class_weight,
-              init_delta=parent_delta, resume=resume and run_dir.with_name("run.checkpoints").is_dir(), progress=progress)
+        columns = ColumnsConfig(label_col=task.label_col, text_col=task.text_col, feature_cols=task.feature_cols, task=kind)
+        train(str(files["train"]), out=str(run_dir), method=method, columns=columns,
+              split=SplitConfig(validation=str(files["validation"]), test=str(files["test"])),
+              base=ModelConfig(model=root, max_length=task.max_length), training=training, init_delta=parent_delta,
+              resume=resume and run_dir.with_name("run.checkpoints").is_dir())
     update_metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
 
     # V on the same test rows; V as a plain model folder is the gate's base
@@ -110,14 +87,7 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
     if not parent_dir.is_dir():
         merge(parent_delta, str(parent_dir), model=root)
     parent_metrics = evaluate(str(files["test"]), model=str(parent_dir))["metrics"]
-    gate_file = None
-    if criteria:
-        from selectune.evaluate.gate import gate
-
-        gate_file = target / "gate" / "gate.json"
-        if not gate_file.is_file():
-            gate(base=str(parent_dir), update=str(run_dir), criteria=criteria, test=str(files["test"]), validation=str(files["validation"]),
-                 group_cols=group_cols, seed=seed, out=str(gate_file.parent))
+    gate_file = _gate(criteria, parent_dir, run_dir, files, group_cols, training.seed) if criteria else None
 
     # register V+1 as a child of V (once: a resumed update finds the version it registered)
     delta_id = file_sha256(run_dir / "delta" / DELTA_CONFIG).removeprefix("sha256:")
@@ -139,14 +109,38 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
     return result
 
 
-def render(result: dict[str, Any]) -> str:
-    from selectune.cli import table
+def _gate(criteria: str, parent_dir: Path, run_dir: Path, files: dict[str, Path], group_cols: list[str], seed: int) -> Path:
+    """`selectune gate` of the update against V (once: a resumed update keeps a finished gate); its gate.json."""
+    from selectune.evaluate.gate import gate
 
+    gate_file = run_dir.parent / "gate" / "gate.json"
+    if not gate_file.is_file():
+        gate(base=str(parent_dir), update=str(run_dir), criteria=criteria, test=str(files["test"]), validation=str(files["validation"]),
+             group_cols=",".join(group_cols) or None, seed=seed, out=str(gate_file.parent))
+    return gate_file
+
+
+def _split_once(data: str, task: Task, kind: str, split: SplitConfig, seed: int, target: Path) -> tuple[Any, dict[str, Path]]:
+    """DATA split with the seed into OUT/split/*.csv; a resumed update must make the very same split."""
+    splits = load_splits(data, split.validation, split.test, label_col=task.label_col, text_col=task.text_col,
+                         feature_cols=task.feature_cols or None, task=kind, val_fraction=split.val_fraction,
+                         test_fraction=split.test_fraction if split.test is None else 0.0, group_col=split.group_col, seed=seed)
+    if splits.test is None or not len(splits.test):
+        raise ValueError("an update is compared with its parent on test rows: give --test FILE or a --test-fraction above 0")
+    files = {role: target / "split" / f"{role}.csv" for role in ("train", "validation", "test")}
+    for role, frame in (("train", splits.train), ("validation", splits.validation), ("test", splits.test)):
+        content = frame.to_csv(index=False).encode()
+        if files[role].is_file() and files[role].read_bytes() != content:
+            raise ValueError(f"{files[role]} differs from the split this command makes; the data or settings changed since the "
+                             "interrupted update. Start over with a new --out")
+        if not files[role].is_file():
+            atomic_write_bytes(files[role], content)
+    return splits, files
+
+
+def render(result: dict[str, Any]) -> str:
     keys = [k for k in ("accuracy", "macro_f1", "auroc", "mae", "rmse", "r2") if k in result["test"]]
     rows = [{"model": f"{result['parent']} (parent)", **result["parent_test"]}, {"model": f"{result['version']} ({result['method']})", **result["test"]}]
     gate = {None: "no gate (no --criteria)", True: "gate PASSED", False: "gate FAILED: `registry promote` will refuse it without --override"}
     return "\n".join([f"registered {result['version']} as a child of {result['parent']}; both on the same {result['test_rows']} test rows:",
                       table(rows, ["model", *keys]), gate[result["gate_passed"]]])
-
-
-update.render = render

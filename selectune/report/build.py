@@ -141,6 +141,3 @@ def render(result: dict[str, Any]) -> str:
     gate = {"passed": "gate PASSED", "failed": "gate FAILED", None: "no gate evidence (pass --gate GATE_DIR)"}[result["gate"]]
     return (f"wrote {result['html']} (self-contained) and {result['markdown']} with {result['figures']} figures; {gate}; "
             f"{result['fields_to_fill']} fields marked [{FILL_MARK}] for a person to complete")
-
-
-report.render = render

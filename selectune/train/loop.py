@@ -20,43 +20,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from selectune.config import TrainConfig  # noqa: F401  (re-exported: fit's settings)
 from selectune.masks import plain_name
 from selectune.selection import NEW_PARAMETERS_ATTR
 from selectune.evaluate.metrics import HIGHER_IS_BETTER, classification_metrics, regression_metrics
 from selectune.train.checkpoint import Checkpoints
 from selectune.train.tasks import Task
-
-
-@dataclass
-class TrainConfig:
-    lr: float | None = None
-    """Learning rate; None takes the method's default (bitfit 1e-3, full 3e-5)."""
-    new_lr: float | None = 1e-2
-    """Learning rate of new parameters (a fresh classifier); None = ``lr``. They start random with nothing
-    pretrained to preserve, and MiniLM's pooler outputs are ~0.03 in scale, so at lr 1e-3 a fresh
-    classifier cannot grow large enough in a few hundred steps to separate classes under any method."""
-    epochs: int = 3
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    """Fraction of optimizer steps with linearly rising learning rate."""
-    seed: int = 0
-    grad_accum: int = 1
-    mixed_precision: str = "no"
-    """"no", "fp16" or "bf16" (Accelerate)."""
-    metric: str = "macro_f1"
-    """Validation metric for keep-best and early stopping (macro_f1, accuracy, auroc, loss; mae, rmse, r2)."""
-    patience: int | None = None
-    """Stop after this many epochs without validation improvement; None trains every epoch."""
-    keep_best: bool = True
-    """Restore the trainable tensors of the best validation epoch at the end."""
-    class_weight: str | None = None
-    """"balanced" weights the loss by inverse class frequency (imbalanced medical labels)."""
-    dropout: float | None = None
-    """Probability of every ``nn.Dropout`` while training (HF attention reads its module's ``p`` too); None keeps
-    the model's own. Set back after training, so the model and a merged copy keep their configured dropout."""
-    progress: bool = True
 
 
 @dataclass
@@ -130,6 +99,7 @@ def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dic
 
     ``checkpoints``: write one after each epoch; with ``checkpoints.resume``, start after the last complete one.
     """
+    config = config.for_task(task.is_classification)  # metric None: the task's default
     previous = set_dropout(model, config.dropout)
     try:
         return _fit(model, task, train_rows, val_rows, config, lr, accelerator, checkpoints)

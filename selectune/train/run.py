@@ -6,6 +6,7 @@ crash, Ctrl-C) leaves no half-written output behind.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from itertools import islice
 import os
 import platform
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 import selectune
+from selectune.config import ColumnsConfig, ModelConfig, SplitConfig, TrainConfig, with_settings
 from selectune.data import load_splits
 from selectune.data.check_command import check_splits
 from selectune.delta import load_delta, read_delta, read_selection, save_delta, stack_selection
@@ -29,7 +31,8 @@ from selectune.methods import get_method, parse_method
 from selectune.models import TASK_FILE, resolve_model
 from selectune.selection import NEW_PARAMETERS_ATTR, select, trainable_report
 from selectune.train.checkpoint import Checkpoints
-from selectune.train.loop import TrainConfig, fit, make_accelerator, predict, score
+from selectune.text_table import table
+from selectune.train.loop import fit, make_accelerator, predict, score
 from selectune.train.tasks import Task
 from torch.utils.data import DataLoader
 
@@ -44,134 +47,65 @@ def environment() -> dict[str, str]:
             "platform": platform.platform()}
 
 
-def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col: str = "label", text_col: str | None = None,
-          feature_cols: str | None = None, task: str = "classification", validation: str | None = None, test: str | None = None,
-          val_fraction: float = 0.15, test_fraction: float = 0.0, group_col: str | None = None, phi_policy: str = "warn",
-          lr: float | None = None, new_lr: float = 1e-2, epochs: int = 3, batch_size: int = 32, max_length: int = 128, weight_decay: float = 0.0,
-          warmup_ratio: float = 0.1, seed: int = 0, grad_accum: int = 1, mixed_precision: str = "no", metric: str | None = None,
-          patience: int | None = None, keep_best: bool = True, class_weight: str | None = None, dropout: float | None = None, hidden: str = "64,64",
-          save_model: bool = False, init_delta: str | None = None, checkpoint: bool = True, resume: bool = False,
-          overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfig = ColumnsConfig(), split: SplitConfig = SplitConfig(),
+          base: ModelConfig | None = None, training: TrainConfig = TrainConfig(), phi_policy: str = "warn", save_model: bool = False,
+          init_delta: str | None = None, checkpoint: bool = True, resume: bool = False, overwrite: bool = False,
+          **settings: Any) -> dict[str, Any]:
     """Fine-tune MODEL on TRAIN with a selective METHOD; write the delta, metrics and resolved config to OUT.
 
     train: training data file (csv, tsv, jsonl, parquet)
-    model: base model: a local HF folder, `minilm` (bundled all-MiniLM-L6-v2), `minilm-mean` (the same, read by mean pooling), `mlp` (new tabular MLP) or a tabular model folder
     out: output directory (delta/, metrics.json, run_config.json); refused if it exists unless --overwrite
     method: selection method with options, e.g. bitfit, full, head, bitfit:roles=query+mlp_in
-    label_col: column with the label
-    text_col: column with the text (text classification)
-    feature_cols: comma-separated numeric feature columns (tabular)
-    task: classification or regression (tabular)
-    validation: validation file; default: split --val-fraction off TRAIN
-    test: test file; default: split --test-fraction off TRAIN (0 = no test)
-    val_fraction: fraction of TRAIN held out for validation when --validation is not given
-    test_fraction: fraction of TRAIN held out for test when --test is not given
-    group_col: patient/group id column: all rows of a group stay in one split
     phi_policy: identifier-like text (e-mail, phone, record number, date, URL) in the data: warn, or refuse
-    lr: learning rate (default: the method's, bitfit 1e-3, full 3e-5)
-    new_lr: learning rate of new parameters (a fresh classifier) when pretrained ones train too
-    epochs: training epochs
-    batch_size: examples per optimizer step per process
-    max_length: max tokens per text
-    weight_decay: AdamW weight decay on matrices
-    warmup_ratio: fraction of steps with linear warmup
-    seed: seed for splits, init, shuffling and dropout
-    grad_accum: gradient accumulation steps
-    mixed_precision: no, fp16 or bf16
-    metric: validation metric for keep-best/early stopping (default macro_f1, or rmse for regression)
-    patience: stop after this many epochs without validation improvement
-    keep_best: restore the best validation epoch at the end
-    class_weight: `balanced` weights the loss by inverse class frequency
-    dropout: dropout probability while training, for every dropout layer (default: the model's own)
-    hidden: hidden layer sizes of a new tabular MLP
     save_model: also write the merged model to OUT/model (always done for a new MLP)
     init_delta: start from this delta's state on MODEL (a continual update); the new delta holds both, against MODEL
     checkpoint: write a checkpoint after each epoch to OUT.checkpoints/ (removed when the run completes)
     resume: continue an interrupted run from the last complete checkpoint in OUT.checkpoints/
     overwrite: replace OUT if it exists
-    progress: show the progress bar
+
+    Python callers may give any field of the configs flat: ``train(path, model="mlp", out="runs/x", epochs=1)``.
     """
+    configs = with_settings("train", {"columns": columns, "split": split, "base": base or ModelConfig, "training": training}, settings)
+    columns, split, base, training = configs["columns"], configs["split"], configs["base"], configs["training"]
     target = Path(out)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"output directory {out} already exists; choose another --out or pass --overwrite")
     checkpoint_dir = target.with_name(f"{target.name}.checkpoints")
-    if resume and not checkpoint:
-        raise ValueError("--resume continues from checkpoints; drop --no-checkpoint")
-    if checkpoint_dir.exists() and not resume and not overwrite:
-        raise FileExistsError(f"{checkpoint_dir} holds the checkpoints of an interrupted run; pass --resume to continue it, "
-                              "or --overwrite to start over")
-    if text_col and feature_cols:
-        raise ValueError("give either --text-col (text) or --feature-cols (tabular), not both")
-    kind = "text-classification" if text_col else f"tabular-{task}"
-    if task not in ("classification", "regression") or (text_col and task != "classification"):
-        raise ValueError(f"--task must be classification or regression (regression only for tabular data), got {task!r}")
+    _check_run_folders(out, checkpoint_dir, checkpoint=checkpoint, resume=resume, overwrite=overwrite)
+    columns.validate()
     method_name, method_options = parse_method(method)
     spec = get_method(method_name)
     spec.resolve_options(method_options)  # fail on a bad option before reading any data
-    features = [c.strip() for c in feature_cols.split(",") if c.strip()] if feature_cols else []
-    metric = metric or ("macro_f1" if task == "classification" else "rmse")
-    config = TrainConfig(lr=lr, new_lr=new_lr, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                         seed=seed, grad_accum=grad_accum, mixed_precision=mixed_precision, metric=metric, patience=patience,
-                         keep_best=keep_best, class_weight=class_weight, dropout=dropout, progress=progress)
-    if class_weight not in (None, "balanced"):
-        raise ValueError(f"--class-weight must be 'balanced' or omitted, got {class_weight!r}")
-    if dropout is not None and not 0.0 <= dropout < 1.0:
-        raise ValueError(f"--dropout must be in [0, 1) (0 turns dropout off), got {dropout}")
+    training.validate()
+    config = training.for_task(columns.task == "classification")
 
     # setup: data, task, model, selection
-    torch.manual_seed(seed)
-    splits = load_splits(train, validation, test, label_col=label_col, text_col=text_col, feature_cols=features or None,
-                         task=task, val_fraction=val_fraction, test_fraction=test_fraction, group_col=group_col, seed=seed)
+    torch.manual_seed(config.seed)
+    splits = _split(train, columns, split, config.seed)
     # Leakage between the splits (including the validation split cut from TRAIN) stops the run here, before
     # anything is written; warnings carry counts and row numbers only, never the text they are about.
-    checks = check_splits(splits, id_col=group_col, phi_policy=phi_policy)
+    checks = check_splits(splits, id_col=split.group_col, phi_policy=phi_policy)
     if int(os.environ.get("RANK", "0")) == 0:
         for warning in checks.warnings:
             print(f"selectune train: warning: {warning.message}", file=sys.stderr)
-    the_task = Task(kind=kind, label_col=label_col, labels=splits.labels, text_col=text_col, feature_cols=features, max_length=max_length)
-    model_path = resolve_model(model)
-    net = the_task.load_model(model_path, splits.train, hidden=[int(h) for h in hidden.split(",") if h.strip()])
-    parent = None
-    if init_delta:
-        parent = read_selection(init_delta)
-        load_delta(net, init_delta)  # refuses a delta trained on another base
-        setattr(net, NEW_PARAMETERS_ATTR, [])  # the parent trained its new parameters: no longer random
-    batches = None
-    if spec.needs_data:
-        # Data-driven masks (fish, lt_sft) are fitted on the first training batches; each takes its n_batches.
-        loader = DataLoader(the_task.examples(splits.train), batch_size=batch_size, shuffle=False, collate_fn=the_task.collate)
-        batches = list(islice(loader, 32))
-    selection = select(net, method_name, batches=batches, **method_options)
-    lr_used = lr if lr is not None else spec.default_lr
+    the_task, kind = _task(columns, splits.labels, base.max_length)
+    model_path = resolve_model(base.model)
+    net = the_task.load_model(model_path, splits.train, hidden=base.hidden)
+    parent = _start_from(net, init_delta)
+    selection = select(net, method_name, batches=_mask_batches(spec, the_task, splits, config.batch_size), **method_options)
+    lr_used = config.lr if config.lr is not None else spec.default_lr
     accelerator = make_accelerator(config)
+    resolved = {"command": "selectune train", "argv": sys.argv, "train": train, "validation": split.validation, "test": split.test,
+                "model": base.model, "model_path": model_path, "method": method_name, "method_options": selection.options,
+                "label_col": columns.label_col, "text_col": columns.text_col, "feature_cols": columns.feature_cols, "task": kind,
+                "val_fraction": split.val_fraction, "test_fraction": split.test_fraction, "group_col": split.group_col,
+                "phi_policy": phi_policy, "hidden": base.hidden_text, "max_length": base.max_length,
+                "train_config": {**vars(config), "lr": lr_used}, "num_processes": accelerator.num_processes}
 
-    # train
-    train_rows = the_task.examples(splits.train)
-    val_rows = the_task.examples(splits.validation)
-    checkpoints = None
-    if checkpoint:
-        # What the run is: a checkpoint of anything else (other settings, other data) is refused on --resume.
-        identity = {"train_config": {**vars(config), "progress": None, "lr": lr_used}, "method": method_name, "options": selection.options,
-                    "model": model_path, "init_delta": init_delta and file_sha256(Path(init_delta) / "delta.safetensors"),
-                    "data": {role: p and file_sha256(p) for role, p in (("train", train), ("validation", validation), ("test", test))},
-                    "columns": [label_col, text_col, features, group_col], "split": [val_fraction, test_fraction],
-                    "hidden": hidden, "max_length": max_length, "trainable": selection.trainable, "processes": accelerator.num_processes}
-        if not resume:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # --overwrite: the old run's checkpoints must not mix in
-        checkpoints = Checkpoints(checkpoint_dir, identity, resume=resume)
-    result = fit(net, the_task, train_rows, val_rows, config, lr_used, accelerator, checkpoints)
+    # train, then test beside the majority-class floor
+    checkpoints = _checkpoints(checkpoint_dir, resolved, selection, init_delta, resume) if checkpoint else None
+    result = fit(net, the_task, the_task.examples(splits.train), the_task.examples(splits.validation), config, lr_used, accelerator,
+                 checkpoints)
     net = accelerator.unwrap_model(net)
-
-    # evaluate on test, beside the majority-class floor
-    test_metrics, baseline = None, None
-    if splits.test is not None and len(splits.test):
-        loader = accelerator.prepare(DataLoader(the_task.examples(splits.test), batch_size=config.eval_batch_size, collate_fn=the_task.collate))
-        outputs, test_loss = predict(net, the_task, loader, accelerator)
-        y_test = the_task.label_ids(splits.test)
-        test_metrics = {**score(the_task, outputs, y_test), "loss": test_loss}
-        if the_task.is_classification:
-            baseline = majority_baseline(the_task.label_ids(splits.train), y_test, the_task.n_outputs)
-
+    test_metrics, baseline = _test_metrics(net, the_task, splits, config, accelerator)
     summary = {
         "method": method_name, "method_options": selection.options, "lr": lr_used,
         "trainable_parameters": selection.trainable_parameters, "total_parameters": selection.total_parameters,
@@ -183,28 +117,140 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
         return summary
 
     # save: everything into a partial folder, renamed into place at the end
+    run = TrainedRun(net=net, task=the_task, selection=selection, parent=parent, init_delta=init_delta, resolved=resolved,
+                     data_files=_data_files(train, split), summary=summary, history=result.history, splits=splits, checks=checks)
+    _save(run, target, save_model=save_model or base.model == "mlp")
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete: nothing left to resume
+    return summary
+
+
+def _task(columns: ColumnsConfig, labels: list[str] | None, max_length: int) -> tuple[Task, str]:
+    kind = "text-classification" if columns.text_col else f"tabular-{columns.task}"
+    the_task = Task(kind=kind, label_col=columns.label_col, labels=labels, text_col=columns.text_col, feature_cols=columns.feature_cols,
+                    max_length=max_length)
+    return the_task, kind
+
+
+def _split(train: str, columns: ColumnsConfig, split: SplitConfig, seed: int):
+    """TRAIN (and the validation/test files) read and split as the configs say."""
+    return load_splits(train, split.validation, split.test, label_col=columns.label_col, text_col=columns.text_col,
+                       feature_cols=columns.feature_cols or None, task=columns.task, val_fraction=split.val_fraction,
+                       test_fraction=split.test_fraction, group_col=split.group_col, seed=seed)
+
+
+def _start_from(net, init_delta: str | None):
+    """Load INIT_DELTA's state onto ``net`` (a continual update); its selection, or None without one."""
+    if not init_delta:
+        return None
+    parent = read_selection(init_delta)
+    load_delta(net, init_delta)  # refuses a delta trained on another base
+    setattr(net, NEW_PARAMETERS_ATTR, [])  # the parent trained its new parameters: no longer random
+    return parent
+
+
+def _mask_batches(spec, the_task: Task, splits, batch_size: int) -> list | None:
+    """Data-driven masks (fish, lt_sft) are fitted on the first training batches; each takes its n_batches."""
+    if not spec.needs_data:
+        return None
+    loader = DataLoader(the_task.examples(splits.train), batch_size=batch_size, shuffle=False, collate_fn=the_task.collate)
+    return list(islice(loader, 32))
+
+
+def _checkpoints(checkpoint_dir: Path, resolved: dict[str, Any], selection, init_delta: str | None, resume: bool) -> Checkpoints:
+    # What the run is: a checkpoint of anything else (other settings, other data) is refused on --resume.
+    r = resolved
+    identity = {"train_config": {**r["train_config"], "progress": None}, "method": r["method"], "options": selection.options,
+                "model": r["model_path"], "init_delta": init_delta and file_sha256(Path(init_delta) / "delta.safetensors"),
+                "data": {role: r[role] and file_sha256(r[role]) for role in ("train", "validation", "test")},
+                "columns": [r["label_col"], r["text_col"], r["feature_cols"], r["group_col"]],
+                "split": [r["val_fraction"], r["test_fraction"]], "hidden": r["hidden"], "max_length": r["max_length"],
+                "trainable": selection.trainable, "processes": r["num_processes"]}
+    if not resume:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # --overwrite: the old run's checkpoints must not mix in
+    return Checkpoints(checkpoint_dir, identity, resume=resume)
+
+
+def _check_run_folders(out: str, checkpoint_dir: Path, *, checkpoint: bool, resume: bool, overwrite: bool) -> None:
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    if resume and not checkpoint:
+        raise ValueError("--resume continues from checkpoints; drop --no-checkpoint")
+    if checkpoint_dir.exists() and not resume and not overwrite:
+        raise FileExistsError(f"{checkpoint_dir} holds the checkpoints of an interrupted run; pass --resume to continue it, "
+                              "or --overwrite to start over")
+
+
+def _data_files(train: str, split: SplitConfig) -> list[tuple[str, str | None]]:
+    return [("train", train), ("validation", split.validation), ("test", split.test)]
+
+
+def _test_metrics(net, the_task: Task, splits, config: TrainConfig, accelerator) -> tuple[dict | None, dict | None]:
+    """Test metrics beside the majority-class floor; (None, None) without test rows."""
+    if splits.test is None or not len(splits.test):
+        return None, None
+    loader = accelerator.prepare(DataLoader(the_task.examples(splits.test), batch_size=config.eval_batch_size, collate_fn=the_task.collate))
+    outputs, test_loss = predict(net, the_task, loader, accelerator)
+    y_test = the_task.label_ids(splits.test)
+    test_metrics = {**score(the_task, outputs, y_test), "loss": test_loss}
+    baseline = None
+    if the_task.is_classification:
+        baseline = majority_baseline(the_task.label_ids(splits.train), y_test, the_task.n_outputs)
+    return test_metrics, baseline
+
+
+@dataclass
+class TrainedRun:
+    """What a finished run writes to OUT."""
+    net: Any
+    task: Task
+    selection: Any
+    parent: Any
+    init_delta: str | None
+    resolved: dict[str, Any]
+    data_files: list[tuple[str, str | None]]
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+    splits: Any
+    checks: Any
+
+
+def _save(run: TrainedRun, target: Path, *, save_model: bool) -> None:
+    """Everything into a partial folder, renamed into place at the end."""
+    net, the_task, selection, resolved = run.net, run.task, run.selection, run.resolved
     with staged_folder(target) as partial:
-        resolved = {"command": "selectune train", "argv": sys.argv, "train": train, "validation": validation, "test": test,
-                    "model": model, "model_path": model_path, "method": method_name, "method_options": selection.options,
-                    "label_col": label_col, "text_col": text_col, "feature_cols": features, "task": kind,
-                    "val_fraction": val_fraction, "test_fraction": test_fraction, "group_col": group_col, "phi_policy": phi_policy, "hidden": hidden,
-                    "max_length": max_length, "train_config": {**vars(config), "lr": lr_used}, "num_processes": accelerator.num_processes}
-        data_files = {role: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
-                      for role, p in (("train", train), ("validation", validation), ("test", test)) if p}
-        metadata = {"task": the_task.metadata(), "base_model": model_path if model != "mlp" else "mlp",
-                    "model_class": type(net).__name__, "train_config": resolved["train_config"], "seed": seed, "data_files": data_files}
-        if parent is not None:
-            metadata["init_delta"] = {"path": str(Path(init_delta).resolve()), "weights_sha256": read_delta(init_delta)[1]["weights_sha256"],
+        data_files = {role: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)} for role, p in run.data_files if p}
+        metadata = {"task": the_task.metadata(), "base_model": resolved["model_path"] if resolved["model"] != "mlp" else "mlp",
+                    "model_class": type(net).__name__, "train_config": resolved["train_config"], "seed": resolved["train_config"]["seed"],
+                    "data_files": data_files}
+        if run.parent is not None:
+            metadata["init_delta"] = {"path": str(Path(run.init_delta).resolve()),
+                                      "weights_sha256": read_delta(run.init_delta)[1]["weights_sha256"],
                                       "trained_in_update": selection.trainable}
-        save_delta(net, stack_selection(parent, selection, net) if parent is not None else selection, partial / "delta", metadata=metadata)
-        atomic_write_json(partial / "metrics.json", {**summary, "history": result.history, "split_protocol": splits.protocol,
+        save_delta(net, stack_selection(run.parent, selection, net) if run.parent is not None else selection, partial / "delta",
+                   metadata=metadata)
+        atomic_write_json(partial / "metrics.json", {**run.summary, "history": run.history, "split_protocol": run.splits.protocol,
                                                      "roles": trainable_report(net, selection), "environment": environment(),
                                                      "config": resolved})
         atomic_write_json(partial / "run_config.json", {**resolved, "data_files": data_files, "environment": environment()})
-        atomic_write_json(partial / "checks.json", checks.to_json())
-        if save_model or model == "mlp":
+        atomic_write_json(partial / "checks.json", run.checks.to_json())
+        if save_model:
             merge_masks(net)  # masked weights become plain tensors with plain names before save_pretrained
             the_task.save_model(net, partial / "model")
             (partial / "model" / TASK_FILE).write_text(json.dumps(the_task.metadata(), indent=2, sort_keys=True) + "\n")
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete: nothing left to resume
-    return summary
+
+
+def render(result: dict[str, Any]) -> str:
+    """The run in one line, then its test metrics beside the majority-class floor."""
+    rows = []
+    if result.get("majority_baseline"):
+        rows.append({"model": "majority class", **result["majority_baseline"], "trainable %": "-"})
+    if result.get("test"):
+        rows.append({"model": result["method"], **result["test"], "trainable %": f"{result['trainable_percent']:.3f}"})
+    cols = (["model", "n", "accuracy", "macro_f1", "auroc", "trainable %"] if "accuracy" in (result.get("test") or {})
+            else ["model", "n", "mae", "rmse", "r2", "trainable %"])
+    lines = [f"\n{result['method']}: {result['trainable_parameters']:,} of {result['total_parameters']:,} parameters "
+             f"({result['trainable_percent']:.3f}%), lr {result['lr']:g}, best epoch {result['best_epoch']}, "
+             f"{result['train_seconds']:.0f} s ({result['examples_per_second']:.1f} ex/s)"]
+    if rows:
+        lines.append(table(rows, cols))
+    return "\n".join(lines)
