@@ -78,7 +78,9 @@ def _add_config(parser, pname: str, cls: type, default: Any, dropped: tuple[str,
 
 def _add_command(sub, name: str, fn: Callable) -> None:
     summary, helps = _docs(fn)
-    parser = sub.add_parser(name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # No abbreviations: with flags generated from configs, `compare --lr` would silently mean `--lr-sweep`.
+    parser = sub.add_parser(name, help=summary, description=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                            allow_abbrev=False)
     hints = typing.get_type_hints(fn, include_extras=True)
     for pname, param in pyinspect.signature(fn).parameters.items():
         if param.kind == param.VAR_KEYWORD:  # flat settings for Python callers; the CLI fills the configs

@@ -128,3 +128,12 @@ def test_check_result_carries_no_exit_code_and_refusal_exits_1(tmp_path, capsys)
     from selectune.data.check_command import check
     result = check(str(tmp_path / "train.csv"), test=str(tmp_path / "test.csv"), feature_cols="x", id_col="patient")
     assert result["status"] == "refuse" and "exit_code" not in result
+
+
+def test_an_abbreviated_flag_is_refused_not_read_as_another(capsys):
+    # `compare --lr 1e-3` must not quietly become `--lr-sweep`: compare has no --lr at all.
+    with pytest.raises(SystemExit) as exit_:
+        build_parser(["compare"]).parse_args(["compare", "train.csv", "--out", "x", "--model", "m", "--lr", "1e-3"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --lr 1e-3" in capsys.readouterr().err
+    args = build_parser(["compare"]).parse_args(["compare", "train.csv", "--out", "x", "--model", "m", "--lr-sweep"])
+    assert vars(args)["lr_sweep"] is True
