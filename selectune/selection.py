@@ -8,6 +8,7 @@ so that only its (k,) ``values`` train (``selectune.masks``); ``merge_masks`` ma
 from __future__ import annotations
 
 import copy
+import inspect
 import dataclasses
 import json
 from collections import Counter
@@ -19,11 +20,6 @@ import torch.nn as nn
 from selectune.masks import apply_masks, plain_named_parameters, plain_parameter_names
 from selectune.methods.spec import MaskedResult
 from selectune.roles import ROLES, parameter_roles
-
-# Set by selectune's loaders to HF's ``missing_keys``: parameters the checkpoint did not contain
-# (a new classifier). They were initialised at random, so they must train under every method.
-NEW_PARAMETERS_ATTR = "_selectune_new_parameters"
-
 
 @dataclasses.dataclass
 class Selection:
@@ -86,18 +82,13 @@ class Selection:
         return model
 
 
-def new_parameters_of(model: nn.Module) -> list[str]:
-    """Names of parameters the loader reported missing from the checkpoint."""
-    names = {n for n, _ in model.named_parameters()}
-    return sorted(n for n in getattr(model, NEW_PARAMETERS_ATTR, ()) if n in names)
-
-
 def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str] | None = None,
            batches: Iterable[dict[str, Any]] | None = None, **options) -> Selection:
     """Choose what trains with a registered ``method``, apply it to ``model`` and return the Selection.
 
-    ``new_parameters``: names the checkpoint lacked (HF ``missing_keys``); defaults to what selectune's
-    loaders recorded on the model. They train whatever the method says.
+    ``new_parameters``: names the checkpoint lacked (HF ``missing_keys``), as the task's loader returned them
+    (``LoadedModel.new_parameters``); they train whatever the method says, and the Selection records them.
+    A method that must know them (element masks leave them out of the budget) takes ``new_parameters=``.
     ``batches``: for data-driven methods (``spec.needs_data``: fish, lt_sft), an iterable of dicts that
     ``model(**batch)`` turns into an output with ``.loss``; other methods ignore it.
     """
@@ -109,11 +100,18 @@ def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str
     if spec.needs_data and batches is None:
         raise ValueError(f"method {spec.name!r} is fitted on data: pass batches=[...] (dicts that model(**batch) "
                          "turns into an output with .loss)")
-    new = sorted(set(new_parameters if new_parameters is not None else new_parameters_of(model)))
+    names = {n for n, _ in model.named_parameters()}
+    new = sorted(set(new_parameters or ()) & names)
     # Fingerprint first: the base must be pristine, and new parameters are random per load.
     fingerprint = base_fingerprint(model, exclude=new)
     before = {n for n, _ in model.named_parameters()}
-    result = spec.select(model, batches=batches, **resolved) if spec.needs_data else spec.select(model, **resolved)
+    if spec.needs_data:
+        resolved_call = {**resolved, "batches": batches}
+    else:
+        resolved_call = dict(resolved)
+    if "new_parameters" in inspect.signature(spec.select).parameters:
+        resolved_call["new_parameters"] = new
+    result = spec.select(model, **resolved_call)
     masks = {n: m for n, m in result.masks.items() if n not in new} if isinstance(result, MaskedResult) else {}
     chosen = set(result.whole if isinstance(result, MaskedResult) else result) | set(masks) | set(new)
     params = dict(model.named_parameters())

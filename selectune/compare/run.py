@@ -33,11 +33,10 @@ from selectune.compare.summary import choose_lr, subgroup_scores, summarise
 from selectune.data import DataError, load_splits
 from selectune.data.check_command import check_splits
 from selectune.delta import atomic_write_json, file_sha256
-from selectune.evaluate.metrics import majority_baseline
 from selectune.models import resolve_model
 from selectune.train.loop import TrainConfig, fit, make_accelerator, predict, score
 from selectune.train.run import environment
-from selectune.train.tasks import Task
+from selectune.tasks import Task, task_from_options
 
 DEFAULT_METHODS = "full,bitfit,bitfit:roles=query+mlp_in,layernorm,head,random,pafi,fish,lt_sft,lora,ia3,beft"
 LR_SWEEP_FACTORS = (1 / 3, 1.0, 3.0)  # times each method's default learning rate
@@ -91,10 +90,8 @@ def compare(train: str, *, model: str, out: str, methods: str = DEFAULT_METHODS,
     target = Path(out)
     if target.exists() and not overwrite:
         raise FileExistsError(f"output directory {out} already exists; choose another --out or pass --overwrite")
-    if text_col and feature_cols:
-        raise ValueError("give either --text-col (text) or --feature-cols (tabular), not both")
-    if task not in ("classification", "regression") or (text_col and task != "classification"):
-        raise ValueError(f"--task must be classification or regression (regression only for tabular data), got {task!r}")
+    features = [c.strip() for c in feature_cols.split(",") if c.strip()] if feature_cols else []
+    the_task = task_from_options(label_col=label_col, text_col=text_col, feature_cols=features, task=task, max_length=max_length)
     if class_weight not in (None, "balanced"):
         raise ValueError(f"--class-weight must be 'balanced' or omitted, got {class_weight!r}")
     if test is None and not test_fraction:
@@ -109,14 +106,11 @@ def compare(train: str, *, model: str, out: str, methods: str = DEFAULT_METHODS,
         raise ValueError(f"--epochs must be at least 1, got {epochs}")
     seed_list = _parse_seeds(seeds)
     contenders = parse_contenders(methods)
-    kind = "text-classification" if text_col else f"tabular-{task}"
-    metric = metric or ("macro_f1" if task == "classification" else "rmse")
-    features = [c.strip() for c in feature_cols.split(",") if c.strip()] if feature_cols else []
+    metric = metric or the_task.default_metric
     subgroup_columns = [c.strip() for c in group_cols.split(",") if c.strip()] if group_cols else []
 
     # ---- data: loaded, split (and subset) once; every run sees the same rows ----------------------------------
-    splits = load_splits(train, validation, test, label_col=label_col, text_col=text_col, feature_cols=features or None,
-                         task=task, val_fraction=val_fraction, test_fraction=test_fraction, group_col=group_col, seed=seed_list[0])
+    splits = load_splits(train, validation, test, label_col=label_col, **the_task.data_options(), val_fraction=val_fraction, test_fraction=test_fraction, group_col=group_col, seed=seed_list[0])
     for column in subgroup_columns:
         for role, frame in (("validation", splits.validation), ("test", splits.test)):
             if column not in frame.columns:
@@ -131,16 +125,16 @@ def compare(train: str, *, model: str, out: str, methods: str = DEFAULT_METHODS,
         splits.train = _subset(splits.train, train_limit, label_col if task == "classification" else None, seed_list[0])
         splits.protocol["train_limit"] = train_limit
         splits.protocol["sizes"]["train"] = len(splits.train)
-    the_task = Task(kind=kind, label_col=label_col, labels=splits.labels, text_col=text_col, feature_cols=features, max_length=max_length)
+    the_task.labels = splits.labels
     model_path = resolve_model(model)
     hidden_sizes = [int(h) for h in hidden.split(",") if h.strip()]
     # Prepare every method once on a fresh base before any training, so a method that cannot apply to this model
     # (a role it lacks, a PEFT target it lacks) stops the comparison now, not an hour in.
     for i, contender in enumerate(contenders):
         if i == 0 or not contender.needs_data:  # the first load also gives the task its tokenizer
-            net = the_task.load_model(model_path, splits.train, hidden_sizes)
+            loaded = the_task.load_model(model_path, splits.train, hidden=hidden_sizes)
             if not contender.needs_data:
-                prepare(net, contender)
+                prepare(loaded.model, contender, new_parameters=loaded.new_parameters)
     rows = {role: the_task.examples(frame) for role, frame in (("train", splits.train), ("validation", splits.validation),
                                                                  ("test", splits.test))}
     y = {"validation": the_task.label_ids(splits.validation), "test": the_task.label_ids(splits.test)}
@@ -177,11 +171,11 @@ def compare(train: str, *, model: str, out: str, methods: str = DEFAULT_METHODS,
                                                          y[role], groups[role], the_task, metric) for s in summaries}
                      for role in ("validation", "test")} if subgroup_columns else {}
         advice = recommend(summaries, metric, tolerance, prefer, subgroups.get("validation"), min_group_n)
-        baseline = majority_baseline(the_task.label_ids(splits.train), y["test"], the_task.n_outputs) if the_task.is_classification else None
+        baseline = the_task.majority_baseline(the_task.label_ids(splits.train), y["test"])
 
         resolved = {"command": "selectune compare", "argv": sys.argv, "train": train, "validation": validation, "test": test,
                     "model": model, "model_path": model_path, "methods": [c.text for c in contenders], "label_col": label_col,
-                    "text_col": text_col, "feature_cols": features, "task": kind, "val_fraction": val_fraction,
+                    "text_col": text_col, "feature_cols": features, "task": the_task.name, "val_fraction": val_fraction,
                     "test_fraction": test_fraction, "group_col": group_col, "group_cols": subgroup_columns, "train_limit": train_limit,
                     "seeds": seed_list, "lr_sweep": lr_sweep, "lr_sweep_factors": list(LR_SWEEP_FACTORS) if lr_sweep else None,
                     "max_length": max_length, "hidden": hidden, "metric": metric, "tolerance": tolerance, "prefer": prefer,
@@ -211,16 +205,16 @@ def _run_one(contender: Contender, lr: float, seed: int, task: Task, model_path:
     started = time.perf_counter()
     config = TrainConfig(**{**vars(base_config), "lr": lr, "seed": seed})
     torch.manual_seed(seed)  # the new classifier's initialisation
-    net = task.load_model(model_path, splits.train, hidden)
+    loaded = task.load_model(model_path, splits.train, hidden=hidden)
     batches = None
     if contender.needs_data:
         # Data-driven masks (fish, lt_sft) are fitted on the first training batches, as `selectune train` does.
         loader = DataLoader(rows["train"], batch_size=config.batch_size, shuffle=False, collate_fn=task.collate)
         batches = list(islice(loader, 32))
-    prepared = prepare(net, contender, batches)
+    prepared = prepare(loaded.model, contender, batches, new_parameters=loaded.new_parameters)
     accelerator = make_accelerator(config)
     with PeakMemory(accelerator.device) as peak:
-        fitted = fit(prepared.model, task, rows["train"], rows["validation"], config, lr, accelerator)
+        fitted = fit(prepared.model, task, rows["train"], rows["validation"], config, lr, accelerator, new_parameters=prepared.new_parameters)
     trained = accelerator.unwrap_model(prepared.model)
     outputs, metrics = {}, {}
     for role in ("validation", "test"):

@@ -46,7 +46,7 @@ from selectune.evaluate.metrics import choose_threshold, parse_threshold_rule
 from selectune.evaluate.run import model_outputs, read_frame
 from selectune.evaluate.scorecard import EvaluationSettings, score_predictions
 from selectune.models import TASK_FILE, load_for_inference
-from selectune.train.tasks import ModelLoadError, Task
+from selectune.tasks import ModelLoadError, Task, task_from_metadata
 
 ROLES = ("base", "update")
 
@@ -89,9 +89,9 @@ def resolve_source(path: str, role: str) -> ModelSource:
         _, config = read_delta(delta)  # verifies the weights hash before anything runs
         if "task" not in config.get("metadata", {}):
             raise ModelLoadError(f"--{role} {delta} has no task metadata; it was not written by `selectune train`.")
-        task = Task.from_metadata(config["metadata"]["task"])
+        task = task_from_metadata(config["metadata"]["task"])
     else:
-        task = Task.from_metadata(json.loads((folder / TASK_FILE).read_text()))
+        task = task_from_metadata(json.loads((folder / TASK_FILE).read_text()))
     return ModelSource(path=str(folder), kind=kind, delta=delta, merged=merged, run_dir=run_dir, task=task)
 
 
@@ -123,22 +123,14 @@ def identity(source: ModelSource) -> dict[str, Any]:
 
 def compatible(base: ModelSource, update: ModelSource) -> None:
     a, b = base.task, update.task
-    if a.kind != b.kind or a.labels != b.labels or a.label_col != b.label_col:
-        raise ModelLoadError(f"base and update answer different questions: base {a.kind} {a.label_col}={a.labels}, update "
-                             f"{b.kind} {b.label_col}={b.labels}; a gate compares two models of the same task and labels.")
+    if a.name != b.name or a.labels != b.labels or a.label_col != b.label_col:
+        raise ModelLoadError(f"base and update answer different questions: base {a.name} {a.label_col}={a.labels}, update "
+                             f"{b.name} {b.label_col}={b.labels}; a gate compares two models of the same task and labels.")
 
 
 def resolve_positive_label(task: Task, given: str | None) -> str | None:
-    if not task.is_classification:
-        return None
-    if given is None:
-        if len(task.labels) == 2:
-            return task.labels[1]  # sorted labels: e.g. benign/malignant -> malignant, 0/1 -> 1
-        raise ValueError(f"this model has {len(task.labels)} classes {task.labels}; name the class that sensitivity, specificity, "
-                         "PPV, NPV and the fairness gaps treat as positive with --positive-label")
-    if given not in task.labels:
-        raise ValueError(f"--positive-label {given!r} is not one of the model's labels {task.labels}")
-    return given
+    """The class thresholds and sensitivity treat as positive; None for a task without classes."""
+    return task.positive_label(given)
 
 
 def validation_frame(source: ModelSource, validation: str | None) -> tuple[pd.DataFrame | str, dict[str, Any]]:
@@ -162,7 +154,7 @@ def validation_frame(source: ModelSource, validation: str | None) -> tuple[pd.Da
     # The same call, same seed, as `selectune train` made: the identical split.
     splits = load_splits(paths["train"], None, paths["test"], label_col=config["label_col"], text_col=config["text_col"],
                          feature_cols=config["feature_cols"] or None,
-                         task="regression" if config["task"] == "tabular-regression" else "classification",
+                         task=source.task.metric_family,
                          val_fraction=config["val_fraction"], test_fraction=config["test_fraction"] or 0.0,
                          group_col=config["group_col"], seed=config["train_config"]["seed"])
     return splits.validation, {"source": "validation split of the training run", "protocol": splits.protocol,
@@ -189,7 +181,8 @@ def leakage_check(source: ModelSource, test: str, test_frame: pd.DataFrame, role
     id_col = config.get("group_col")
     id_col = id_col if id_col and all(id_col in f.columns for f in frames.values()) else None
     try:
-        report = run_checks(frames, text_col=task.text_col, feature_cols=task.feature_cols or None, id_col=id_col,
+        columns = task.data_options()
+        report = run_checks(frames, text_col=columns["text_col"], feature_cols=columns["feature_cols"], id_col=id_col,
                             sources={"train": files["train"]["path"], "test": test}, raise_on_refusal=True)
     except DataCheckRefused as err:
         raise DataError(f"{role} ({source.path}) was trained on {files['train']['path']}, which overlaps the test file {test}: {err} "
@@ -245,7 +238,7 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     compatible(sources["base"], sources["update"])
     task = sources["update"].task
     settings.positive_label = resolve_positive_label(task, positive_label)
-    check_applicable(rules, classification=task.is_classification, group_cols=groups)
+    check_applicable(rules, classification=task.metric_family == "classification", group_cols=groups)
     frames = {role: read_frame(src.task, test, need_labels=True) for role, src in sources.items()}
     missing = [c for c in groups if c not in frames["update"].columns]
     if missing:
@@ -254,7 +247,7 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     test_raw = read_table(test)
     checks = {role: leakage_check(src, test, test_raw, role) for role, src in sources.items()}
     validations = {}
-    needs_validation = task.is_classification and not threshold_rule.startswith("fixed")
+    needs_validation = settings.positive_label is not None and not threshold_rule.startswith("fixed")
     if needs_validation:
         for role, src in sources.items():
             rows, record = validation_frame(src, validation)
@@ -267,7 +260,7 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     for role, src in sources.items():
         net, loaded = src.load()
         outputs[role] = model_outputs(net, loaded, frames[role], batch_size)
-        if not task.is_classification:
+        if settings.positive_label is None:  # no classes: no threshold
             thresholds[role] = None
             continue
         pos = task.labels.index(settings.positive_label)
@@ -296,7 +289,7 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
         "environment": _environment(), "command": sys.argv, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.time() - started, 1),
     })
-    evaluation["task"]["kind"] = task.kind
+    evaluation["task"]["kind"] = task.name
 
     # judge: one row per criterion, in the file's order
     rows = [judge(c, evaluation, confidence) for c in rules.criteria]
@@ -330,7 +323,7 @@ def _predictions(frame, y, outputs, thresholds, task, settings, groups) -> bytes
     for column in groups:
         table[column] = frame[column].to_numpy()
     for role, out in outputs.items():
-        if task.is_classification:
+        if settings.positive_label is not None:
             for i, label in enumerate(task.labels):
                 table[f"{role}_prob_{label}"] = out[:, i].round(6)
             table[f"{role}_flagged_{settings.positive_label}"] = out[:, task.labels.index(settings.positive_label)] >= thresholds[role]

@@ -26,10 +26,10 @@ class FishMask(SparseOptions):
         if not isinstance(self.n_batches, int) or self.n_batches < 1:
             raise ValueError(f"fish: n_batches must be a whole number >= 1, got {self.n_batches!r}")
 
-    def fit(self, model: nn.Module, batches: Iterable[dict[str, Any]] | None = None) -> "FishMask":
+    def fit(self, model: nn.Module, batches: Iterable[dict[str, Any]] | None = None, new_parameters: Iterable[str] = ()) -> "FishMask":
         """Set ``fisher_`` (name -> mean grad^2) and ``mask_`` (name -> bool mask of its top entries)."""
         taken = take_batches(batches, self.n_batches, "fish")
-        names = list(eligible_parameters(model, self.include_embeddings))
+        names = list(eligible_parameters(model, self.include_embeddings, new_parameters))
         with grads_on(model, names, self.seed) as params:
             fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
             for batch in taken:

@@ -37,13 +37,13 @@ class LotteryTicketMask(SparseOptions):
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"lt_sft: lr must be > 0, got {self.lr!r}")
 
-    def fit(self, model: nn.Module, batches: Iterable[dict[str, Any]] | None = None) -> "LotteryTicketMask":
-        """Set ``change_`` (name -> |w_after - w_before|) and ``mask_``; the model ends bitwise as it began."""
-        from selectune.selection import new_parameters_of  # here: selection imports the method registry
-
+    def fit(self, model: nn.Module, batches: Iterable[dict[str, Any]] | None = None,
+            new_parameters: Iterable[str] = ()) -> "LotteryTicketMask":
+        """Set ``change_`` (name -> |w_after - w_before|) and ``mask_``; the model ends bitwise as it began.
+        ``new_parameters`` (random: a fresh head) are left out of the mask but take the ranking steps too."""
         taken = take_batches(batches, self.n_batches, "lt_sft")
-        eligible = list(eligible_parameters(model, self.include_embeddings))
-        trained = eligible + bias_names(model) + new_parameters_of(model)
+        eligible = list(eligible_parameters(model, self.include_embeddings, new_parameters))
+        trained = eligible + bias_names(model) + list(new_parameters)
         # Every tensor of the state (buffers too: BatchNorm statistics) is put back exactly afterwards.
         saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
         try:

@@ -15,9 +15,9 @@ from selectune.methods.spec import MethodSpec
 
 @dataclass
 class PaFiMask(SparseOptions):
-    def fit(self, model: nn.Module, batches=None) -> "PaFiMask":
+    def fit(self, model: nn.Module, batches=None, new_parameters=()) -> "PaFiMask":
         """Set ``mask_``: name -> bool mask of the smallest |w|. Needs no data."""
-        scores = {n: -p.detach().abs() for n, p in eligible_parameters(model, self.include_embeddings).items()}
+        scores = {n: -p.detach().abs() for n, p in eligible_parameters(model, self.include_embeddings, new_parameters).items()}
         self.mask_ = top_k_masks(scores, self.budget)
         return self
 

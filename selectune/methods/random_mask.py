@@ -15,11 +15,11 @@ from selectune.methods.spec import MethodSpec
 class RandomMask(SparseOptions):
     seed: int = field(default=0, metadata={"help": "the draw; the same seed gives the same mask"})
 
-    def fit(self, model: nn.Module, batches=None) -> "RandomMask":
+    def fit(self, model: nn.Module, batches=None, new_parameters=()) -> "RandomMask":
         """Set ``mask_``: name -> bool mask. Needs no data."""
         generator = torch.Generator().manual_seed(self.seed)
         # Uniform scores, top-k of them = k entries drawn uniformly without replacement.
-        scores = {n: torch.rand(p.shape, generator=generator) for n, p in eligible_parameters(model, self.include_embeddings).items()}
+        scores = {n: torch.rand(p.shape, generator=generator) for n, p in eligible_parameters(model, self.include_embeddings, new_parameters).items()}
         self.mask_ = top_k_masks(scores, self.budget)
         return self
 

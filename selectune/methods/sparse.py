@@ -35,13 +35,12 @@ class SparseOptions:
             raise ValueError(f"budget must be a fraction 0 < b < 1 or a whole count >= 1, got {b!r} (e.g. budget=0.005)")
 
 
-def eligible_parameters(model: nn.Module, include_embeddings: bool = False) -> dict[str, nn.Parameter]:
-    """Weights of >= 2 dimensions, minus embedding tables (unless asked) and new parameters, by name (sorted)."""
-    from selectune.selection import new_parameters_of  # here: selection imports the method registry
-
+def eligible_parameters(model: nn.Module, include_embeddings: bool = False,
+                        new_parameters: Iterable[str] = ()) -> dict[str, nn.Parameter]:
+    """Weights of >= 2 dimensions, minus embedding tables (unless asked) and ``new_parameters``, by name (sorted)."""
     embeddings = {f"{path}.{leaf}" if path else leaf for path, module in model.named_modules()
                   if isinstance(module, nn.Embedding) for leaf, _ in module.named_parameters(recurse=False)}
-    new = set(new_parameters_of(model))
+    new = set(new_parameters)
     return {n: p for n, p in sorted(model.named_parameters())
             if p.ndim >= 2 and n not in new and (include_embeddings or n not in embeddings)}
 
@@ -83,8 +82,9 @@ def masked_result(model: nn.Module, masks: dict[str, torch.Tensor], train_biases
 
 def selector(estimator: type) -> Callable[..., MaskedResult]:
     """The registry's select function for an estimator class: fit it, return its masks and the whole tensors."""
-    def select(model: nn.Module, batches: Iterable[dict[str, Any]] | None = None, **options) -> MaskedResult:
-        fitted = estimator(**options).fit(model, batches)
+    def select(model: nn.Module, batches: Iterable[dict[str, Any]] | None = None, new_parameters: Iterable[str] = (),
+               **options) -> MaskedResult:
+        fitted = estimator(**options).fit(model, batches, new_parameters=list(new_parameters))
         return masked_result(model, fitted.mask_, fitted.train_biases)
     select.__name__ = f"select_{estimator.__name__.lower()}"
     return select

@@ -22,7 +22,7 @@ from selectune.data import load_splits
 from selectune.delta import DELTA_CONFIG, atomic_write_bytes, atomic_write_json, file_sha256
 from selectune.registry.register import register
 from selectune.registry.store import Registry, RegistryError
-from selectune.train.tasks import Task
+from selectune.tasks import task_from_metadata
 
 
 def update(*, from_: str, data: str, out: str, registry: str = "registry", method: str = "bitfit", test: str | None = None,
@@ -75,12 +75,11 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
         from selectune.evaluate.criteria import load_criteria
 
         load_criteria(criteria)  # a missing or malformed criteria file stops the update before any training
-    task = Task.from_metadata(parent.record["task"])
-    kind = "regression" if task.kind == "tabular-regression" else "classification"
+    task = task_from_metadata(parent.record["task"])
+    options = task.options()
 
     # split once, with the seed; the files are the record of which rows trained and which tested
-    splits = load_splits(data, validation, test, label_col=task.label_col, text_col=task.text_col, feature_cols=task.feature_cols or None,
-                         task=kind, val_fraction=val_fraction, test_fraction=test_fraction if test is None else 0.0,
+    splits = load_splits(data, validation, test, label_col=task.label_col, **task.data_options(), val_fraction=val_fraction, test_fraction=test_fraction if test is None else 0.0,
                          group_col=group_col, seed=seed)
     if splits.test is None or not len(splits.test):
         raise ValueError("an update is compared with its parent on test rows: give --test FILE or a --test-fraction above 0")
@@ -96,9 +95,9 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
     # train from V's state
     run_dir = target / "run"
     if not (run_dir / "metrics.json").is_file():
-        train(str(files["train"]), model=root, out=str(run_dir), method=method, label_col=task.label_col, text_col=task.text_col,
-              feature_cols=",".join(task.feature_cols) or None, task=kind, validation=str(files["validation"]), test=str(files["test"]),
-              lr=lr, new_lr=new_lr, epochs=epochs, batch_size=batch_size, max_length=task.max_length, weight_decay=weight_decay,
+        train(str(files["train"]), model=root, out=str(run_dir), method=method, label_col=task.label_col, text_col=options["text_col"],
+              feature_cols=",".join(options["feature_cols"]) or None, task=options["task"], validation=str(files["validation"]), test=str(files["test"]),
+              lr=lr, new_lr=new_lr, epochs=epochs, batch_size=batch_size, max_length=options["max_length"], weight_decay=weight_decay,
               warmup_ratio=warmup_ratio, seed=seed, metric=metric, patience=patience, class_weight=class_weight,
               init_delta=parent_delta, resume=resume and run_dir.with_name("run.checkpoints").is_dir(), progress=progress)
     update_metrics = json.loads((run_dir / "metrics.json").read_text())["test"]

@@ -190,6 +190,11 @@ class Task(ABC):
     def from_metadata(cls, data: dict[str, Any]) -> "Task":
         ...
 
+    @abstractmethod
+    def options(self) -> dict[str, Any]:
+        """The train/compare options that describe this task (``text_col``, ``feature_cols``, ``task``, ``max_length``):
+        ``from_options(label_col=..., **task.options())`` gives it back (``update`` retrains a version with them)."""
+
     @classmethod
     @abstractmethod
     def from_options(cls, *, label_col: str, text_col: str | None, feature_cols: list[str], task: str,

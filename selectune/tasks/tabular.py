@@ -131,6 +131,9 @@ class TabularTask(Task):
     def from_metadata(cls, data: dict[str, Any]) -> "TabularTask":
         return cls(label_col=data["label_col"], labels=data["labels"], feature_cols=list(data["feature_cols"]))
 
+    def options(self) -> dict[str, Any]:
+        return {"text_col": None, "feature_cols": list(self.feature_cols), "task": self.metric_family, "max_length": 128}
+
     @classmethod
     def from_options(cls, *, label_col: str, text_col: str | None, feature_cols: list[str], task: str,
                      max_length: int) -> "TabularTask | None":

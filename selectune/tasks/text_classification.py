@@ -126,6 +126,9 @@ class TextClassification(ClassOutputs, Task):
     def from_metadata(cls, data: dict[str, Any]) -> "TextClassification":
         return cls(label_col=data["label_col"], labels=data["labels"], text_col=data["text_col"], max_length=data.get("max_length", 128))
 
+    def options(self) -> dict[str, Any]:
+        return {"text_col": self.text_col, "feature_cols": [], "task": self.metric_family, "max_length": self.max_length}
+
     @classmethod
     def from_options(cls, *, label_col: str, text_col: str | None, feature_cols: list[str], task: str,
                      max_length: int) -> "TextClassification | None":

@@ -21,14 +21,13 @@ import selectune
 from selectune.data import load_splits
 from selectune.data.check_command import check_splits
 from selectune.delta import atomic_write_json, file_sha256, load_delta, read_delta, read_selection, save_delta, stack_selection
-from selectune.evaluate.metrics import majority_baseline
 from selectune.masks import merge_masks
 from selectune.methods import get_method, parse_method
 from selectune.models import TASK_FILE, resolve_model
-from selectune.selection import NEW_PARAMETERS_ATTR, select, trainable_report
+from selectune.selection import select, trainable_report
 from selectune.train.checkpoint import Checkpoints
 from selectune.train.loop import TrainConfig, fit, make_accelerator, predict, score
-from selectune.train.tasks import Task
+from selectune.tasks import task_from_options
 from torch.utils.data import DataLoader
 
 
@@ -98,16 +97,12 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
     if checkpoint_dir.exists() and not resume and not overwrite:
         raise FileExistsError(f"{checkpoint_dir} holds the checkpoints of an interrupted run; pass --resume to continue it, "
                               "or --overwrite to start over")
-    if text_col and feature_cols:
-        raise ValueError("give either --text-col (text) or --feature-cols (tabular), not both")
-    kind = "text-classification" if text_col else f"tabular-{task}"
-    if task not in ("classification", "regression") or (text_col and task != "classification"):
-        raise ValueError(f"--task must be classification or regression (regression only for tabular data), got {task!r}")
+    features = [c.strip() for c in feature_cols.split(",") if c.strip()] if feature_cols else []
+    the_task = task_from_options(label_col=label_col, text_col=text_col, feature_cols=features, task=task, max_length=max_length)
     method_name, method_options = parse_method(method)
     spec = get_method(method_name)
     spec.resolve_options(method_options)  # fail on a bad option before reading any data
-    features = [c.strip() for c in feature_cols.split(",") if c.strip()] if feature_cols else []
-    metric = metric or ("macro_f1" if task == "classification" else "rmse")
+    metric = metric or the_task.default_metric
     config = TrainConfig(lr=lr, new_lr=new_lr, epochs=epochs, batch_size=batch_size, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                          seed=seed, grad_accum=grad_accum, mixed_precision=mixed_precision, metric=metric, patience=patience,
                          keep_best=keep_best, class_weight=class_weight, dropout=dropout, progress=progress)
@@ -118,28 +113,28 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
 
     # setup: data, task, model, selection
     torch.manual_seed(seed)
-    splits = load_splits(train, validation, test, label_col=label_col, text_col=text_col, feature_cols=features or None,
-                         task=task, val_fraction=val_fraction, test_fraction=test_fraction, group_col=group_col, seed=seed)
+    splits = load_splits(train, validation, test, label_col=label_col, **the_task.data_options(), val_fraction=val_fraction, test_fraction=test_fraction, group_col=group_col, seed=seed)
     # Leakage between the splits (including the validation split cut from TRAIN) stops the run here, before
     # anything is written; warnings carry counts and row numbers only, never the text they are about.
     checks = check_splits(splits, id_col=group_col, phi_policy=phi_policy)
     if int(os.environ.get("RANK", "0")) == 0:
         for warning in checks.warnings:
             print(f"selectune train: warning: {warning.message}", file=sys.stderr)
-    the_task = Task(kind=kind, label_col=label_col, labels=splits.labels, text_col=text_col, feature_cols=features, max_length=max_length)
+    the_task.labels = splits.labels
     model_path = resolve_model(model)
-    net = the_task.load_model(model_path, splits.train, hidden=[int(h) for h in hidden.split(",") if h.strip()])
+    loaded = the_task.load_model(model_path, splits.train, hidden=[int(h) for h in hidden.split(",") if h.strip()])
+    net, new_parameters = loaded.model, loaded.new_parameters
     parent = None
     if init_delta:
         parent = read_selection(init_delta)
         load_delta(net, init_delta)  # refuses a delta trained on another base
-        setattr(net, NEW_PARAMETERS_ATTR, [])  # the parent trained its new parameters: no longer random
+        new_parameters = []  # the parent trained its new parameters: no longer random
     batches = None
     if spec.needs_data:
         # Data-driven masks (fish, lt_sft) are fitted on the first training batches; each takes its n_batches.
         loader = DataLoader(the_task.examples(splits.train), batch_size=batch_size, shuffle=False, collate_fn=the_task.collate)
         batches = list(islice(loader, 32))
-    selection = select(net, method_name, batches=batches, **method_options)
+    selection = select(net, method_name, new_parameters=new_parameters, batches=batches, **method_options)
     lr_used = lr if lr is not None else spec.default_lr
     accelerator = make_accelerator(config)
 
@@ -157,7 +152,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
         if not resume:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)  # --overwrite: the old run's checkpoints must not mix in
         checkpoints = Checkpoints(checkpoint_dir, identity, resume=resume)
-    result = fit(net, the_task, train_rows, val_rows, config, lr_used, accelerator, checkpoints)
+    result = fit(net, the_task, train_rows, val_rows, config, lr_used, accelerator, checkpoints, new_parameters=selection.new_parameters)
     net = accelerator.unwrap_model(net)
 
     # evaluate on test, beside the majority-class floor
@@ -167,8 +162,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
         outputs, test_loss = predict(net, the_task, loader, accelerator)
         y_test = the_task.label_ids(splits.test)
         test_metrics = {**score(the_task, outputs, y_test), "loss": test_loss}
-        if the_task.is_classification:
-            baseline = majority_baseline(the_task.label_ids(splits.train), y_test, the_task.n_outputs)
+        baseline = the_task.majority_baseline(the_task.label_ids(splits.train), y_test)
 
     summary = {
         "method": method_name, "method_options": selection.options, "lr": lr_used,
@@ -186,7 +180,7 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
     try:
         resolved = {"command": "selectune train", "argv": sys.argv, "train": train, "validation": validation, "test": test,
                     "model": model, "model_path": model_path, "method": method_name, "method_options": selection.options,
-                    "label_col": label_col, "text_col": text_col, "feature_cols": features, "task": kind,
+                    "label_col": label_col, "text_col": text_col, "feature_cols": features, "task": the_task.name,
                     "val_fraction": val_fraction, "test_fraction": test_fraction, "group_col": group_col, "phi_policy": phi_policy, "hidden": hidden,
                     "max_length": max_length, "train_config": {**vars(config), "lr": lr_used}, "num_processes": accelerator.num_processes}
         data_files = {role: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
