@@ -69,11 +69,12 @@ def load_base_model(path: str, n_outputs: int = 2, with_tokenizer: bool = True) 
     return cls, cls.load_base(path, n_outputs, with_tokenizer)
 
 
-from selectune.tasks import tabular, text_classification  # noqa: E402
+from selectune.tasks.tabular import TabularClassification, TabularRegression  # noqa: E402
+from selectune.tasks.text_classification import TextClassification  # noqa: E402
 
-register_task(text_classification.TextClassification)
-register_task(tabular.TabularClassification)
-register_task(tabular.TabularRegression)
+register_task(TextClassification)
+register_task(TabularClassification)
+register_task(TabularRegression)
 
-__all__ = ["TASKS", "Task", "LoadedModel", "Example", "ModelLoadError", "InputError", "InputLimits", "register_task",
+__all__ = ["TASKS", "Task", "TextClassification", "TabularClassification", "TabularRegression", "LoadedModel", "Example", "ModelLoadError", "InputError", "InputLimits", "register_task",
            "get_task", "task_from_metadata", "task_from_options", "task_class_for_model_dir", "load_base_model"]
