@@ -122,7 +122,7 @@ def compare(train: str, *, model: str, out: str, methods: str = DEFAULT_METHODS,
         for warning in checks.warnings:
             print(f"selectune compare: warning: {warning.message}", file=sys.stderr)
     if train_limit is not None:
-        splits.train = _subset(splits.train, train_limit, label_col if task == "classification" else None, seed_list[0])
+        splits.train = _subset(splits.train, train_limit, label_col if the_task.outputs_probabilities else None, seed_list[0])
         splits.protocol["train_limit"] = train_limit
         splits.protocol["sizes"]["train"] = len(splits.train)
     the_task.labels = splits.labels

@@ -238,7 +238,7 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     compatible(sources["base"], sources["update"])
     task = sources["update"].task
     settings.positive_label = resolve_positive_label(task, positive_label)
-    check_applicable(rules, classification=task.metric_family == "classification", group_cols=groups)
+    check_applicable(rules, classification=task.outputs_probabilities, group_cols=groups)
     frames = {role: read_frame(src.task, test, need_labels=True) for role, src in sources.items()}
     missing = [c for c in groups if c not in frames["update"].columns]
     if missing:

@@ -60,6 +60,8 @@ class Task(ABC):
     metric_family: ClassVar[str]
     """Which metric set scores its outputs: ``classification`` ((N, C) probabilities) or ``regression`` ((N,)
     values). Handed to the generic metric, bootstrap, criteria and data-check functions."""
+    outputs_probabilities: ClassVar[bool]
+    """Whether outputs are (N, C) class probabilities (thresholds, AUROC, calibration apply) rather than values."""
     label_col: str
     labels: list[str] | None
 
@@ -141,6 +143,10 @@ class Task(ABC):
     @abstractmethod
     def ci_metrics(self, metric: str) -> list[str]:
         """Metrics ``compare`` reports with confidence intervals: the chosen one first."""
+
+    @abstractmethod
+    def subgroup_score(self, metric: str, y_true: np.ndarray, outputs: np.ndarray) -> float:
+        """``metric`` on one subgroup's rows (``compare --group-cols``)."""
 
     def class_weights(self, label_ids: torch.Tensor, mode: str | None) -> torch.Tensor | None:
         """Loss weights per output for ``mode`` (``balanced``), or None where they do not apply."""

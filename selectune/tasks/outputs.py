@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
 
 from selectune.evaluate.metrics import classification_metrics, majority_baseline, regression_metrics
 
@@ -18,6 +19,7 @@ class ClassOutputs:
     """Outputs are (N, C) class probabilities over the sorted ``labels``."""
 
     metric_family = "classification"
+    outputs_probabilities = True
     label_col: str
     labels: list[str]
 
@@ -47,6 +49,15 @@ class ClassOutputs:
 
     def ci_metrics(self, metric: str) -> list[str]:
         return list(dict.fromkeys([metric, "accuracy", "auroc"]))
+
+    def subgroup_score(self, metric: str, y_true: np.ndarray, outputs: np.ndarray) -> float:
+        """``metric`` on a subgroup's rows. Macro-F1 averages over the classes present in the subgroup's labels, so a
+        class the subgroup lacks does not add a 0 (for every method alike) that would shrink the gaps."""
+        if metric == "macro_f1":
+            return float(f1_score(y_true, outputs.argmax(1), labels=np.unique(y_true), average="macro", zero_division=0))
+        if metric == "accuracy":
+            return float(accuracy_score(y_true, outputs.argmax(1)))
+        return float(self.score(outputs, y_true).get(metric, float("nan")))
 
     def class_weights(self, label_ids: torch.Tensor, mode: str | None) -> torch.Tensor | None:
         if mode != "balanced":
@@ -88,6 +99,7 @@ class ValueOutputs:
     buffers) and ``predict_values`` turns it back into original units."""
 
     metric_family = "regression"
+    outputs_probabilities = False
     label_col: str
     n_outputs = 1
 
@@ -113,6 +125,9 @@ class ValueOutputs:
 
     def ci_metrics(self, metric: str) -> list[str]:
         return list(dict.fromkeys([metric, "mae", "rmse"]))
+
+    def subgroup_score(self, metric: str, y_true: np.ndarray, outputs: np.ndarray) -> float:
+        return float(self.score(outputs, y_true).get(metric, float("nan")))
 
     def prediction_columns(self, outputs: np.ndarray) -> dict[str, Any]:
         return {"prediction": outputs}

@@ -143,7 +143,7 @@ class TabularTask(Task):
 
     @classmethod
     def write_example(cls, folder: Path, seed: int = 0) -> Example:
-        """A new MLP (hidden 8) trained by the example itself (``--model mlp``), on 3 noisy numeric features."""
+        """A random MLP base (hidden 8, standardised on the training rows) to update, and 3 noisy numeric features."""
         rng = np.random.default_rng(seed)
         features = ["age", "bmi", "dose"]
         paths = {name: str(folder / f"{name}.csv") for name in ("train", "validation", "test")}
@@ -151,10 +151,15 @@ class TabularTask(Task):
             frame = pd.DataFrame(rng.normal(size=(n, 3)).round(4), columns=features)
             frame["outcome"] = cls.example_labels(frame.to_numpy() @ np.array([1.0, -0.5, 0.25]) + rng.normal(0, 0.3, n))
             frame.to_csv(path, index=False)
+        train = pd.read_csv(paths["train"])
+        labels = sorted(train["outcome"].astype(str).unique()) if cls.outputs_probabilities else None
+        torch.manual_seed(seed)
+        base = cls(label_col="outcome", labels=labels, feature_cols=features).load_model("mlp", train, hidden=[8]).model
+        base.save_pretrained(folder / "base")
         test = pd.read_csv(paths["test"])
         return Example(train=paths["train"], validation=paths["validation"], test=paths["test"],
-                       train_options={"model": "mlp", "method": "full", "feature_cols": ",".join(features), "label_col": "outcome",
-                                      "hidden": "8", "task": cls.metric_family, "lr": 1e-2},
+                       train_options={"model": str(folder / "base"), "feature_cols": ",".join(features), "label_col": "outcome",
+                                      "task": cls.metric_family},
                        request_inputs=test[features].to_dict("records")[:5], criteria=cls.example_criteria)
 
     example_criteria: ClassVar[str] = ""
