@@ -8,7 +8,6 @@ so that only its (k,) ``values`` train (``selectune.masks``); ``merge_masks`` ma
 from __future__ import annotations
 
 import copy
-import inspect
 import dataclasses
 import json
 from collections import Counter
@@ -88,7 +87,7 @@ def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str
 
     ``new_parameters``: names the checkpoint lacked (HF ``missing_keys``), as the task's loader returned them
     (``LoadedModel.new_parameters``); they train whatever the method says, and the Selection records them.
-    A method that must know them (element masks leave them out of the budget) takes ``new_parameters=``.
+    A method with ``takes_new_parameters`` (element masks leave them out of the budget) is called with them.
     ``batches``: for data-driven methods (``spec.needs_data``: fish, lt_sft), an iterable of dicts that
     ``model(**batch)`` turns into an output with ``.loss``; other methods ignore it.
     """
@@ -105,13 +104,8 @@ def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str
     # Fingerprint first: the base must be pristine, and new parameters are random per load.
     fingerprint = base_fingerprint(model, exclude=new)
     before = {n for n, _ in model.named_parameters()}
-    if spec.needs_data:
-        resolved_call = {**resolved, "batches": batches}
-    else:
-        resolved_call = dict(resolved)
-    if "new_parameters" in inspect.signature(spec.select).parameters:
-        resolved_call["new_parameters"] = new
-    result = spec.select(model, **resolved_call)
+    inputs = {**({"batches": batches} if spec.needs_data else {}), **({"new_parameters": new} if spec.takes_new_parameters else {})}
+    result = spec.select(model, **inputs, **resolved)
     masks = {n: m for n, m in result.masks.items() if n not in new} if isinstance(result, MaskedResult) else {}
     chosen = set(result.whole if isinstance(result, MaskedResult) else result) | set(masks) | set(new)
     params = dict(model.named_parameters())

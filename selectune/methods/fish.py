@@ -44,4 +44,4 @@ class FishMask(SparseOptions):
 
 
 SPEC = MethodSpec(name="fish", summary="element mask: the budget weights with the largest empirical Fisher information (Sung et al. 2021)",
-                  options=FishMask, select=selector(FishMask), default_lr=1e-4, needs_data=True)
+                  options=FishMask, select=selector(FishMask), default_lr=1e-4, needs_data=True, takes_new_parameters=True)

@@ -39,8 +39,7 @@ class LotteryTicketMask(SparseOptions):
 
     def fit(self, model: nn.Module, batches: Iterable[dict[str, Any]] | None = None,
             new_parameters: Iterable[str] = ()) -> "LotteryTicketMask":
-        """Set ``change_`` (name -> |w_after - w_before|) and ``mask_``; the model ends bitwise as it began.
-        ``new_parameters`` (random: a fresh head) are left out of the mask but take the ranking steps too."""
+        """Set ``change_`` (name -> |w_after - w_before|) and ``mask_``; the model ends bitwise as it began."""
         taken = take_batches(batches, self.n_batches, "lt_sft")
         eligible = list(eligible_parameters(model, self.include_embeddings, new_parameters))
         trained = eligible + bias_names(model) + list(new_parameters)
@@ -67,4 +66,4 @@ class LotteryTicketMask(SparseOptions):
 
 SPEC = MethodSpec(name="lt_sft", summary="element mask: the budget weights that moved most in a few steps of full training, "
                   "then reset (Ansell et al. 2022)", options=LotteryTicketMask, select=selector(LotteryTicketMask),
-                  default_lr=1e-4, needs_data=True)
+                  default_lr=1e-4, needs_data=True, takes_new_parameters=True)

@@ -6,6 +6,7 @@ gives the same mask for every task. Ties (equal magnitudes) go to the earlier en
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch.nn as nn
 
@@ -15,7 +16,7 @@ from selectune.methods.spec import MethodSpec
 
 @dataclass
 class PaFiMask(SparseOptions):
-    def fit(self, model: nn.Module, batches=None, new_parameters=()) -> "PaFiMask":
+    def fit(self, model: nn.Module, batches=None, new_parameters: Iterable[str] = ()) -> "PaFiMask":
         """Set ``mask_``: name -> bool mask of the smallest |w|. Needs no data."""
         scores = {n: -p.detach().abs() for n, p in eligible_parameters(model, self.include_embeddings, new_parameters).items()}
         self.mask_ = top_k_masks(scores, self.budget)
@@ -23,4 +24,4 @@ class PaFiMask(SparseOptions):
 
 
 SPEC = MethodSpec(name="pafi", summary="element mask: the budget smallest-magnitude weights, task-agnostic (Liao et al. 2023)",
-                  options=PaFiMask, select=selector(PaFiMask), default_lr=1e-4)
+                  options=PaFiMask, select=selector(PaFiMask), default_lr=1e-4, takes_new_parameters=True)

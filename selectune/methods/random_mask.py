@@ -3,6 +3,7 @@ every data-driven mask (fish, lt_sft) must beat."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import torch
 import torch.nn as nn
@@ -15,7 +16,7 @@ from selectune.methods.spec import MethodSpec
 class RandomMask(SparseOptions):
     seed: int = field(default=0, metadata={"help": "the draw; the same seed gives the same mask"})
 
-    def fit(self, model: nn.Module, batches=None, new_parameters=()) -> "RandomMask":
+    def fit(self, model: nn.Module, batches=None, new_parameters: Iterable[str] = ()) -> "RandomMask":
         """Set ``mask_``: name -> bool mask. Needs no data."""
         generator = torch.Generator().manual_seed(self.seed)
         # Uniform scores, top-k of them = k entries drawn uniformly without replacement.
@@ -25,5 +26,5 @@ class RandomMask(SparseOptions):
 
 
 SPEC = MethodSpec(name="random", summary="element mask: budget entries of the weight matrices drawn at random (sparse baseline)",
-                  options=RandomMask, select=selector(RandomMask), default_lr=1e-4)
+                  options=RandomMask, select=selector(RandomMask), default_lr=1e-4, takes_new_parameters=True)
 # default_lr: few entries of pretrained weights move, as in full fine-tuning (3e-5) but sparser, so a little higher.

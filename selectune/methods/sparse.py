@@ -35,8 +35,7 @@ class SparseOptions:
             raise ValueError(f"budget must be a fraction 0 < b < 1 or a whole count >= 1, got {b!r} (e.g. budget=0.005)")
 
 
-def eligible_parameters(model: nn.Module, include_embeddings: bool = False,
-                        new_parameters: Iterable[str] = ()) -> dict[str, nn.Parameter]:
+def eligible_parameters(model: nn.Module, include_embeddings: bool = False, new_parameters: Iterable[str] = ()) -> dict[str, nn.Parameter]:
     """Weights of >= 2 dimensions, minus embedding tables (unless asked) and ``new_parameters``, by name (sorted)."""
     embeddings = {f"{path}.{leaf}" if path else leaf for path, module in model.named_modules()
                   if isinstance(module, nn.Embedding) for leaf, _ in module.named_parameters(recurse=False)}
@@ -84,7 +83,7 @@ def selector(estimator: type) -> Callable[..., MaskedResult]:
     """The registry's select function for an estimator class: fit it, return its masks and the whole tensors."""
     def select(model: nn.Module, batches: Iterable[dict[str, Any]] | None = None, new_parameters: Iterable[str] = (),
                **options) -> MaskedResult:
-        fitted = estimator(**options).fit(model, batches, new_parameters=list(new_parameters))
+        fitted = estimator(**options).fit(model, batches, new_parameters=new_parameters)
         return masked_result(model, fitted.mask_, fitted.train_biases)
     select.__name__ = f"select_{estimator.__name__.lower()}"
     return select

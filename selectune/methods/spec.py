@@ -39,6 +39,9 @@ class MethodSpec:
     needs_data: bool = False
     """The method is fitted on batches (fish, lt_sft): ``select`` is called with ``batches=`` (dicts that
     ``model(**batch)`` turns into an output with ``.loss``)."""
+    takes_new_parameters: bool = False
+    """``select`` is called with ``new_parameters=`` (names the checkpoint lacked): element masks keep those
+    out of their budget, since they train whole anyway."""
 
     @property
     def example_text(self) -> str:
