@@ -86,9 +86,11 @@ class TextClassification(ClassOutputs, Task):
 
     @classmethod
     def claims_model_dir(cls, path: str | os.PathLike) -> bool:
+        """A local HF folder of a family with a sequence classifier, or a Hub id (not a local folder): loading says
+        what is wrong with it (offline, not found)."""
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-        return read_model_type(path) in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+        return not Path(path).is_dir() or read_model_type(path) in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
     @classmethod
     def load_base(cls, path: str, n_outputs: int = 2, with_tokenizer: bool = True) -> LoadedModel:
