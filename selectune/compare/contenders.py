@@ -111,5 +111,5 @@ def prepare(model: nn.Module, contender: Contender, batches: Iterable[dict] | No
         return PreparedRun(contender, wrapped, options, trainable, total, peft_config=config, new_parameters=new)
     selection = select(model, contender.name, new_parameters=list(new_parameters), batches=batches if contender.needs_data else None,
                        **contender.options)
-    return PreparedRun(contender, model, selection.options, selection.trainable_parameters, selection.total_parameters, selection=selection,
-                       new_parameters=selection.new_parameters)
+    return PreparedRun(contender, model, selection.options, selection.trainable_parameters, selection.total_parameters,
+                       selection=selection, new_parameters=selection.new_parameters)

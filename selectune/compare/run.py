@@ -110,7 +110,8 @@ def compare(train: str, *, model: str, out: str, methods: str = DEFAULT_METHODS,
     subgroup_columns = [c.strip() for c in group_cols.split(",") if c.strip()] if group_cols else []
 
     # ---- data: loaded, split (and subset) once; every run sees the same rows ----------------------------------
-    splits = load_splits(train, validation, test, label_col=label_col, **the_task.data_options(), val_fraction=val_fraction, test_fraction=test_fraction, group_col=group_col, seed=seed_list[0])
+    splits = load_splits(train, validation, test, label_col=label_col, **the_task.data_options(),
+                         val_fraction=val_fraction, test_fraction=test_fraction, group_col=group_col, seed=seed_list[0])
     for column in subgroup_columns:
         for role, frame in (("validation", splits.validation), ("test", splits.test)):
             if column not in frame.columns:

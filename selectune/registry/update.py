@@ -79,7 +79,8 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
     options = task.options()
 
     # split once, with the seed; the files are the record of which rows trained and which tested
-    splits = load_splits(data, validation, test, label_col=task.label_col, **task.data_options(), val_fraction=val_fraction, test_fraction=test_fraction if test is None else 0.0,
+    splits = load_splits(data, validation, test, label_col=task.label_col, **task.data_options(),
+                         val_fraction=val_fraction, test_fraction=test_fraction if test is None else 0.0,
                          group_col=group_col, seed=seed)
     if splits.test is None or not len(splits.test):
         raise ValueError("an update is compared with its parent on test rows: give --test FILE or a --test-fraction above 0")

@@ -16,7 +16,7 @@ from selectune.report.document import Fields, FillIn, Notice, Paragraph, Section
 from selectune.report.evaluation_sections import fmt, verdict
 from selectune.report.privacy import redact
 from selectune.report.run_sections import base_model_name, short_model_name
-from selectune.tasks import TASKS
+from selectune.tasks import TASKS, get_task
 
 # selectune metric -> (Hugging Face metric type, config, display name)
 HF_METRICS = {
@@ -138,7 +138,7 @@ def hf_metadata(update: RunEvidence, headline: list[dict], model_name: str) -> s
         hf_type, config, name = HF_METRICS[h["metric"]]
         est = h["update"]
         ci = f" (95% CI {est['ci_low']:.4f}–{est['ci_high']:.4f})" if est.get("ci_low") is not None and est.get("ci_high") is not None else ""
-        results.append(EvalResult(task_type=kind, task_name=kind.replace("-", " "), dataset_type="csv",
+        results.append(EvalResult(task_type=get_task(kind).hf_task_type if kind in TASKS else kind, task_name=kind.replace("-", " "), dataset_type="csv",
                                   dataset_name=dataset, dataset_split="test", metric_type=hf_type, metric_config=config,
                                   metric_value=round(float(est["value"]), 6), metric_name=name + ci))
     card = ModelCardData(base_model=base_model, library_name="selectune", model_name=model_name,

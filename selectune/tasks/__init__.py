@@ -19,6 +19,9 @@ def register_task(cls: type[Task]) -> type[Task]:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name:
         raise ValueError(f"task {cls.__name__} needs a class variable `name` (its registry name)")
+    for attribute in ("hf_task_type", "metric_family", "outputs_probabilities"):
+        if not hasattr(cls, attribute):
+            raise ValueError(f"task {name!r} needs a class variable `{attribute}` (see selectune/tasks/base.py)")
     if name in TASKS:
         raise ValueError(f"task {name!r} is already registered")
     if inspect.isabstract(cls):

@@ -57,6 +57,8 @@ class Task(ABC):
 
     name: ClassVar[str]
     """Registry name; written as ``kind`` in the task metadata of every delta and merged model."""
+    hf_task_type: ClassVar[str]
+    """The Hugging Face task type a model card names (``model-index`` results), e.g. ``text-classification``."""
     metric_family: ClassVar[str]
     """Which metric set scores its outputs: ``classification`` ((N, C) probabilities) or ``regression`` ((N,)
     values). Handed to the generic metric, bootstrap, criteria and data-check functions."""

@@ -172,6 +172,7 @@ class TabularTask(Task):
 @dataclass
 class TabularClassification(ClassOutputs, TabularTask):
     name: ClassVar[str] = "tabular-classification"
+    hf_task_type: ClassVar[str] = "tabular-classification"
     example_criteria: ClassVar[str] = "criteria:\n  - {metric: auroc, rule: non_inferior, margin: 1.0}\n"
 
     def check_base_labels(self, base_labels: list[str] | None, model: str) -> None:
@@ -187,4 +188,5 @@ class TabularClassification(ClassOutputs, TabularTask):
 @dataclass
 class TabularRegression(ValueOutputs, TabularTask):
     name: ClassVar[str] = "tabular-regression"
+    hf_task_type: ClassVar[str] = "tabular-regression"
     example_criteria: ClassVar[str] = "criteria:\n  - {metric: rmse, rule: max, value: 100.0}\n"

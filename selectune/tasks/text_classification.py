@@ -18,6 +18,7 @@ from selectune.tasks.outputs import ClassOutputs
 @dataclass
 class TextClassification(ClassOutputs, Task):
     name: ClassVar[str] = "text-classification"
+    hf_task_type: ClassVar[str] = "text-classification"
     label_col: str = "label"
     labels: list[str] | None = None
     """Class names (sorted)."""

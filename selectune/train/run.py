@@ -113,7 +113,8 @@ def train(train: str, *, model: str, out: str, method: str = "bitfit", label_col
 
     # setup: data, task, model, selection
     torch.manual_seed(seed)
-    splits = load_splits(train, validation, test, label_col=label_col, **the_task.data_options(), val_fraction=val_fraction, test_fraction=test_fraction, group_col=group_col, seed=seed)
+    splits = load_splits(train, validation, test, label_col=label_col, **the_task.data_options(),
+                         val_fraction=val_fraction, test_fraction=test_fraction, group_col=group_col, seed=seed)
     # Leakage between the splits (including the validation split cut from TRAIN) stops the run here, before
     # anything is written; warnings carry counts and row numbers only, never the text they are about.
     checks = check_splits(splits, id_col=group_col, phi_policy=phi_policy)
