@@ -23,7 +23,7 @@ from selectune.io import atomic_write_json
 from selectune.data.bundled import BUNDLED
 from selectune.train.loop import TrainConfig, make_accelerator, predict, score
 from selectune.train.run import environment, train
-from selectune.train.tasks import Task
+from selectune.tasks import TabularClassification
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = "full,bitfit,layernorm,head,lora,ia3"
@@ -53,8 +53,8 @@ def main() -> None:
                      progress=False, **UPDATE)
 
     # The base as it is, on the same update-test rows: what an update has to beat.
-    task = Task(kind="tabular-classification", label_col="label", labels=sorted(new["label"].unique()), feature_cols=features)
-    net = task.load_model(base_dir)
+    task = TabularClassification(label_col="label", labels=sorted(new["label"].unique()), feature_cols=features)
+    net = task.load_model(base_dir).model
     accelerator = make_accelerator(TrainConfig())
     outputs, _ = predict(net, task, DataLoader(task.examples(update_test), batch_size=64, collate_fn=task.collate), accelerator)
     no_update = score(task, outputs, task.label_ids(update_test))

@@ -32,10 +32,10 @@ from selectune.data import export_bundled
 from selectune.data.splits import load_splits
 from selectune.evaluate.metrics import majority_baseline
 from selectune.models import resolve_model
-from selectune.selection import NEW_PARAMETERS_ATTR, select
+from selectune.selection import select
 from selectune.train.loop import TrainConfig, fit, make_accelerator, predict, score
 from selectune.train.run import environment
-from selectune.train.tasks import Task
+from selectune.tasks import TextClassification
 
 from drug_reviews import RECIPE  # the same recipe as the CLS-pooled benchmark
 from reuse import data_sha256
@@ -54,7 +54,6 @@ class MeanPooledClassifier(nn.Module):
         self.classifier = nn.Linear(self.config.hidden_size, num_labels)
         nn.init.normal_(self.classifier.weight, std=self.config.initializer_range)  # as HF initialises a new head
         nn.init.zeros_(self.classifier.bias)
-        setattr(self, NEW_PARAMETERS_ATTR, ["classifier.bias", "classifier.weight"])
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         states = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state  # (B, T, H)
@@ -66,16 +65,17 @@ class MeanPooledClassifier(nn.Module):
 def one_run(files: dict, method: str, seed: int) -> dict:
     splits = load_splits(files["train"], None, files["test"], label_col="rating", text_col="review",
                          val_fraction=RECIPE["val_fraction"], seed=seed)
-    task = Task(kind="text-classification", label_col="rating", labels=splits.labels, text_col="review", max_length=RECIPE["max_length"])
+    task = TextClassification(label_col="rating", labels=splits.labels, text_col="review", max_length=RECIPE["max_length"])
     path = resolve_model("minilm")
     task.load_model(path)  # sets the tokenizer; the CLS model itself is not used
     torch.manual_seed(seed)
     model = MeanPooledClassifier(path, len(splits.labels))
-    selection = select(model, method)
+    selection = select(model, method, new_parameters=["classifier.bias", "classifier.weight"])  # its fresh head
     config = TrainConfig(epochs=RECIPE["epochs"], batch_size=RECIPE["batch_size"], warmup_ratio=RECIPE["warmup_ratio"], seed=seed,
                          metric=RECIPE["metric"], class_weight=RECIPE["class_weight"], progress=False)
     accelerator = make_accelerator(config)
-    result = fit(model, task, task.examples(splits.train), task.examples(splits.validation), config, LRS[method], accelerator)
+    result = fit(model, task, task.examples(splits.train), task.examples(splits.validation), config, LRS[method], accelerator,
+                 new_parameters=selection.new_parameters)
     loader = DataLoader(task.examples(splits.test), batch_size=config.eval_batch_size, collate_fn=task.collate)
     outputs, _ = predict(model, task, loader, accelerator)
     y_test = task.label_ids(splits.test)

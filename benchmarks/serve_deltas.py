@@ -13,7 +13,7 @@ import torch
 from selectune.delta import save_delta
 from selectune.models import resolve_model
 from selectune.selection import select
-from selectune.train.tasks import Task
+from selectune.tasks import TextClassification
 
 SYNTHETIC_NOTE = ("synthetic: a real selection of the method on the base, trainable tensors perturbed with "
                   "N(0, scale^2) noise instead of trained (serving cost depends on the delta's shape, not its values)")
@@ -32,9 +32,10 @@ def make_perturbed_delta(base: str, method: str, out: str | Path, *, labels: lis
 def make_perturbed_deltas(base: str, method: str, outs: list[str | Path], *, labels: list[str], seed: int, scale: float = 0.05,
                           max_length: int = 128, **options) -> list[Path]:
     """``make_perturbed_delta`` for many outputs from one load of ``base``: each its own noise (seed + i)."""
-    task = Task(kind="text-classification", label_col="label", labels=list(labels), text_col="text", max_length=max_length)
-    model = task.load_model(resolve_model(base))
-    selection = select(model, method, **options)
+    task = TextClassification(label_col="label", labels=list(labels), text_col="text", max_length=max_length)
+    loaded = task.load_model(resolve_model(base))
+    model = loaded.model
+    selection = select(model, method, new_parameters=loaded.new_parameters, **options)
     # Masked weights train through their (k,) values: those move.
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     start = {n: p.detach().clone() for n, p in trainable.items()}

@@ -28,7 +28,7 @@ from selectune.io import atomic_write_json
 from selectune.models import resolve_model
 from selectune.serve.delta_store import DeltaStore
 from selectune.train.run import environment
-from selectune.train.tasks import Task
+from selectune.tasks import TextClassification
 
 LABELS = ["negative", "neutral", "positive"]
 DELTA_COUNTS = [1, 4, 16, 64]
@@ -48,7 +48,7 @@ def lora_model(n_adapters: int, r: int):
     """PEFT LoRA (query+value, PEFT's default for BERT) with ``n_adapters`` adapters on a fresh MiniLM base."""
     from peft import LoraConfig, get_peft_model
 
-    base = Task(kind="text-classification", label_col="rating", labels=LABELS).load_model(resolve_model("minilm")).eval()
+    base = TextClassification(label_col="rating", labels=LABELS).load_model(resolve_model("minilm")).model.eval()
     # init_lora_weights=False: B is random, not zero, so every adapter really changes the output (as trained ones do).
     config = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=2 * r, target_modules=["query", "value"], init_lora_weights=False)
     torch.manual_seed(0)
@@ -90,7 +90,7 @@ def main() -> None:
             store.commit(store.prepare_delta(name, Path(tmp) / name))
         assert {d.serving_path for d in store.deltas.values()} == {"mixed"}
         mixed = store.path("mixed")
-        merged = Task(kind="text-classification", label_col="rating", labels=LABELS).load_model(resolve_model("minilm")).eval()
+        merged = TextClassification(label_col="rating", labels=LABELS).load_model(resolve_model("minilm")).model.eval()
         load_delta(merged, Path(tmp) / names[0])
         # Correctness on the real model: each example of a 16-delta batch against its delta merged alone.
         batches = review_batches(store.tokenizer, args.batch_size, args.batches, args.max_length)
@@ -99,7 +99,7 @@ def main() -> None:
         mixed_logits = mixed.model.forward(check_rows, **batches[0])
         worst = 0.0
         for d in range(16):
-            alone = Task(kind="text-classification", label_col="rating", labels=LABELS).load_model(resolve_model("minilm")).eval()
+            alone = TextClassification(label_col="rating", labels=LABELS).load_model(resolve_model("minilm")).model.eval()
             load_delta(alone, Path(tmp) / names[d])
             with torch.inference_mode():
                 expected = alone(**batches[0]).logits

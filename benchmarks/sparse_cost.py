@@ -19,7 +19,7 @@ from selectune import save_delta, select
 from selectune.data import export_bundled, load_splits
 from selectune.models import resolve_model
 from selectune.train.run import environment
-from selectune.train.tasks import Task
+from selectune.tasks import TextClassification
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -36,16 +36,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sparse-cost-"))
     files = export_bundled("drug-reviews", str(work / "data"))
     splits = load_splits(files["train"], label_col="rating", text_col="review", seed=0)
-    task = Task(kind="text-classification", label_col="rating", labels=splits.labels, text_col="review", max_length=128)
+    task = TextClassification(label_col="rating", labels=splits.labels, text_col="review", max_length=128)
 
     def fresh():
         return task.load_model(resolve_model("minilm"))
 
     # selectune's masked training: only the (k,) values of each masked tensor reach the optimizer
-    model = fresh()  # loads the tokenizer too
+    loaded = fresh()  # loads the tokenizer too
+    model = loaded.model
     loader = DataLoader(task.examples(splits.train), batch_size=16, shuffle=False, collate_fn=task.collate)
     batches = list(islice(loader, 8))
-    selection = select(model, "fish", batches=batches, budget=args.budget)
+    selection = select(model, "fish", new_parameters=loaded.new_parameters, batches=batches, budget=args.budget)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     for batch in batches[: args.steps]:
         model(**batch).loss.backward()
@@ -55,12 +56,12 @@ def main() -> None:
     masks = {n: m.clone() for n, m in selection.masks.items()}
     delta_dir = save_delta(model, selection, work / "delta")
     delta_bytes = (delta_dir / "delta.safetensors").stat().st_size
-    dense_base_bytes = sum(p.numel() * p.element_size() for p in fresh().parameters())
+    dense_base_bytes = sum(p.numel() * p.element_size() for p in fresh().model.parameters())
     mask_entries = sum(int(m.sum()) for m in masks.values())
     eligible = sum(m.numel() for m in masks.values())
 
     # dense masking: the same mask as a gradient hook on whole trainable tensors; Adam keeps full-size state
-    model = fresh()
+    model = fresh().model
     whole = set(selection.trainable) - set(selection.masked)
     params = dict(model.named_parameters())
     for name, param in params.items():

@@ -27,7 +27,7 @@ from selectune.compare.contenders import parse_contenders, prepare
 from selectune.compare.cost import peak_rss_bytes, reset_peak_rss, rss_bytes
 from selectune.models import resolve_model
 from selectune.train.run import environment
-from selectune.train.tasks import Task
+from selectune.tasks import LoadedModel, TextClassification
 
 METHODS = ["full", "bitfit", "head"]
 
@@ -35,9 +35,11 @@ METHODS = ["full", "bitfit", "head"]
 MODEL = "minilm"
 
 
-def load(device: str):
-    task = Task(kind="text-classification", label_col="rating", labels=["negative", "neutral", "positive"])
-    return task.load_model(resolve_model(MODEL)).to(device)
+def load(device: str) -> LoadedModel:
+    task = TextClassification(label_col="rating", labels=["negative", "neutral", "positive"])
+    loaded = task.load_model(resolve_model(MODEL))
+    loaded.model.to(device)
+    return loaded
 
 
 def make_batch(model, batch: int, length: int, device: str) -> dict[str, torch.Tensor]:
@@ -73,7 +75,8 @@ def time_steps(models: dict, optimizers: dict, batch: dict, rounds: int, device:
 def measure_memory(method: str, batch: int, length: int, steps: int, device: str) -> dict:
     """Run in a child process: peak memory of training steps beyond the loaded model."""
     torch.manual_seed(0)
-    model = load(device)
+    loaded = load(device)
+    model = loaded.model
     data = make_batch(model, batch, length, device)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -82,7 +85,7 @@ def measure_memory(method: str, batch: int, length: int, steps: int, device: str
     else:
         reset_peak_rss()
         base = rss_bytes()
-    model = prepare(model, parse_contenders(method)[0]).model
+    model = prepare(model, parse_contenders(method)[0], new_parameters=loaded.new_parameters).model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model.train()
     for _ in range(steps):
@@ -117,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     models, optimizers, prepared = {}, {}, {}
     for method in methods:
-        prepared[method] = prepare(load(args.device), parse_contenders(method)[0])
+        loaded = load(args.device)
+        prepared[method] = prepare(loaded.model, parse_contenders(method)[0], new_parameters=loaded.new_parameters)
         model = models[method] = prepared[method].model
         optimizers[method] = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         model.train()

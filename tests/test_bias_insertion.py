@@ -7,7 +7,7 @@ from transformers import (AutoModelForSequenceClassification, MistralConfig, Mis
                           Qwen2ForSequenceClassification)
 
 from selectune import DeltaFingerprintMismatch, Selection, base_fingerprint, load_delta, read_delta, save_delta, select
-from tests.tiny_models import tiny_bert, tiny_llama, tiny_t5, tiny_text_batch
+from tests.tiny_models import new_parameters, tiny_bert, tiny_llama, tiny_t5, tiny_text_batch
 
 PROJECTIONS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
                "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
@@ -41,7 +41,7 @@ def test_inserted_zero_biases_leave_outputs_bitwise_identical():
     batch = tiny_text_batch(model)
     before = _logits(model, batch)
     fingerprint = base_fingerprint(model, exclude=["score.weight"])
-    sel = select(model, "bitfit", add_missing_biases=True)
+    sel = select(model, "bitfit", new_parameters=new_parameters(model), add_missing_biases=True)
     assert torch.equal(_logits(model, batch), before)
     assert sel.inserted_parameters == _names(PROJECTIONS)
     assert sel.new_parameters == ["score.weight"]  # inserted biases are zeros, not random: not "new"
@@ -56,7 +56,7 @@ def test_inserted_zero_biases_leave_outputs_bitwise_identical():
 def test_training_changes_only_the_selected_biases_and_head(tmp_path):
     model = tiny_llama()
     base = _state(model)
-    sel = select(model, "bitfit", add_missing_biases=True)
+    sel = select(model, "bitfit", new_parameters=new_parameters(model), add_missing_biases=True)
     _train(model, tiny_text_batch(model))
     after = model.state_dict()
     changed = {n for n, v in after.items() if not torch.equal(v, base.get(n, torch.zeros_like(v)))}
@@ -66,7 +66,7 @@ def test_training_changes_only_the_selected_biases_and_head(tmp_path):
 
 def test_delta_round_trip_on_a_fresh_base_and_plain_from_pretrained_export(tmp_path):
     model = tiny_llama()
-    sel = select(model, "bitfit", add_missing_biases=True)
+    sel = select(model, "bitfit", new_parameters=new_parameters(model), add_missing_biases=True)
     batch = tiny_text_batch(model)
     _train(model, batch)
     save_delta(model, sel, tmp_path / "delta")
@@ -92,7 +92,7 @@ def test_delta_round_trip_on_a_fresh_base_and_plain_from_pretrained_export(tmp_p
 def test_roles_subset_fills_its_config_group_and_exports_consistently(tmp_path):
     model = tiny_llama()
     batch = tiny_text_batch(model)
-    sel = select(model, "bitfit", roles="query", add_missing_biases=True)
+    sel = select(model, "bitfit", new_parameters=new_parameters(model), roles="query", add_missing_biases=True)
     # attention_bias builds q, k, v and o_proj biases, so all four are inserted; the MLP group is untouched.
     assert sel.inserted_parameters == _names(["q_proj", "k_proj", "v_proj", "o_proj"])
     assert set(sel.trainable) == set(_names(["q_proj"])) | {"score.weight"}
@@ -111,7 +111,7 @@ def test_roles_subset_fills_its_config_group_and_exports_consistently(tmp_path):
 
 def test_wrong_base_is_refused_before_any_bias_is_inserted(tmp_path):
     model = tiny_llama()
-    sel = select(model, "bitfit", add_missing_biases=True)
+    sel = select(model, "bitfit", new_parameters=new_parameters(model), add_missing_biases=True)
     save_delta(model, sel, tmp_path / "delta")
     other = tiny_llama(seed=1)
     with pytest.raises(DeltaFingerprintMismatch) as err:
@@ -132,7 +132,7 @@ def test_architectures_whose_config_cannot_carry_biases_are_refused_at_select_ti
     model = build()
     keys = set(model.state_dict())
     with pytest.raises(ValueError, match=rf"add_missing_biases: \w+ \(model_type '{family}'\).*no flag.*from_pretrained.*layernorm"):
-        select(model, "bitfit", add_missing_biases=True)
+        select(model, "bitfit", new_parameters=new_parameters(model), add_missing_biases=True)
     assert set(model.state_dict()) == keys
     assert all(p.requires_grad for p in model.parameters())
 
@@ -142,7 +142,7 @@ def test_a_refused_selection_removes_what_it_inserted():
     keys = set(model.state_dict())
     # Only the key bias asked for, and it is skipped by default: bitfit refuses after inserting.
     with pytest.raises(ValueError, match="key bias is skipped"):
-        select(model, "bitfit", roles="key", add_missing_biases=True)
+        select(model, "bitfit", new_parameters=new_parameters(model), roles="key", add_missing_biases=True)
     assert set(model.state_dict()) == keys
     assert model.config.attention_bias is False
 

@@ -18,10 +18,8 @@ from selectune.compare.recommend import recommend
 from selectune.compare.render import render_comparison
 from selectune.compare.run import _subset, compare
 from selectune.compare.summary import choose_lr
-from selectune.selection import NEW_PARAMETERS_ATTR
-from selectune.train.tasks import Task
 from tests.conftest import NEGATIVE, POSITIVE
-from tests.tiny_models import tiny_batch, tiny_bert
+from tests.tiny_models import new_parameters, tiny_batch, tiny_bert
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +94,14 @@ def test_peft_baselines_train_adapter_and_head_only_and_round_trip(name, tmp_pat
     model = tiny_bert()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     [contender] = parse_contenders(name)
-    prepared = prepare(model, contender)
+    prepared = prepare(model, contender, new_parameters=new_parameters(model))
     wrapped = prepared.model
     assert isinstance(wrapped, PeftModel)
     assert prepared.trainable_parameters == wrapped.get_nb_trainable_parameters()[0]
     assert prepared.total_parameters == sum(p.numel() for p in before.values())
     # The new classifier keeps its own learning rate: the loop finds it under its wrapped name.
-    assert sorted(map(original_name, getattr(wrapped, NEW_PARAMETERS_ATTR))) == ["classifier.bias", "classifier.weight"]
+    assert sorted(map(original_name, prepared.new_parameters)) == ["classifier.bias", "classifier.weight"]
+    assert all(n in dict(wrapped.named_parameters()) for n in prepared.new_parameters)
     optimizer = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-2)
     batch = tiny_batch(model)
     for _ in range(3):
@@ -132,7 +131,6 @@ def test_lora_on_the_tabular_mlp_targets_its_hidden_layers():
     from selectune.train.tabular import TabularMLP, TabularMLPConfig
 
     model = TabularMLP(TabularMLPConfig(n_features=4, n_outputs=2, hidden=[8, 8]))
-    setattr(model, NEW_PARAMETERS_ATTR, [])
     prepared = prepare(model, parse_contenders("lora:r=2")[0])
     assert set(prepared.peft_config["target_modules"]) == {"layers.0", "layers.4"}
     assert prepared.peft_config["modules_to_save"] == ["head"]

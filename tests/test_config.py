@@ -91,7 +91,8 @@ def test_validation_lives_in_the_configs_with_the_old_messages():
         TrainConfig(class_weight="inverse").validate()
     with pytest.raises(ValueError, match=r"--dropout must be in \[0, 1\)"):
         TrainConfig(dropout=1.0).validate()
-    assert TrainConfig().for_task(False).metric == "rmse" and TrainConfig(metric="mae").for_task(False).metric == "mae"
+    # The metric left open is the task's default; one the user named stays.
+    assert TrainConfig().for_task("rmse").metric == "rmse" and TrainConfig(metric="mae").for_task("rmse").metric == "mae"
 
 
 def test_exit_status_is_mapped_in_cli_only():

@@ -28,8 +28,7 @@ from selectune import DeltaError, Selection, load_delta, read_delta, save_delta,
 from selectune.delta import DELTA_CONFIG
 from selectune.masks import merge_masks, plain_name, trainable_names
 from selectune.methods import METHODS, parse_method
-from selectune.selection import NEW_PARAMETERS_ATTR
-from tests.tiny_models import TINY_TEXT_MODELS, PlainNet, tiny_tabular_batch, tiny_tabular_mlp, tiny_text_batch
+from tests.tiny_models import new_parameters, TINY_TEXT_MODELS, PlainNet, tiny_tabular_batch, tiny_tabular_mlp, tiny_text_batch
 
 ROWS = [spec.example_text for spec in METHODS.values()] + [
     "bitfit:roles=query+mlp_in",
@@ -64,6 +63,8 @@ class Case:
     """(loss, logits) for a batch."""
     reload: Callable[[nn.Module, Path], nn.Module]
     """Save the model the way its users would export it and load it back without selectune."""
+    new: Callable[[nn.Module], list[str]] = new_parameters
+    """What a loader would return as new (random) parameters of the built model."""
 
 
 def _run_hf(model, batch):
@@ -78,9 +79,7 @@ def _reload_pretrained(model, out):
 
 def _plain_net():
     torch.manual_seed(0)
-    net = PlainNet()
-    setattr(net, NEW_PARAMETERS_ATTR, ["head.weight", "head.bias"])  # a custom net with a fresh head
-    return net
+    return PlainNet()
 
 
 def _run_plain(net, batch):
@@ -102,7 +101,8 @@ MODELS = {
        for name, build in TINY_TEXT_MODELS.items()},
     "tabular": Case(lambda: tiny_tabular_mlp(seed=0), tiny_tabular_batch, _run_hf, _reload_pretrained),
     "plain": Case(_plain_net, lambda net: {"x": torch.randn(4, 2, 5, generator=torch.Generator().manual_seed(1)),
-                                           "labels": torch.tensor([0, 1, 1, 0])}, _run_plain, _reload_plain),
+                                           "labels": torch.tensor([0, 1, 1, 0])}, _run_plain, _reload_plain,
+                  new=lambda net: ["head.weight", "head.bias"]),  # a custom net with a fresh head
 }
 
 
@@ -139,12 +139,12 @@ def test_method_on_model(row, model_name, tmp_path):
     data = {"batches": [case.batch(model)]} if METHODS[method].needs_data else {}
     if refusal:
         with pytest.raises(ValueError, match=refusal):
-            select(model, method, **data, **options)
+            select(model, method, new_parameters=case.new(model), **data, **options)
         assert all(p.requires_grad for p in model.parameters()), "a refused selection must leave the model untouched"
         return
 
     base = _snapshot(model)
-    sel = select(model, method, **data, **options)
+    sel = select(model, method, new_parameters=case.new(model), **data, **options)
     trainable = set(sel.trainable)
     assert trainable_names(model) == trainable
     assert set(sel.new_parameters) <= trainable

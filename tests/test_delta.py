@@ -7,7 +7,7 @@ from transformers import AutoModelForSequenceClassification, BertForSequenceClas
 
 from selectune import DeltaError, DeltaFingerprintMismatch, base_fingerprint, load_delta, read_delta, save_delta, select
 from selectune.delta import DELTA_WEIGHTS
-from tests.tiny_models import tiny_batch, tiny_bert
+from tests.tiny_models import new_parameters, tiny_batch, tiny_bert
 
 
 def _train_a_little(model, steps=3, lr=0.05):
@@ -23,7 +23,7 @@ def _train_a_little(model, steps=3, lr=0.05):
 def trained(tmp_path):
     model = tiny_bert(seed=0)
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
-    sel = select(model, "bitfit")
+    sel = select(model, "bitfit", new_parameters=new_parameters(model))
     _train_a_little(model)
     save_delta(model, sel, tmp_path / "delta", metadata={"labels": ["a", "b", "c"]})
     return model, sel, base_state, tmp_path / "delta"
@@ -102,7 +102,7 @@ def test_tampered_weights_are_refused(trained):
 
 def test_nan_delta_is_refused_and_nothing_written(tmp_path):
     model = tiny_bert()
-    sel = select(model, "bitfit")
+    sel = select(model, "bitfit", new_parameters=new_parameters(model))
     with torch.no_grad():
         model.bert.pooler.dense.bias[0] = float("nan")
     with pytest.raises(DeltaError, match="NaN"):
@@ -112,10 +112,11 @@ def test_nan_delta_is_refused_and_nothing_written(tmp_path):
 
 def test_minilm_bitfit_delta_under_150kb(tmp_path):
     from selectune.models import resolve_model
-    from selectune.train.tasks import Task
+    from selectune.tasks import TextClassification
 
-    model = Task(kind="text-classification", label_col="y", labels=["negative", "neutral", "positive"]).load_model(resolve_model("minilm"))
-    sel = select(model, "bitfit")
+    loaded = TextClassification(label_col="y", labels=["negative", "neutral", "positive"]).load_model(resolve_model("minilm"))
+    model = loaded.model
+    sel = select(model, "bitfit", new_parameters=loaded.new_parameters)
     assert sel.new_parameters == ["classifier.bias", "classifier.weight"]
     save_delta(model, sel, tmp_path / "d")
     size = (tmp_path / "d" / DELTA_WEIGHTS).stat().st_size

@@ -15,7 +15,7 @@ from selectune.data import export_bundled
 from selectune.data.bundled import CANCER_FEATURES
 from selectune.evaluate.criteria import CriteriaError, load_criteria
 from selectune.evaluate.gate import compatible, resolve_positive_label
-from selectune.train.tasks import Task
+from selectune.tasks import TabularClassification, TextClassification
 from tests.test_cli_errors import fails
 
 FEATURES = ",".join(CANCER_FEATURES + ("site",))
@@ -255,11 +255,11 @@ def load_criteria_text(text, tmp=Path("/tmp")):
 
 
 def test_positive_label_and_compatibility_rules():
-    three = Task(kind="text-classification", label_col="rating", labels=["negative", "neutral", "positive"], text_col="review")
+    three = TextClassification(label_col="rating", labels=["negative", "neutral", "positive"], text_col="review")
     with pytest.raises(ValueError, match="3 classes .* --positive-label"):
         resolve_positive_label(three, None)
     assert resolve_positive_label(three, "negative") == "negative"
-    two = Task(kind="tabular-classification", label_col="label", labels=["benign", "malignant"], feature_cols=["a"])
+    two = TabularClassification(label_col="label", labels=["benign", "malignant"], feature_cols=["a"])
     assert resolve_positive_label(two, None) == "malignant"
 
     class Source:

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from selectune import select
 from selectune.train.loop import TrainConfig, fit, make_accelerator, predict, score
-from selectune.train.tasks import Task
+from selectune.tasks import TabularClassification, TextClassification
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +22,11 @@ def cancer():
 
 def make(cancer, seed=0):
     train, val, features = cancer
-    task = Task(kind="tabular-classification", label_col="label", labels=["benign", "malignant"], feature_cols=features)
+    task = TabularClassification(label_col="label", labels=["benign", "malignant"], feature_cols=features)
     torch.manual_seed(seed)
-    model = task.load_model("mlp", train, hidden=[16])
-    select(model, "full")
+    loaded = task.load_model("mlp", train, hidden=[16])
+    model = loaded.model
+    select(model, "full", new_parameters=loaded.new_parameters)
     return task, model, task.examples(train), task.examples(val)
 
 
@@ -77,11 +78,11 @@ def test_gradient_accumulation_takes_fewer_optimizer_steps_same_examples(cancer)
 
 
 def test_new_parameters_get_their_own_learning_rate():
-    from tests.tiny_models import tiny_bert
+    from tests.tiny_models import new_parameters, tiny_bert
 
     model = tiny_bert()
-    select(model, "bitfit")
-    task = Task(kind="text-classification", label_col="label", labels=["a", "b", "c"])
+    selection = select(model, "bitfit", new_parameters=new_parameters(model))
+    task = TextClassification(label_col="label", labels=["a", "b", "c"])
     rows = [{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "labels": i % 3} for i in range(6)]
 
     class Tok:  # the tiny model has no tokenizer; padding equal-length rows is all collate needs
@@ -99,7 +100,8 @@ def test_new_parameters_get_their_own_learning_rate():
 
     torch.optim.AdamW.__init__ = spy
     try:
-        fit(model, task, rows, rows, TrainConfig(epochs=1, batch_size=3, new_lr=0.02, progress=False), lr=1e-3, accelerator=acc)
+        fit(model, task, rows, rows, TrainConfig(epochs=1, batch_size=3, new_lr=0.02, progress=False), lr=1e-3, accelerator=acc,
+            new_parameters=selection.new_parameters)
     finally:
         torch.optim.AdamW.__init__ = original
     by_lr = {}

@@ -12,7 +12,7 @@ from selectune.methods import METHODS, parse_method, register_method
 from selectune.methods.layers import LayersOptions, block_paths
 from selectune.methods.spec import REQUIRED, MethodSpec
 from selectune.roles import parameter_roles
-from tests.tiny_models import TINY_TEXT_MODELS, PlainNet, tiny_llama, tiny_t5
+from tests.tiny_models import new_parameters, TINY_TEXT_MODELS, PlainNet, tiny_llama, tiny_t5
 
 
 @pytest.mark.parametrize("family", list(TINY_TEXT_MODELS))
@@ -69,13 +69,13 @@ def test_mistral_qwen2_and_t5_variants_use_their_tables():
 def test_unknown_family_role_subset_is_refused_with_a_working_pattern():
     net = PlainNet()
     with pytest.raises(ValueError, match="not a known family") as err:
-        select(net, "bitfit", roles="query+mlp_in")
+        select(net, "bitfit", new_parameters=new_parameters(net), roles="query+mlp_in")
     message = str(err.value)
     assert "conv, norm, hidden" in message
     name, options = parse_method(re.search(r"--method '([^']+)'", message).group(1))
-    assert set(select(net, name, **options).trainable) == {"conv.weight", "conv.bias", "norm.weight", "norm.bias"}
+    assert set(select(net, name, new_parameters=new_parameters(net), **options).trainable) == {"conv.weight", "conv.bias", "norm.weight", "norm.bias"}
     # Roles found by structure still work on any module.
-    assert set(select(net, "bitfit", roles="norm+head").trainable) == {"norm.bias", "head.bias"}
+    assert set(select(net, "bitfit", new_parameters=new_parameters(net), roles="norm+head").trainable) == {"norm.bias", "head.bias"}
 
 
 def test_bitfit_refuses_models_without_body_biases():
@@ -92,17 +92,17 @@ def test_layers_numbers_encoder_then_decoder_blocks():
     assert block_paths(model) == [f"transformer.{s}.block.{i}" for s in ("encoder", "decoder") for i in (0, 1)]
 
     def blocks(**options):
-        trained = select(model, "layers", **options).trainable
+        trained = select(model, "layers", new_parameters=new_parameters(model), **options).trainable
         return sorted({p for p in block_paths(model) if any(n.startswith(p + ".") for n in trained)})
 
     assert blocks(last=1) == ["transformer.decoder.block.1"]
     assert blocks(first=1) == ["transformer.encoder.block.0"]
     assert blocks(ranges="1-2") == ["transformer.decoder.block.0", "transformer.encoder.block.1"]
-    assert not any(n.startswith("transformer.shared") for n in select(model, "layers", first=4).trainable)
+    assert not any(n.startswith("transformer.shared") for n in select(model, "layers", new_parameters=new_parameters(model), first=4).trainable)
     with pytest.raises(ValueError, match="out of range.*4 blocks"):
-        select(model, "layers", ranges="3-4")
+        select(model, "layers", new_parameters=new_parameters(model), ranges="3-4")
     with pytest.raises(ValueError, match="out of range"):
-        select(model, "layers", last=5)
+        select(model, "layers", new_parameters=new_parameters(model), last=5)
 
 
 def test_layers_options_from_cli_text():
@@ -119,17 +119,17 @@ def test_layers_options_from_cli_text():
 def test_pattern_fullmatches_whole_names():
     model = tiny_llama()
     with pytest.raises(ValueError, match="matches no parameter.*model.embed_tokens.weight"):
-        select(model, "pattern", include="norm")  # a substring is not a match
+        select(model, "pattern", new_parameters=new_parameters(model), include="norm")  # a substring is not a match
     name, options = parse_method(r"pattern:include=.*norm\.weight|score\..*,exclude=model\.norm\..*")
-    assert set(select(model, name, **options).trainable) == {
+    assert set(select(model, name, new_parameters=new_parameters(model), **options).trainable) == {
         "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
         "model.layers.1.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight", "score.weight"}
     with pytest.raises(ValueError, match="not a valid regex"):
-        select(model, "pattern", include="(")
+        select(model, "pattern", new_parameters=new_parameters(model), include="(")
     with pytest.raises(ValueError, match="removes all"):
-        select(model, "pattern", include=r".*\.weight", exclude=".*")
+        select(model, "pattern", new_parameters=new_parameters(model), include=r".*\.weight", exclude=".*")
     with pytest.raises(ValueError, match="needs option.*include"):
-        select(model, "pattern")
+        select(model, "pattern", new_parameters=new_parameters(model))
     assert dict((n, d) for n, d, _ in METHODS["pattern"].option_docs())["include"] == REQUIRED
 
 

@@ -4,7 +4,7 @@ import torch
 
 from selectune import DeltaFingerprintMismatch, base_fingerprint, load_delta, save_delta, select
 from selectune.multi_delta import DeltaSet
-from tests.tiny_models import tiny_bert, tiny_llama, tiny_text_batch
+from tests.tiny_models import new_parameters, tiny_bert, tiny_llama, tiny_text_batch
 
 METHODS = {"bitfit": {}, "head": {}, "layernorm": {}}
 
@@ -18,7 +18,7 @@ def _logits(model, batch):
 def _train_delta(build, method, out, seed, **options):
     """Train ``method`` on a fresh base from ``build`` with its own data seed; save the delta to ``out``."""
     model = build()
-    sel = select(model, method, **options)
+    sel = select(model, method, new_parameters=new_parameters(model), **options)
     batch = tiny_text_batch(model, seed=seed)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model.train()

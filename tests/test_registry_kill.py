@@ -17,7 +17,7 @@ from selectune.registry.register import register
 from selectune.registry.store import RegistryError
 from selectune.selection import select
 from selectune.train.tabular import TabularMLP, TabularMLPConfig
-from selectune.train.tasks import Task
+from selectune.tasks import TabularClassification
 
 POOL = 6  # distinct deltas; version k of model m{k // POOL} is pool delta k % POOL, so every registration is new
 KILLS = 40
@@ -27,7 +27,7 @@ KILLS = 40
 def deltas(tmp_path_factory):
     """A base model folder and POOL full deltas on it (~1 MB each, so a kill can land inside a file copy)."""
     root = tmp_path_factory.mktemp("kill")
-    task = Task(kind="tabular-classification", label_col="y", labels=["0", "1"], feature_cols=["a", "b", "c"])
+    task = TabularClassification(label_col="y", labels=["0", "1"], feature_cols=["a", "b", "c"])
     torch.manual_seed(0)
     config = TabularMLPConfig(n_features=3, n_outputs=2, hidden=[512, 512], feature_names=["a", "b", "c"], labels=["0", "1"])
     TabularMLP(config).save_pretrained(root / "base")
@@ -35,7 +35,6 @@ def deltas(tmp_path_factory):
     paths = []
     for i in range(POOL):
         net = TabularMLP.from_pretrained(root / "base")
-        setattr(net, "_selectune_new_parameters", [])
         selection = select(net, "full")
         with torch.no_grad():
             for p in net.parameters():

@@ -5,7 +5,7 @@ from transformers import BertConfig, BertForSequenceClassification, Trainer, Tra
 from selectune import select, trainable_report
 from selectune.methods import METHODS, parse_method
 from selectune.selection import Selection
-from tests.tiny_models import PlainNet, tiny_batch, tiny_bert
+from tests.tiny_models import new_parameters, PlainNet, tiny_batch, tiny_bert
 
 
 def test_registry_lists_first_methods_with_options():
@@ -16,7 +16,7 @@ def test_registry_lists_first_methods_with_options():
 
 def test_bitfit_selects_biases_by_structure_plus_new_head():
     model = tiny_bert()
-    sel = select(model, "bitfit")
+    sel = select(model, "bitfit", new_parameters=new_parameters(model))
     for name in sel.trainable:
         assert name.endswith(".bias") or name in ("classifier.weight",), name
     # key bias skipped by default; query bias, norm bias, pooler bias, classifier present
@@ -34,7 +34,7 @@ def test_bitfit_selects_biases_by_structure_plus_new_head():
 
 def test_include_key_bias_and_head_weights_options():
     model = tiny_bert()
-    sel = select(model, "bitfit", include_key_bias=True, head_weights=True)
+    sel = select(model, "bitfit", new_parameters=new_parameters(model), include_key_bias=True, head_weights=True)
     assert "bert.encoder.layer.0.attention.self.key.bias" in sel.trainable
     assert "bert.pooler.dense.weight" in sel.trainable
 
@@ -64,14 +64,14 @@ def test_parse_method_from_cli_text():
 
 def test_full_and_head():
     model = tiny_bert()
-    assert select(model, "full").trainable_parameters == sum(p.numel() for p in model.parameters())
-    sel = select(model, "head")
+    assert select(model, "full", new_parameters=new_parameters(model)).trainable_parameters == sum(p.numel() for p in model.parameters())
+    sel = select(model, "head", new_parameters=new_parameters(model))
     assert set(sel.trainable) == {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}
 
 
 def test_report_counts_add_up():
     model = tiny_bert()
-    sel = select(model, "bitfit")
+    sel = select(model, "bitfit", new_parameters=new_parameters(model))
     rows = {r["role"]: r for r in trainable_report(model, sel)}
     assert rows["all"]["trainable"] == sel.trainable_parameters
     assert sum(r["trainable"] for k, r in rows.items() if k != "all") == sel.trainable_parameters
@@ -86,8 +86,8 @@ def test_selection_json_round_trip():
 
 def test_plain_module_works_without_hf():
     net = PlainNet()
-    assert set(select(net, "head").trainable) == {"head.weight", "head.bias"}
-    sel = select(net, "bitfit")  # re-selecting replaces the previous selection
+    assert set(select(net, "head", new_parameters=new_parameters(net)).trainable) == {"head.weight", "head.bias"}
+    sel = select(net, "bitfit", new_parameters=new_parameters(net))  # re-selecting replaces the previous selection
     assert set(sel.trainable) == {"conv.bias", "norm.bias", "hidden.bias", "head.bias"}
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
@@ -116,7 +116,7 @@ def test_key_bias_gradient_is_zero():
 
 def test_hf_trainer_trains_only_selected_tensors(tmp_path):
     model = tiny_bert()
-    sel = select(model, "bitfit")
+    sel = select(model, "bitfit", new_parameters=new_parameters(model))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     data = [{k: v[i] for k, v in tiny_batch(model, batch=16, seed=s).items()} for s in range(2) for i in range(16)]
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=6, learning_rate=1e-2,

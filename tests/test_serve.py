@@ -272,7 +272,7 @@ def test_loading_a_wrong_base_delta_is_refused_with_the_reason(served):
 def test_a_tabular_base_serves_feature_objects_as_offline_predict_does(tmp_path):
     from selectune import save_delta, select
     from selectune.train.tabular import TabularMLP, TabularMLPConfig
-    from selectune.train.tasks import Task
+    from selectune.tasks import TabularClassification
 
     features, labels = ["age", "bmi", "systolic_bp"], ["no", "yes"]
     torch.manual_seed(0)
@@ -280,10 +280,11 @@ def test_a_tabular_base_serves_feature_objects_as_offline_predict_does(tmp_path)
     net = TabularMLP(TabularMLPConfig(n_features=3, n_outputs=2, hidden=[8, 8], dropout=0.0, feature_names=features, labels=labels))
     net.set_statistics(torch.randn(50, 3) * torch.tensor([10.0, 4.0, 15.0]) + torch.tensor([50.0, 25.0, 120.0]))
     net.save_pretrained(base)
-    task = Task(kind="tabular-classification", label_col="outcome", labels=labels, feature_cols=features)
+    task = TabularClassification(label_col="outcome", labels=labels, feature_cols=features)
     for seed, method in enumerate(["bitfit", "full"]):
-        model = task.load_model(str(base))
-        selection = select(model, method)
+        loaded = task.load_model(str(base))
+        model = loaded.model
+        selection = select(model, method, new_parameters=loaded.new_parameters)
         with torch.no_grad():
             for p in model.parameters():
                 if p.requires_grad:
@@ -316,7 +317,7 @@ def test_a_registry_as_deltas_serves_each_names_production_version_and_reloads_a
     from selectune import save_delta, select
     from selectune.registry.commands import add, promote
     from selectune.train.tabular import TabularMLP, TabularMLPConfig
-    from selectune.train.tasks import Task
+    from selectune.tasks import TabularClassification
 
     features, labels = ["age", "bmi"], ["no", "yes"]
     torch.manual_seed(0)
@@ -324,10 +325,11 @@ def test_a_registry_as_deltas_serves_each_names_production_version_and_reloads_a
     net = TabularMLP(TabularMLPConfig(n_features=2, n_outputs=2, hidden=[8], dropout=0.0, feature_names=features, labels=labels))
     net.set_statistics(torch.randn(50, 2) * torch.tensor([10.0, 4.0]) + torch.tensor([50.0, 25.0]))
     net.save_pretrained(base)
-    task = Task(kind="tabular-classification", label_col="outcome", labels=labels, feature_cols=features)
+    task = TabularClassification(label_col="outcome", labels=labels, feature_cols=features)
     for seed in (1, 2):
-        model = task.load_model(str(base))
-        selection = select(model, "bitfit")
+        loaded = task.load_model(str(base))
+        model = loaded.model
+        selection = select(model, "bitfit", new_parameters=loaded.new_parameters)
         with torch.no_grad():
             for p in model.parameters():
                 if p.requires_grad:

@@ -11,7 +11,7 @@ from selectune import load_delta, read_delta, save_delta, select
 from selectune.serve.batcher import Control, DynamicBatcher, Job
 from selectune.serve.mixed_model import MixedBiasModel, MixedDelta, mixed_path_obstacle
 from selectune.serve.tenants import KeyFileError, KeyRing, hash_key
-from tests.tiny_models import TINY_TEXT_MODELS, tiny_tabular_batch, tiny_tabular_mlp, tiny_text_batch
+from tests.tiny_models import new_parameters, TINY_TEXT_MODELS, tiny_tabular_batch, tiny_tabular_mlp, tiny_text_batch
 
 # family -> [(method, options, num_labels)]: what each family's mixed batch holds.
 MIXED_CASES = {
@@ -24,7 +24,7 @@ MIXED_CASES = {
 
 def _perturbed_delta(build, method, options, num_labels, seed, out):
     model = build(num_labels=num_labels)
-    selection = select(model, method, **options)
+    selection = select(model, method, new_parameters=new_parameters(model), **options)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -77,7 +77,7 @@ def test_tabular_mlp_mixes_bitfit_and_layernorm_deltas(tmp_path):
     batch = tiny_tabular_batch(tiny_tabular_mlp(), batch=6)
     for i, method in enumerate(["bitfit", "layernorm", "bitfit"]):
         model = tiny_tabular_mlp()
-        selection = select(model, method)
+        selection = select(model, method, new_parameters=new_parameters(model))
         with torch.no_grad():
             for p in model.parameters():
                 if p.requires_grad:

@@ -19,8 +19,7 @@ from selectune.masks import SparseEntries, merge_masks, trainable_names
 from selectune.methods.fish import FishMask
 from selectune.methods.lt_sft import LotteryTicketMask
 from selectune.methods.sparse import eligible_parameters
-from selectune.selection import NEW_PARAMETERS_ATTR
-from tests.tiny_models import tiny_bert, tiny_text_batch
+from tests.tiny_models import new_parameters, tiny_bert, tiny_text_batch
 
 MASK_METHODS = ["random", "pafi", "fish", "lt_sft"]
 TINY_BERT_NEW = ["classifier.weight", "classifier.bias"]  # tiny_bert's fresh head, which select() passes to the methods
@@ -31,7 +30,7 @@ def _data(method, model):
 
 
 def _eligible_total(model):
-    return sum(p.numel() for p in eligible_parameters(model, new_parameters=TINY_BERT_NEW).values())
+    return sum(p.numel() for p in eligible_parameters(model, new_parameters=new_parameters(model)).values())
 
 
 def _mask_count(sel):
@@ -41,11 +40,11 @@ def _mask_count(sel):
 @pytest.mark.parametrize("method", MASK_METHODS)
 def test_budget_count_and_fraction(method):
     model = tiny_bert()
-    sel = select(model, method, budget=37, **_data(method, model))
+    sel = select(model, method, new_parameters=new_parameters(model), budget=37, **_data(method, model))
     assert _mask_count(sel) == 37
     model = tiny_bert()
     total = _eligible_total(model)
-    sel = select(model, method, budget=0.01, **_data(method, model))
+    sel = select(model, method, new_parameters=new_parameters(model), budget=0.01, **_data(method, model))
     assert _mask_count(sel) == round(0.01 * total)
     # Budget is global over the eligible tensors: no embeddings, no new parameters, nothing 1-D.
     assert not any("embeddings" in n or n.startswith("classifier") for n in sel.masked)
@@ -76,7 +75,7 @@ def test_include_embeddings():
 def test_deterministic_with_a_seed(method):
     def masks(seed):
         model = tiny_bert()
-        return select(model, method, budget=50, seed=seed, **_data(method, model)).masks
+        return select(model, method, new_parameters=new_parameters(model), budget=50, seed=seed, **_data(method, model)).masks
 
     first, again = masks(0), masks(0)
     assert first.keys() == again.keys() and all(torch.equal(first[n], again[n]) for n in first)
@@ -87,8 +86,8 @@ def test_deterministic_with_a_seed(method):
 
 def test_pafi_picks_the_smallest_magnitudes():
     model = tiny_bert()
-    weights = {n: p.detach().abs().clone() for n, p in eligible_parameters(model, new_parameters=TINY_BERT_NEW).items()}
-    sel = select(model, "pafi", budget=40)
+    weights = {n: p.detach().abs().clone() for n, p in eligible_parameters(model, new_parameters=new_parameters(model)).items()}
+    sel = select(model, "pafi", new_parameters=new_parameters(model), budget=40)
     picked = torch.cat([weights[n][m] for n, m in sel.masks.items()])
     rest = torch.cat([weights[n][~sel.masks[n]] if n in sel.masks else weights[n].reshape(-1) for n in weights])
     assert picked.numel() == 40 and picked.max() <= rest.min()
@@ -108,7 +107,6 @@ class _Quadratic(nn.Module):
 def test_fish_picks_the_largest_mean_squared_gradient():
     torch.manual_seed(0)
     model = _Quadratic()
-    setattr(model, NEW_PARAMETERS_ATTR, [])
     c1, c2 = torch.randn(3, 4), torch.randn(3, 4)
     before = model.lin.weight.detach().clone()
     fitted = FishMask(budget=5).fit(model, [{"c": c1}, {"c": c2}])
@@ -137,7 +135,7 @@ def test_lt_sft_resets_the_model_bitwise_before_training():
     kept = torch.cat([fitted.change_[n][m] for n, m in fitted.mask_.items()])
     assert kept.numel() == 30 and kept.min() >= moved.topk(30).values.min()
     # Through select: the masked model computes exactly the original weights until it trains.
-    sel = select(model, "lt_sft", budget=30, steps=3, batches=[tiny_text_batch(model)])
+    sel = select(model, "lt_sft", new_parameters=new_parameters(model), budget=30, steps=3, batches=[tiny_text_batch(model)])
     merge_masks(model)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert _mask_count(sel) == 30
@@ -158,7 +156,7 @@ def _train_adamw(model, steps=3, weight_decay=0.1):
 def test_only_masked_entries_change_and_optimizer_state_is_k_sized(method):
     model = tiny_bert()
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    sel = select(model, method, budget=0.005, **_data(method, model))
+    sel = select(model, method, new_parameters=new_parameters(model), budget=0.005, **_data(method, model))
     assert trainable_names(model) == set(sel.trainable)
     optimizer = _train_adamw(model)  # weight decay on, which would move every entry of a plain weight
 
@@ -186,14 +184,12 @@ def _bigger_bert(seed=0):
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=100, hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024,
                         max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = BertForSequenceClassification(config)
-    setattr(model, NEW_PARAMETERS_ATTR, ["classifier.weight", "classifier.bias"])
-    return model
+    return BertForSequenceClassification(config)
 
 
 def test_sparse_delta_round_trip_is_exact_and_small(tmp_path):
     model = _bigger_bert()
-    sel = select(model, "pafi", budget=0.005, train_biases=False)
+    sel = select(model, "pafi", new_parameters=new_parameters(model), budget=0.005, train_biases=False)
     _train_adamw(model, steps=2)
     path = save_delta(model, sel, tmp_path / "delta")  # saved while still parametrized
     merge_masks(model)
@@ -221,7 +217,7 @@ def test_sparse_delta_round_trip_is_exact_and_small(tmp_path):
 
 def test_saved_delta_of_merged_model_matches(tmp_path):
     model = tiny_bert()
-    sel = select(model, "random", budget=60, seed=3)
+    sel = select(model, "random", new_parameters=new_parameters(model), budget=60, seed=3)
     _train_adamw(model)
     save_delta(model, sel, tmp_path / "parametrized")
     merge_masks(model)
@@ -237,7 +233,7 @@ def test_saved_delta_of_merged_model_matches(tmp_path):
 
 def test_merged_model_loads_with_plain_from_pretrained(tmp_path):
     model = tiny_bert()
-    sel = select(model, "fish", budget=0.01, batches=[tiny_text_batch(model)])
+    sel = select(model, "fish", new_parameters=new_parameters(model), budget=0.01, batches=[tiny_text_batch(model)])
     _train_adamw(model)
     batch = tiny_text_batch(model, seed=5)
     model.eval()
@@ -253,7 +249,7 @@ def test_merged_model_loads_with_plain_from_pretrained(tmp_path):
 
 def test_selection_json_keeps_mask_names_not_masks():
     model = tiny_bert()
-    sel = select(model, "random", budget=20)
+    sel = select(model, "random", new_parameters=new_parameters(model), budget=20)
     data = json.loads(sel.to_json())
     assert data["masked"] == sel.masked and "masks" not in data
     again = Selection.from_dict(data)
@@ -269,7 +265,7 @@ def test_selection_json_keeps_mask_names_not_masks():
 def test_apply_is_idempotent_and_merge_is_its_mirror():
     model = tiny_bert()
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    sel = select(model, "pafi", budget=25)
+    sel = select(model, "pafi", new_parameters=new_parameters(model), budget=25)
     sel.apply(model)  # again: no second parametrization, values kept
     assert sum(p.numel() for n, p in model.named_parameters() if n.endswith(".values")) == 25
     assert merge_masks(model) == sel.masked and merge_masks(model) == []
@@ -278,12 +274,12 @@ def test_apply_is_idempotent_and_merge_is_its_mirror():
 
 def test_training_loop_trains_a_mask_with_decay_and_keep_best():
     from selectune.train.loop import TrainConfig, fit, make_accelerator
-    from selectune.train.tasks import Task
+    from selectune.tasks import TextClassification
 
     model = tiny_bert()
     base = {k: v.clone() for k, v in model.state_dict().items()}
-    sel = select(model, "pafi", budget=50)
-    task = Task(kind="text-classification", label_col="label", labels=["a", "b", "c"])
+    sel = select(model, "pafi", new_parameters=new_parameters(model), budget=50)
+    task = TextClassification(label_col="label", labels=["a", "b", "c"])
     rows = [{"input_ids": [1 + i, 2, 3], "attention_mask": [1, 1, 1], "labels": i % 3} for i in range(6)]
 
     class Tok:  # the tiny model has no tokenizer; padding equal-length rows is all collate needs
@@ -301,7 +297,7 @@ def test_training_loop_trains_a_mask_with_decay_and_keep_best():
     torch.optim.AdamW.__init__ = spy
     try:
         fit(model, task, rows, rows, TrainConfig(epochs=2, batch_size=3, weight_decay=0.1, progress=False), lr=1e-2,
-            accelerator=make_accelerator(TrainConfig()))
+            accelerator=make_accelerator(TrainConfig()), new_parameters=sel.new_parameters)
     finally:
         torch.optim.AdamW.__init__ = original
     # The mask's values are decayed as their weights would be, beside the new (3, 32) classifier weight.
@@ -317,7 +313,7 @@ def test_sparse_delta_in_a_delta_set(tmp_path):
     from selectune.multi_delta import DeltaSet
 
     model = tiny_bert()
-    sel = select(model, "random", budget=40)
+    sel = select(model, "random", new_parameters=new_parameters(model), budget=40)
     _train_adamw(model)
     save_delta(model, sel, tmp_path / "d")
     merge_masks(model)

@@ -9,7 +9,6 @@ from transformers import (
     T5Config, T5ForSequenceClassification,
 )
 
-from selectune.selection import NEW_PARAMETERS_ATTR
 from selectune.train.tabular import TabularMLP, TabularMLPConfig
 
 
@@ -18,10 +17,7 @@ def tiny_bert(num_labels: int = 3, seed: int = 0, vocab_size: int = 100) -> Bert
     config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = BertForSequenceClassification(config)
-    # As if loaded from a checkpoint without a classifier: HF would report these as missing keys.
-    setattr(model, NEW_PARAMETERS_ATTR, ["classifier.weight", "classifier.bias"])
-    return model
+    return BertForSequenceClassification(config)
 
 
 def tiny_batch(model, batch: int = 4, length: int = 12, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -50,13 +46,27 @@ class PlainNet(nn.Module):
 
 
 # ---- one tiny model per supported family (hidden 32, 2 blocks, vocab 100), dropout off -------------------
-# Each marks its freshly initialised task head as new parameters, as selectune's loader would from HF's
+# new_parameters(model) names its freshly initialised task head, as selectune's loader would from HF's
 # missing keys. Build with the same seed twice and the base weights are bitwise identical.
 
 
-def _mark_new(model, names):
-    setattr(model, NEW_PARAMETERS_ATTR, list(names))
-    return model
+# As if loaded from a checkpoint without a classifier: HF would report these as missing keys.
+NEW_HEADS = {
+    "BertForSequenceClassification": ["classifier.weight", "classifier.bias"],
+    "RobertaForSequenceClassification": [f"classifier.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")],
+    "DistilBertForSequenceClassification": [f"{m}.{p}" for m in ("pre_classifier", "classifier") for p in ("weight", "bias")],
+    "GPT2ForSequenceClassification": ["score.weight"],
+    "LlamaForSequenceClassification": ["score.weight"],
+    "T5ForSequenceClassification": [f"classification_head.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")],
+    "TabularMLP": [],
+    "PlainNet": [],
+}
+
+
+def new_parameters(model) -> list[str]:
+    """What selectune's loader would return as new for a model built here: its freshly initialised task head
+    (a trained TabularMLP base has none). Pass it on: ``select(model, method, new_parameters=new_parameters(model))``."""
+    return list(NEW_HEADS.get(type(model).__name__, []))  # built elsewhere: nothing marked new, as before
 
 
 def tiny_roberta(num_labels: int = 3, seed: int = 0, vocab_size: int = 100) -> RobertaForSequenceClassification:
@@ -64,16 +74,14 @@ def tiny_roberta(num_labels: int = 3, seed: int = 0, vocab_size: int = 100) -> R
     config = RobertaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                            intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, pad_token_id=1,
                            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = RobertaForSequenceClassification(config)
-    return _mark_new(model, [f"classifier.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")])
+    return RobertaForSequenceClassification(config)
 
 
 def tiny_distilbert(num_labels: int = 3, seed: int = 0, vocab_size: int = 100) -> DistilBertForSequenceClassification:
     torch.manual_seed(seed)
     config = DistilBertConfig(vocab_size=vocab_size, dim=32, hidden_dim=64, n_layers=2, n_heads=4, max_position_embeddings=64,
                               num_labels=num_labels, pad_token_id=0, dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0)
-    model = DistilBertForSequenceClassification(config)
-    return _mark_new(model, [f"{m}.{p}" for m in ("pre_classifier", "classifier") for p in ("weight", "bias")])
+    return DistilBertForSequenceClassification(config)
 
 
 def tiny_gpt2(num_labels: int = 3, seed: int = 0, vocab_size: int = 100) -> GPT2ForSequenceClassification:
@@ -81,7 +89,7 @@ def tiny_gpt2(num_labels: int = 3, seed: int = 0, vocab_size: int = 100) -> GPT2
     # pad_token_id lets the classifier find each row's last real token; bos/eos must sit inside the tiny vocab.
     config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=64, num_labels=num_labels,
                         pad_token_id=0, bos_token_id=2, eos_token_id=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return _mark_new(GPT2ForSequenceClassification(config), ["score.weight"])
+    return GPT2ForSequenceClassification(config)
 
 
 def tiny_llama(num_labels: int = 3, seed: int = 0, vocab_size: int = 100) -> LlamaForSequenceClassification:
@@ -89,7 +97,7 @@ def tiny_llama(num_labels: int = 3, seed: int = 0, vocab_size: int = 100) -> Lla
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, max_position_embeddings=64, num_labels=num_labels,
                          pad_token_id=0, bos_token_id=2, eos_token_id=2)
-    return _mark_new(LlamaForSequenceClassification(config), ["score.weight"])
+    return LlamaForSequenceClassification(config)
 
 
 def tiny_t5(num_labels: int = 3, seed: int = 0, vocab_size: int = 100) -> T5ForSequenceClassification:
@@ -97,8 +105,7 @@ def tiny_t5(num_labels: int = 3, seed: int = 0, vocab_size: int = 100) -> T5ForS
     # Gated MLP (wi_0/wi_1) to cover that naming too; T5 pads with 0 and ends every input with eos 1.
     config = T5Config(vocab_size=vocab_size, d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4, num_labels=num_labels,
                       feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
-    model = T5ForSequenceClassification(config)
-    return _mark_new(model, [f"classification_head.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")])
+    return T5ForSequenceClassification(config)
 
 
 def tiny_text_batch(model, batch: int = 4, length: int = 12, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -129,8 +136,7 @@ TINY_TEXT_MODELS = {"bert": tiny_bert, "roberta": tiny_roberta, "distilbert": ti
 def tiny_tabular_mlp(seed: int = 0, n_features: int = 5, n_outputs: int = 3) -> TabularMLP:
     """selectune's TabularMLP as a trained base would arrive: nothing new, dropout off."""
     torch.manual_seed(seed)
-    net = TabularMLP(TabularMLPConfig(n_features=n_features, n_outputs=n_outputs, hidden=[16, 16], dropout=0.0))
-    return _mark_new(net, [])
+    return TabularMLP(TabularMLPConfig(n_features=n_features, n_outputs=n_outputs, hidden=[16, 16], dropout=0.0))
 
 
 def tiny_tabular_batch(net, batch: int = 8, seed: int = 1) -> dict[str, torch.Tensor]:

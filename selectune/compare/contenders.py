@@ -46,6 +46,8 @@ class PreparedRun:
     """Parameters of the base model (a PEFT adapter's own are not counted), so % is comparable across methods."""
     selection: Selection | None = None
     peft_config: dict[str, Any] | None = field(default=None)
+    new_parameters: list[str] = field(default_factory=list)
+    """Names (in ``model``) of the parameters initialised at random: they train at ``new_lr``."""
 
     @property
     def trainable_percent(self) -> float:
@@ -98,12 +100,16 @@ def _split_commas(text: str) -> list[str]:
     return out
 
 
-def prepare(model: nn.Module, contender: Contender, batches: Iterable[dict] | None = None) -> PreparedRun:
-    """Choose what trains on ``model`` (selective: ``select``; PEFT: wrap it) and count it."""
+def prepare(model: nn.Module, contender: Contender, batches: Iterable[dict] | None = None, *,
+            new_parameters: Iterable[str] = ()) -> PreparedRun:
+    """Choose what trains on ``model`` (selective: ``select``; PEFT: wrap it) and count it.
+    ``new_parameters``: what the loader initialised at random (they train under every contender)."""
     total = sum(p.numel() for p in model.parameters())
     if contender.is_peft:
-        wrapped, options, config = wrap_with_peft(model, contender.name, contender.options)
+        wrapped, options, config, new = wrap_with_peft(model, contender.name, contender.options, new_parameters)
         trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
-        return PreparedRun(contender, wrapped, options, trainable, total, peft_config=config)
-    selection = select(model, contender.name, batches=batches if contender.needs_data else None, **contender.options)
-    return PreparedRun(contender, model, selection.options, selection.trainable_parameters, selection.total_parameters, selection=selection)
+        return PreparedRun(contender, wrapped, options, trainable, total, peft_config=config, new_parameters=new)
+    selection = select(model, contender.name, new_parameters=list(new_parameters), batches=batches if contender.needs_data else None,
+                       **contender.options)
+    return PreparedRun(contender, model, selection.options, selection.trainable_parameters, selection.total_parameters,
+                       selection=selection, new_parameters=selection.new_parameters)

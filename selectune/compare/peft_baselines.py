@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch.nn as nn
 
 from selectune.roles import parameter_roles
-from selectune.selection import NEW_PARAMETERS_ATTR, new_parameters_of
 
 # PEFT's names inside a wrapped model: base_model.model.<name>, and a trainable copy of each saved module.
 WRAPPER_PREFIX = "base_model.model."
@@ -121,11 +120,12 @@ def default_targets(model: nn.Module, roles: dict[str, str]) -> list[str] | None
     return linear
 
 
-def wrap_with_peft(model: nn.Module, name: str, options: dict[str, Any]):
-    """Wrap ``model`` with the PEFT baseline ``name``; return (peft model, resolved options, the peft config as a dict).
+def wrap_with_peft(model: nn.Module, name: str, options: dict[str, Any], new_parameters: Iterable[str] = ()):
+    """Wrap ``model`` with the PEFT baseline ``name``; return (peft model, resolved options, the peft config as a dict,
+    the names of ``new_parameters`` inside the wrapper).
 
     The head-role modules and modules with new parameters train too (``modules_to_save``); the new ones keep
-    their own learning rate: their names inside the wrapper are recorded where the loop looks for them.
+    their own learning rate: the loop gets their names inside the wrapper (``fit(..., new_parameters=)``).
     """
     from peft import get_peft_model
     from transformers import PreTrainedModel
@@ -133,13 +133,13 @@ def wrap_with_peft(model: nn.Module, name: str, options: dict[str, Any]):
     baseline = PEFT_BASELINES[name]
     resolved = baseline.resolve_options(options)
     roles = parameter_roles(model)
-    new = set(new_parameters_of(model))
+    new = set(new_parameters)
     keep = sorted({module_of(n) for n, role in roles.items() if role == "head"} | {module_of(n) for n in new})
     targets = _names(resolved.get("targets", "")) or default_targets(model, roles)
     task_type = "SEQ_CLS" if isinstance(model, PreTrainedModel) else None
     config = baseline.make_config(resolved, targets, keep or None, task_type)
     wrapped = get_peft_model(model, config)
-    setattr(wrapped, NEW_PARAMETERS_ATTR, sorted(n for n, p in wrapped.named_parameters() if p.requires_grad and original_name(n) in new))
+    wrapped_new = sorted(n for n, p in wrapped.named_parameters() if p.requires_grad and original_name(n) in new)
     # PEFT keeps module lists as sets; JSON (and a reader) wants them sorted.
     as_dict = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
-    return wrapped, resolved, as_dict
+    return wrapped, resolved, as_dict, wrapped_new

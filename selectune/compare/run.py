@@ -35,11 +35,10 @@ from selectune.data import DataError
 from selectune.data.check_command import check_splits
 from selectune.fingerprint import file_sha256
 from selectune.io import atomic_write_json, staged_folder
-from selectune.evaluate.metrics import majority_baseline
 from selectune.models import resolve_model
 from selectune.train.loop import fit, make_accelerator, predict, score
 from selectune.train.run import _split, _task, environment
-from selectune.train.tasks import Task
+from selectune.tasks import Task
 
 DEFAULT_METHODS = "full,bitfit,bitfit:roles=query+mlp_in,layernorm,head,random,pafi,fish,lt_sft,lora,ia3,beft"
 LR_SWEEP_FACTORS = (1 / 3, 1.0, 3.0)  # times each method's default learning rate
@@ -93,12 +92,13 @@ def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig()
     target = Path(out)
     _check_settings(out, overwrite, comparison, columns, split, training)
     contenders = parse_contenders(",".join(comparison.methods))
-    config = training.for_task(columns.task == "classification")
+    the_task = _task(columns, base.max_length)
+    config = training.for_task(the_task.default_metric)
     metric = config.metric
 
     # ---- data: loaded, split (and subset) once; every run sees the same rows; every method prepared once -------
-    splits, checks = _load(train, columns, split, comparison, config.progress)
-    the_task, kind = _task(columns, splits.labels, base.max_length)
+    splits, checks = _load(train, the_task, split, comparison, config.progress)
+    the_task.labels = splits.labels
     model_path = resolve_model(base.model)
     _prepare_each(contenders, the_task, model_path, splits, base.hidden)
     rows = {role: the_task.examples(frame) for role, frame in (("train", splits.train), ("validation", splits.validation),
@@ -111,10 +111,10 @@ def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig()
 
         # ---- summarise: learning rate on validation, seeds -> mean ± sd, test CIs --------------------------------
         summaries, subgroups, advice = _summarise_all(contenders, comparison, bench, runs, outputs)
-        baseline = majority_baseline(the_task.label_ids(splits.train), y["test"], the_task.n_outputs) if the_task.is_classification else None
+        baseline = the_task.majority_baseline(the_task.label_ids(splits.train), y["test"])
         resolved = {"command": "selectune compare", "argv": sys.argv, "train": train, "validation": split.validation, "test": split.test,
                     "model": base.model, "model_path": model_path, "methods": [c.text for c in contenders], "label_col": columns.label_col,
-                    "text_col": columns.text_col, "feature_cols": columns.feature_cols, "task": kind, "val_fraction": split.val_fraction,
+                    "text_col": columns.text_col, "feature_cols": columns.feature_cols, "task": the_task.name, "val_fraction": split.val_fraction,
                     "test_fraction": split.test_fraction, "group_col": split.group_col, "group_cols": comparison.group_cols,
                     "train_limit": comparison.train_limit, "seeds": comparison.seeds, "lr_sweep": comparison.lr_sweep,
                     "lr_sweep_factors": list(LR_SWEEP_FACTORS) if comparison.lr_sweep else None, "max_length": base.max_length,
@@ -154,9 +154,9 @@ def _prepare_each(contenders: list[Contender], task: Task, model_path: str, spli
     (a role it lacks, a PEFT target it lacks) stops the comparison now, not an hour in."""
     for i, contender in enumerate(contenders):
         if i == 0 or not contender.needs_data:  # the first load also gives the task its tokenizer
-            net = task.load_model(model_path, splits.train, hidden)
+            loaded = task.load_model(model_path, splits.train, hidden=hidden)
             if not contender.needs_data:
-                prepare(net, contender)
+                prepare(loaded.model, contender, new_parameters=loaded.new_parameters)
 
 
 @dataclass
@@ -211,16 +211,16 @@ def _run_one(contender: Contender, lr: float, seed: int, bench: Bench, where: Pa
     started = time.perf_counter()
     config = TrainConfig(**{**vars(base_config), "lr": lr, "seed": seed})
     torch.manual_seed(seed)  # the new classifier's initialisation
-    net = task.load_model(model_path, splits.train, hidden)
+    loaded = task.load_model(model_path, splits.train, hidden=hidden)
     batches = None
     if contender.needs_data:
         # Data-driven masks (fish, lt_sft) are fitted on the first training batches, as `selectune train` does.
         loader = DataLoader(rows["train"], batch_size=config.batch_size, shuffle=False, collate_fn=task.collate)
         batches = list(islice(loader, 32))
-    prepared = prepare(net, contender, batches)
+    prepared = prepare(loaded.model, contender, batches, new_parameters=loaded.new_parameters)
     accelerator = make_accelerator(config)
     with PeakMemory(accelerator.device) as peak:
-        fitted = fit(prepared.model, task, rows["train"], rows["validation"], config, lr, accelerator)
+        fitted = fit(prepared.model, task, rows["train"], rows["validation"], config, lr, accelerator, new_parameters=prepared.new_parameters)
     trained = accelerator.unwrap_model(prepared.model)
     outputs, metrics = {}, {}
     for role in ("validation", "test"):
@@ -243,9 +243,9 @@ def _run_one(contender: Contender, lr: float, seed: int, bench: Bench, where: Pa
     return record, outputs
 
 
-def _load(train: str, columns: ColumnsConfig, split: SplitConfig, comparison: CompareConfig, progress: bool):
+def _load(train: str, task: Task, split: SplitConfig, comparison: CompareConfig, progress: bool):
     """The data, loaded, split (and subset) once, with the first seed; every run sees the same rows."""
-    splits = _split(train, columns, split, comparison.seeds[0])
+    splits = _split(train, task, split, comparison.seeds[0])
     for column in comparison.group_cols:
         for role, frame in (("validation", splits.validation), ("test", splits.test)):
             if column not in frame.columns:
@@ -257,7 +257,7 @@ def _load(train: str, columns: ColumnsConfig, split: SplitConfig, comparison: Co
         for warning in checks.warnings:
             print(f"selectune compare: warning: {warning.message}", file=sys.stderr)
     if comparison.train_limit is not None:
-        label_col = columns.label_col if columns.task == "classification" else None
+        label_col = task.label_col if task.outputs_probabilities else None  # stratify classes, not values
         splits.train = _subset(splits.train, comparison.train_limit, label_col, comparison.seeds[0])
         splits.protocol["train_limit"] = comparison.train_limit
         splits.protocol["sizes"]["train"] = len(splits.train)

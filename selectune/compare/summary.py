@@ -7,13 +7,11 @@ import statistics
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
 from selectune.compare.bootstrap import seed_mean_cis
 from selectune.compare.contenders import Contender
 from selectune.evaluate.metrics import HIGHER_IS_BETTER
-from selectune.train.loop import score
-from selectune.train.tasks import Task
+from selectune.tasks import Task
 
 
 def choose_lr(runs: list[dict[str, Any]], metric: str) -> float:
@@ -36,8 +34,7 @@ def mean_sd(values: list[float]) -> dict[str, float | None]:
 
 
 def ci_metrics(task: Task, metric: str) -> list[str]:
-    extra = ["accuracy", "auroc"] if task.is_classification else ["mae", "rmse"]
-    return list(dict.fromkeys([metric, *extra]))
+    return task.ci_metrics(metric)
 
 
 def summarise(contender: Contender, lr: float, runs: list[dict[str, Any]], outputs: dict, y_test: np.ndarray, task: Task,
@@ -55,7 +52,7 @@ def summarise(contender: Contender, lr: float, runs: list[dict[str, Any]], outpu
             continue
         test[name] = mean_sd(values)
     wanted = [name for name in ci_metrics(task, metric) if name in test]
-    cis = seed_mean_cis(y_test, test_outputs, wanted, classification=task.is_classification, resamples=resamples, seed=bootstrap_seed)
+    cis = seed_mean_cis(y_test, test_outputs, wanted, classification=task.outputs_probabilities, resamples=resamples, seed=bootstrap_seed)
     for name, (low, high) in cis.items():
         test[name].update({"ci_low": low, "ci_high": high})
     memory = [r["peak_memory_mb"] for r in chosen]
@@ -74,13 +71,8 @@ def summarise(contender: Contender, lr: float, runs: list[dict[str, Any]], outpu
 
 
 def group_metric(task: Task, metric: str, y: np.ndarray, out: np.ndarray) -> float:
-    """``metric`` on a subgroup's rows. Macro-F1 averages over the classes present in the subgroup's labels, so a
-    class the subgroup lacks does not add a 0 (for every method alike) that would shrink the gaps."""
-    if task.is_classification and metric == "macro_f1":
-        return float(f1_score(y, out.argmax(1), labels=np.unique(y), average="macro", zero_division=0))
-    if task.is_classification and metric == "accuracy":
-        return float(accuracy_score(y, out.argmax(1)))
-    return float(score(task, out, y).get(metric, float("nan")))
+    """``metric`` on a subgroup's rows, as the task scores a subgroup (``Task.subgroup_score``)."""
+    return task.subgroup_score(metric, y, out)
 
 
 def subgroup_scores(outputs_per_seed: list[np.ndarray], y: np.ndarray, groups: dict[str, np.ndarray], task: Task,

@@ -48,7 +48,7 @@ from selectune.evaluate.records import (CriteriaRecord, Evaluation, EvaluationDa
 from selectune.evaluate.run import model_outputs, read_frame
 from selectune.evaluate.scorecard import EvaluationSettings, score_predictions
 from selectune.models import TASK_FILE, load_for_inference
-from selectune.train.tasks import ModelLoadError, Task
+from selectune.tasks import ModelLoadError, Task, task_from_metadata
 from selectune.text_table import table
 
 ROLES = ("base", "update")
@@ -92,9 +92,9 @@ def resolve_source(path: str, role: str) -> ModelSource:
         _, config = read_delta(delta)  # verifies the weights hash before anything runs
         if "task" not in config.get("metadata", {}):
             raise ModelLoadError(f"--{role} {delta} has no task metadata; it was not written by `selectune train`.")
-        task = Task.from_metadata(config["metadata"]["task"])
+        task = task_from_metadata(config["metadata"]["task"])
     else:
-        task = Task.from_metadata(json.loads((folder / TASK_FILE).read_text()))
+        task = task_from_metadata(json.loads((folder / TASK_FILE).read_text()))
     return ModelSource(path=str(folder), kind=kind, delta=delta, merged=merged, run_dir=run_dir, task=task)
 
 
@@ -126,22 +126,14 @@ def identity(source: ModelSource) -> ModelIdentity:
 
 def compatible(base: ModelSource, update: ModelSource) -> None:
     a, b = base.task, update.task
-    if a.kind != b.kind or a.labels != b.labels or a.label_col != b.label_col:
-        raise ModelLoadError(f"base and update answer different questions: base {a.kind} {a.label_col}={a.labels}, update "
-                             f"{b.kind} {b.label_col}={b.labels}; a gate compares two models of the same task and labels.")
+    if a.name != b.name or a.labels != b.labels or a.label_col != b.label_col:
+        raise ModelLoadError(f"base and update answer different questions: base {a.name} {a.label_col}={a.labels}, update "
+                             f"{b.name} {b.label_col}={b.labels}; a gate compares two models of the same task and labels.")
 
 
 def resolve_positive_label(task: Task, given: str | None) -> str | None:
-    if not task.is_classification:
-        return None
-    if given is None:
-        if len(task.labels) == 2:
-            return task.labels[1]  # sorted labels: e.g. benign/malignant -> malignant, 0/1 -> 1
-        raise ValueError(f"this model has {len(task.labels)} classes {task.labels}; name the class that sensitivity, specificity, "
-                         "PPV, NPV and the fairness gaps treat as positive with --positive-label")
-    if given not in task.labels:
-        raise ValueError(f"--positive-label {given!r} is not one of the model's labels {task.labels}")
-    return given
+    """The class thresholds and sensitivity treat as positive; None for a task without classes."""
+    return task.positive_label(given)
 
 
 def validation_frame(source: ModelSource, validation: str | None) -> tuple[pd.DataFrame | str, dict[str, Any]]:
@@ -165,7 +157,7 @@ def validation_frame(source: ModelSource, validation: str | None) -> tuple[pd.Da
     # The same call, same seed, as `selectune train` made: the identical split.
     splits = load_splits(paths["train"], None, paths["test"], label_col=config["label_col"], text_col=config["text_col"],
                          feature_cols=config["feature_cols"] or None,
-                         task="regression" if config["task"] == "tabular-regression" else "classification",
+                         task=source.task.metric_family,
                          val_fraction=config["val_fraction"], test_fraction=config["test_fraction"] or 0.0,
                          group_col=config["group_col"], seed=config["train_config"]["seed"])
     return splits.validation, {"source": "validation split of the training run", "protocol": splits.protocol,
@@ -192,7 +184,8 @@ def leakage_check(source: ModelSource, test: str, test_frame: pd.DataFrame, role
     id_col = config.get("group_col")
     id_col = id_col if id_col and all(id_col in f.columns for f in frames.values()) else None
     try:
-        report = run_checks(frames, text_col=task.text_col, feature_cols=task.feature_cols or None, id_col=id_col,
+        columns = task.data_options()
+        report = run_checks(frames, text_col=columns["text_col"], feature_cols=columns["feature_cols"], id_col=id_col,
                             sources={"train": files["train"]["path"], "test": test}, raise_on_refusal=True)
     except DataCheckRefused as err:
         raise DataError(f"{role} ({source.path}) was trained on {files['train']['path']}, which overlaps the test file {test}: {err} "
@@ -247,7 +240,7 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     sources = load_sources(base, update)
     task = sources["update"].task
     settings.positive_label = resolve_positive_label(task, positive_label)
-    check_applicable(rules, classification=task.is_classification, group_cols=groups)
+    check_applicable(rules, classification=task.outputs_probabilities, group_cols=groups)
     rows = check_data(sources, task, test, validation, settings)
 
     # evaluate: each model on the test rows; its threshold on validation rows
@@ -288,8 +281,9 @@ class TestRows:
     validations: dict[str, tuple[pd.DataFrame, dict[str, Any]]]  # role -> (validation rows, where they came from)
 
 
-def _needs_validation(task: Task, threshold_rule: str) -> bool:
-    return task.is_classification and not threshold_rule.startswith("fixed")
+def _needs_validation(settings: EvaluationSettings) -> bool:
+    """A threshold is chosen on validation rows unless the rule fixes it; a task without classes has none."""
+    return settings.positive_label is not None and not settings.threshold_rule.startswith("fixed")
 
 
 def check_data(sources: dict[str, ModelSource], task: Task, test: str, validation: str | None,
@@ -304,7 +298,7 @@ def check_data(sources: dict[str, ModelSource], task: Task, test: str, validatio
     test_raw = read_table(test)
     checks = {role: leakage_check(src, test, test_raw, role) for role, src in sources.items()}
     validations = {}
-    if _needs_validation(task, settings.threshold_rule):
+    if _needs_validation(settings):
         for role, src in sources.items():
             rows, record = validation_frame(src, validation)
             if isinstance(rows, str):
@@ -329,10 +323,10 @@ def choose_model_threshold(role: str, src: ModelSource, net, loaded: Task, task:
                            batch_size: int) -> Threshold | None:
     """The threshold on P(positive): chosen on this model's validation rows by the rule, or the fixed value."""
     rule = settings.threshold_rule
-    if not task.is_classification:
+    if settings.positive_label is None:  # no classes: no threshold
         return None
     pos = task.labels.index(settings.positive_label)
-    if not _needs_validation(task, rule):
+    if not _needs_validation(settings):
         return Threshold(value=parse_threshold_rule(rule)[1], rule=rule, validation=None)
     validation, record = rows.validations[role]
     scores = model_outputs(net, loaded, validation, batch_size)[:, pos]
@@ -352,13 +346,12 @@ def build_evaluation(sources: dict[str, ModelSource], task: Task, rows: TestRows
                                   rows.frames["update"][groups] if groups else None)
     test = TestFile(path=str(Path(rows.path).resolve()), sha256=file_sha256(rows.path), rows=len(rows.raw))
     evaluation = Evaluation.model_validate({
-        **scorecard, "data": EvaluationData(test=test, checks=rows.checks), "environment": _environment(), "command": sys.argv,
+        **scorecard, "task": {**scorecard["task"], "kind": task.name}, "data": EvaluationData(test=test, checks=rows.checks), "environment": _environment(), "command": sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": round(time.time() - started, 1)})
     for role, src in sources.items():
         evaluation.models[role].identity = identity(src)
         if thresholds[role] is not None:
             evaluation.models[role].threshold = thresholds[role]
-    evaluation.task.kind = task.kind
     return evaluation
 
 
@@ -373,7 +366,7 @@ def _predictions(frame, y, outputs, thresholds, task, settings, groups) -> bytes
     for column in groups:
         table[column] = frame[column].to_numpy()
     for role, out in outputs.items():
-        if task.is_classification:
+        if settings.positive_label is not None:
             for i, label in enumerate(task.labels):
                 table[f"{role}_prob_{label}"] = out[:, i].round(6)
             table[f"{role}_flagged_{settings.positive_label}"] = out[:, task.labels.index(settings.positive_label)] >= thresholds[role]

@@ -19,7 +19,7 @@ from selectune.train.loop import make_accelerator, predict as predict_outputs, s
 def read_frame(task, data: str, need_labels: bool) -> pd.DataFrame:
     """DATA read and checked for TASK's columns with the same checks as training data (splits.check_frame)."""
     frame = read_table(data)
-    needed = [task.text_col] if task.text_col else list(task.feature_cols)
+    needed = list(task.input_columns)
     if need_labels:
         needed.append(task.label_col)
     missing = [c for c in needed if c not in frame.columns]
@@ -27,11 +27,11 @@ def read_frame(task, data: str, need_labels: bool) -> pd.DataFrame:
         raise DataError(f"{data} lacks column(s) {missing} that this model needs (it has {list(frame.columns)[:12]}); "
                         "rename the columns or use the file the model was trained on.")
     label_col = task.label_col if need_labels else None
-    kind = "classification" if task.is_classification else "regression"
-    check_frame(frame, f"data file {data}", {}, label_col, task.text_col, task.feature_cols or None, kind, None)
-    frame = prepare(frame, label_col, kind, task.feature_cols or None)
-    if need_labels and task.is_classification:
-        unseen = sorted(set(frame[task.label_col]) - set(task.labels))
+    columns = task.data_options()
+    check_frame(frame, f"data file {data}", {}, label_col, columns["text_col"], columns["feature_cols"], columns["task"], None)
+    frame = prepare(frame, label_col, columns["task"], columns["feature_cols"])
+    if need_labels:
+        unseen = task.unseen_labels(frame)
         if unseen:
             raise DataError(f"{data}: label(s) {unseen} were never seen in training (known: {task.labels}); "
                             "the model cannot predict a class it never saw. Remove those rows.")
@@ -83,11 +83,7 @@ def predict(data: str, *, out: str, delta: str | None = None, model: str | None 
     frame = read_frame(task, data, need_labels=False)
     outputs = model_outputs(net, task, frame, batch_size)
     result = frame.copy()
-    if task.is_classification:
-        result["prediction"] = [task.labels[i] for i in outputs.argmax(1)]
-        for i, label in enumerate(task.labels):
-            result[f"prob_{label}"] = outputs[:, i]
-    else:
-        result["prediction"] = outputs
+    for column, values in task.prediction_columns(outputs).items():
+        result[column] = values
     atomic_write_bytes(Path(out), result.to_csv(index=False).encode())
     return os.fspath(out)

@@ -16,8 +16,8 @@ from selectune.evaluate.records import GateRecord, parse_record
 from selectune.fingerprint import base_fingerprint, file_sha256
 from selectune.models import BUNDLED_MODELS, TASK_FILE, load_with_delta, resolve_model
 from selectune.registry.store import IN_REGISTRY, Registry, RegistryError, Version
-from selectune.selection import Selection, new_parameters_of
-from selectune.train.tasks import Task
+from selectune.selection import Selection
+from selectune.tasks import task_from_metadata
 
 BASE_METHOD = "base"  # the method recorded for a base model registered as a version (its delta is empty)
 
@@ -135,9 +135,9 @@ def _model_as_version(registry: Registry, folder: Path, data: dict) -> tuple[Pat
     task_meta = json.loads((folder / TASK_FILE).read_text())
     stored_base = registry.store_model(folder)
     base_path = registry.base_path_of(stored_base)
-    task = Task.from_metadata(task_meta)
-    net = task.load_model(resolve_model(base_path))
-    new = new_parameters_of(net)
+    task = task_from_metadata(task_meta)
+    loaded = task.load_model(resolve_model(base_path))
+    net, new = loaded.model, loaded.new_parameters
     if new:
         raise RegistryError(f"{folder} lacks trained values for {new[:3]}; register a model folder written by `selectune train "
                             "--save-model` or `selectune merge`")

@@ -26,7 +26,7 @@ from selectune.io import atomic_write_bytes, atomic_write_json
 from selectune.registry.register import register
 from selectune.registry.store import Registry, RegistryError
 from selectune.text_table import table
-from selectune.train.tasks import Task
+from selectune.tasks import Task, task_from_metadata
 
 
 def update(*, from_: str, data: str, out: str, registry: str = "registry", method: str = "bitfit",
@@ -66,19 +66,20 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
         from selectune.evaluate.criteria import load_criteria
 
         load_criteria(criteria)  # a missing or malformed criteria file stops the update before any training
-    task = Task.from_metadata(parent.record["task"])
-    kind = "regression" if task.kind == "tabular-regression" else "classification"
+    task = task_from_metadata(parent.record["task"])
+    options = task.options()
 
     # split once, with the seed; the files are the record of which rows trained and which tested
-    splits, files = _split_once(data, task, kind, split, training.seed, target)
+    splits, files = _split_once(data, task, split, training.seed, target)
 
     # train from V's state
     run_dir = target / "run"
     if not (run_dir / "metrics.json").is_file():
-        columns = ColumnsConfig(label_col=task.label_col, text_col=task.text_col, feature_cols=task.feature_cols, task=kind)
+        columns = ColumnsConfig(label_col=task.label_col, text_col=options["text_col"], feature_cols=options["feature_cols"],
+                                task=options["task"])
         train(str(files["train"]), out=str(run_dir), method=method, columns=columns,
               split=SplitConfig(validation=str(files["validation"]), test=str(files["test"])),
-              base=ModelConfig(model=root, max_length=task.max_length), training=training, init_delta=parent_delta,
+              base=ModelConfig(model=root, max_length=options["max_length"]), training=training, init_delta=parent_delta,
               resume=resume and run_dir.with_name("run.checkpoints").is_dir())
     update_metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
 
@@ -120,10 +121,9 @@ def _gate(criteria: str, parent_dir: Path, run_dir: Path, files: dict[str, Path]
     return gate_file
 
 
-def _split_once(data: str, task: Task, kind: str, split: SplitConfig, seed: int, target: Path) -> tuple[Any, dict[str, Path]]:
+def _split_once(data: str, task: Task, split: SplitConfig, seed: int, target: Path) -> tuple[Any, dict[str, Path]]:
     """DATA split with the seed into OUT/split/*.csv; a resumed update must make the very same split."""
-    splits = load_splits(data, split.validation, split.test, label_col=task.label_col, text_col=task.text_col,
-                         feature_cols=task.feature_cols or None, task=kind, val_fraction=split.val_fraction,
+    splits = load_splits(data, split.validation, split.test, label_col=task.label_col, **task.data_options(), val_fraction=split.val_fraction,
                          test_fraction=split.test_fraction if split.test is None else 0.0, group_col=split.group_col, seed=seed)
     if splits.test is None or not len(splits.test):
         raise ValueError("an update is compared with its parent on test rows: give --test FILE or a --test-fraction above 0")

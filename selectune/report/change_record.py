@@ -17,6 +17,7 @@ from selectune.report.document import Fields, FillIn, Notice, Paragraph, Section
 from selectune.report.evaluation_sections import fmt, verdict
 from selectune.report.privacy import redact
 from selectune.report.run_sections import base_model_name, short_model_name
+from selectune.tasks import TASKS, get_task
 
 # selectune metric -> (Hugging Face metric type, config, display name)
 HF_METRICS = {
@@ -26,8 +27,6 @@ HF_METRICS = {
     "ece": ("ece", None, "Expected calibration error"), "mae": ("mae", None, "MAE"), "rmse": ("rmse", None, "RMSE"),
     "r2": ("r_squared", None, "R²"),
 }
-TASK_TYPES = {"text-classification": "text-classification", "tabular-classification": "tabular-classification",
-              "tabular-regression": "tabular-regression"}
 
 
 def describe_change(update: RunEvidence, base: RunEvidence | None) -> str:
@@ -131,7 +130,7 @@ def hf_metadata(update: RunEvidence, headline: list[dict], model_name: str) -> s
     base_model = short_model_name(str(update.config.get("model", "")))
     test = update.config.get("data_files", {}).get("test", {})
     dataset = redact("/".join(Path(test.get("path", "test")).parts[-2:])) if test else "held-out split of the training file"
-    kind = update.task.get("kind", "text-classification")
+    kind = update.task.get("kind") or next(iter(TASKS))  # no kind recorded: the first registered task, as before
     results = []
     for h in headline:
         if h["metric"] not in HF_METRICS:
@@ -139,7 +138,7 @@ def hf_metadata(update: RunEvidence, headline: list[dict], model_name: str) -> s
         hf_type, config, name = HF_METRICS[h["metric"]]
         est = h["update"]
         ci = f" (95% CI {est.ci_low:.4f}–{est.ci_high:.4f})" if est.ci_low is not None and est.ci_high is not None else ""
-        results.append(EvalResult(task_type=TASK_TYPES.get(kind, kind), task_name=kind.replace("-", " "), dataset_type="csv",
+        results.append(EvalResult(task_type=get_task(kind).hf_task_type if kind in TASKS else kind, task_name=kind.replace("-", " "), dataset_type="csv",
                                   dataset_name=dataset, dataset_split="test", metric_type=hf_type, metric_config=config,
                                   metric_value=round(float(est.value), 6), metric_name=name + ci))
     card = ModelCardData(base_model=base_model, library_name="selectune", model_name=model_name,

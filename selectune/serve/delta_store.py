@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -25,11 +24,10 @@ from selectune.delta import DELTA_CONFIG, DeltaError, DeltaFingerprintMismatch, 
 from selectune.fingerprint import base_fingerprint
 from selectune.masks import SparseEntries
 from selectune.models import resolve_model
-from selectune.selection import NEW_PARAMETERS_ATTR, Selection
+from selectune.selection import Selection
 from selectune.serve.inputs import collate
 from selectune.serve.paths import GroupedPath, MixedPath, ServingPath
-from selectune.train.tabular import TabularMLP, is_tabular_model_dir
-from selectune.train.tasks import Task
+from selectune.tasks import LoadedModel, Task, load_base_model, task_from_metadata
 
 log = logging.getLogger("selectune.serve")
 DELTA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -55,8 +53,8 @@ class ServedDelta:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "path": self.serving_path, "path_reason": self.reason,
-                "method": self.selection.method, "task": self.task.kind, "labels": self.task.labels,
-                "features": self.task.feature_cols or None, "max_length": self.task.max_length if self.task.text_col else None,
+                "method": self.selection.method, "task": self.task.name, "labels": self.task.labels,
+                **self.task.describe(),
                 "trainable_parameters": self.selection.trainable_parameters, "source": self.path}
 
 
@@ -118,16 +116,10 @@ def resolve_delta_source(deltas_dir: str | Path, name: str) -> Path:
     raise DeltaError(f"no delta named {name!r} in {deltas_dir}: expected {folder}/{DELTA_CONFIG} (or {folder}/delta/{DELTA_CONFIG}).")
 
 
-def load_base(base: str, num_labels: int = 2) -> tuple[nn.Module, Any, str]:
-    """(model in eval mode, tokenizer or None, "text" | "tabular"). A text base gets a fresh ``num_labels`` head."""
-    path = resolve_model(base)
-    if is_tabular_model_dir(path):
-        net = TabularMLP.from_pretrained(path)
-        setattr(net, NEW_PARAMETERS_ATTR, [])
-        return net.eval(), None, "tabular"
-    task = Task(kind="text-classification", label_col="label", labels=[str(i) for i in range(num_labels)])
-    net = task.load_model(path)
-    return net.eval(), task.tokenizer, "text"
+def load_base(base: str, num_labels: int = 2) -> tuple[type[Task], LoadedModel]:
+    """(the task class that runs on the base, the base in eval mode + its processor). A task that adds a head
+    (text classification) gives it ``num_labels`` outputs."""
+    return load_base_model(resolve_model(base), n_outputs=num_labels)
 
 
 class DeltaStore:
@@ -135,7 +127,8 @@ class DeltaStore:
 
     def __init__(self, base: str):
         self.base = base
-        self.model, self.tokenizer, self.kind = load_base(base)
+        self.task_class, loaded = load_base(base)
+        self.model, self.tokenizer = loaded.model, loaded.processor
         # Tried in order: a delta takes the first path with no obstacle to it (grouped takes any).
         self.paths: list[ServingPath] = [MixedPath(self.model), GroupedPath(self._base_copy)]
         self.deltas: dict[str, ServedDelta] = {}  # what the batcher thread serves
@@ -170,10 +163,9 @@ class DeltaStore:
         if not meta:
             raise DeltaError(f"delta {source} has no task metadata (labels, text column); it was not written by "
                              "`selectune train`, so the server cannot tell what its outputs mean.")
-        task = Task.from_metadata(meta)
-        wanted = "text" if task.kind == "text-classification" else "tabular"
-        if wanted != self.kind:
-            raise DeltaError(f"delta {source} is a {task.kind} delta but the base {self.base} is a {self.kind} model.")
+        task = task_from_metadata(meta)
+        if not type(task).claims_model_dir(resolve_model(self.base)):
+            raise DeltaError(f"delta {source} is a {task.name} delta but the base {self.base} is a {self.task_class.name} model.")
         delta = ServedDelta(name=name, path=str(source), version=config["weights_sha256"], task=task, selection=selection,
                             serving_path="", reason="", tensors=tensors)
         delta.serving_path, delta.reason = self._choose_path(delta)
@@ -203,12 +195,8 @@ class DeltaStore:
         self.path(delta.serving_path).remove(delta)
 
     def _base_copy(self, n_outputs: int) -> nn.Module:
-        """A second copy of the base with ``n_outputs`` outputs, for the grouped path."""
-        if self.kind == "tabular":
-            model, _, _ = load_base(self.base)
-        else:
-            model, _, _ = load_base(self.base, num_labels=n_outputs)
-        return model
+        """A second copy of the base with ``n_outputs`` outputs (a task without a new head keeps its own), for the grouped path."""
+        return load_base(self.base, num_labels=n_outputs)[1].model
 
     # ---- serving -------------------------------------------------------------------------------
     def run(self, jobs: list[tuple[str, list[dict[str, Any]]]],
@@ -237,7 +225,7 @@ class DeltaStore:
 
     def _collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         with self.tokenizer_lock:
-            return collate(self.tokenizer, examples)
+            return collate(self.task_class, self.tokenizer, examples)
 
     def _split(self, jobs, indices: list[int], logits: torch.Tensor, model: nn.Module, results: list) -> None:
         start = 0
@@ -250,10 +238,5 @@ class DeltaStore:
 
 
 def format_predictions(task: Task, model: nn.Module, logits: torch.Tensor) -> list[dict[str, Any]]:
-    """(n, C) logits -> per example {label, probabilities} (classification) or {value} (regression), as offline."""
-    outputs = task.outputs(model, logits)
-    if task.is_classification:
-        labels = task.labels
-        return [{"label": labels[int(np.argmax(p))], "probabilities": {label: float(v) for label, v in zip(labels, p)}}
-                for p in outputs]
-    return [{"value": float(v)} for v in outputs]
+    """(n, C) logits -> one answer per example, as the task formats it (e.g. {label, probabilities} or {value})."""
+    return task.format_outputs(model, logits)

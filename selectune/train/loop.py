@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -22,10 +22,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from selectune.config import TrainConfig  # noqa: F401  (re-exported: fit's settings)
 from selectune.masks import plain_name
-from selectune.selection import NEW_PARAMETERS_ATTR
-from selectune.evaluate.metrics import HIGHER_IS_BETTER, classification_metrics, regression_metrics
+from selectune.evaluate.metrics import HIGHER_IS_BETTER
 from selectune.train.checkpoint import Checkpoints
-from selectune.train.tasks import Task
+from selectune.tasks import Task
 
 
 @dataclass
@@ -71,9 +70,7 @@ def predict(model: nn.Module, task: Task, loader: DataLoader, accelerator: Accel
 
 
 def score(task: Task, outputs: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
-    if task.is_classification:
-        return classification_metrics(y_true, outputs, task.n_outputs)
-    return regression_metrics(y_true, outputs)
+    return task.score(outputs, y_true)
 
 
 def set_dropout(model: nn.Module, p: float | None) -> dict[nn.Dropout, float]:
@@ -94,27 +91,28 @@ def restore_dropout(previous: dict[nn.Dropout, float]) -> None:
 
 
 def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dict], config: TrainConfig,
-        lr: float, accelerator: Accelerator | None = None, checkpoints: Checkpoints | None = None) -> FitResult:
+        lr: float, accelerator: Accelerator | None = None, checkpoints: Checkpoints | None = None, *,
+        new_parameters: Iterable[str] = ()) -> FitResult:
     """Train the parameters of ``model`` that require grad; validate each epoch; keep the best.
 
+    ``new_parameters``: the selection's ``new_parameters`` (random at load: they train at ``config.new_lr``).
     ``checkpoints``: write one after each epoch; with ``checkpoints.resume``, start after the last complete one.
     """
-    config = config.for_task(task.is_classification)  # metric None: the task's default
+    config = config.for_task(task.default_metric)  # metric None: the task's default
     previous = set_dropout(model, config.dropout)
     try:
-        return _fit(model, task, train_rows, val_rows, config, lr, accelerator, checkpoints)
+        return _fit(model, task, train_rows, val_rows, config, lr, accelerator, checkpoints, set(new_parameters))
     finally:
         restore_dropout(previous)
 
 
 def _fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dict], config: TrainConfig,
-         lr: float, accelerator: Accelerator | None, checkpoints: Checkpoints | None) -> FitResult:
+         lr: float, accelerator: Accelerator | None, checkpoints: Checkpoints | None, new: set[str]) -> FitResult:
     accelerator = accelerator or make_accelerator(config)
     set_seed(config.seed)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ValueError("no parameter requires grad: call selectune.select(model, method) before fit")
-    new = set(getattr(model, NEW_PARAMETERS_ATTR, ()))
     if {n for n, _ in named} <= new:
         new = set()  # training from scratch (a fresh MLP): --lr is the learning rate of everything
     groups = []
@@ -135,11 +133,7 @@ def _fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[di
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, val_loader, scheduler)
 
-    class_weights = None
-    if config.class_weight == "balanced" and task.is_classification:
-        y_train = torch.stack([torch.as_tensor(r["labels"]) for r in train_rows])
-        counts = torch.bincount(y_train, minlength=task.n_outputs).float().clamp_min(1)
-        class_weights = counts.sum() / (task.n_outputs * counts)  # (C,), sklearn's "balanced"
+    class_weights = task.class_weights(torch.stack([torch.as_tensor(r["labels"]) for r in train_rows]), config.class_weight)
     y_val = np.array([np.asarray(r["labels"]) for r in val_rows])
 
     higher = HIGHER_IS_BETTER.get(config.metric, True)

@@ -25,15 +25,14 @@ from selectune.data.check_command import check_splits
 from selectune.delta import load_delta, read_delta, read_selection, save_delta, stack_selection
 from selectune.fingerprint import file_sha256
 from selectune.io import atomic_write_json, staged_folder
-from selectune.evaluate.metrics import majority_baseline
 from selectune.masks import merge_masks
 from selectune.methods import get_method, parse_method
 from selectune.models import TASK_FILE, resolve_model
-from selectune.selection import NEW_PARAMETERS_ATTR, select, trainable_report
+from selectune.selection import select, trainable_report
 from selectune.train.checkpoint import Checkpoints
 from selectune.text_table import table
 from selectune.train.loop import fit, make_accelerator, predict, score
-from selectune.train.tasks import Task
+from selectune.tasks import Task, task_from_options
 from torch.utils.data import DataLoader
 
 
@@ -75,27 +74,30 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
     spec = get_method(method_name)
     spec.resolve_options(method_options)  # fail on a bad option before reading any data
     training.validate()
-    config = training.for_task(columns.task == "classification")
+    the_task = _task(columns, base.max_length)
+    config = training.for_task(the_task.default_metric)
 
     # setup: data, task, model, selection
     torch.manual_seed(config.seed)
-    splits = _split(train, columns, split, config.seed)
+    splits = _split(train, the_task, split, config.seed)
     # Leakage between the splits (including the validation split cut from TRAIN) stops the run here, before
     # anything is written; warnings carry counts and row numbers only, never the text they are about.
     checks = check_splits(splits, id_col=split.group_col, phi_policy=phi_policy)
     if int(os.environ.get("RANK", "0")) == 0:
         for warning in checks.warnings:
             print(f"selectune train: warning: {warning.message}", file=sys.stderr)
-    the_task, kind = _task(columns, splits.labels, base.max_length)
+    the_task.labels = splits.labels
     model_path = resolve_model(base.model)
-    net = the_task.load_model(model_path, splits.train, hidden=base.hidden)
-    parent = _start_from(net, init_delta)
-    selection = select(net, method_name, batches=_mask_batches(spec, the_task, splits, config.batch_size), **method_options)
+    loaded = the_task.load_model(model_path, splits.train, hidden=base.hidden)
+    net = loaded.model
+    parent, new_parameters = _start_from(net, init_delta, loaded.new_parameters)
+    selection = select(net, method_name, new_parameters=new_parameters, batches=_mask_batches(spec, the_task, splits, config.batch_size),
+                       **method_options)
     lr_used = config.lr if config.lr is not None else spec.default_lr
     accelerator = make_accelerator(config)
     resolved = {"command": "selectune train", "argv": sys.argv, "train": train, "validation": split.validation, "test": split.test,
                 "model": base.model, "model_path": model_path, "method": method_name, "method_options": selection.options,
-                "label_col": columns.label_col, "text_col": columns.text_col, "feature_cols": columns.feature_cols, "task": kind,
+                "label_col": columns.label_col, "text_col": columns.text_col, "feature_cols": columns.feature_cols, "task": the_task.name,
                 "val_fraction": split.val_fraction, "test_fraction": split.test_fraction, "group_col": split.group_col,
                 "phi_policy": phi_policy, "hidden": base.hidden_text, "max_length": base.max_length,
                 "train_config": {**vars(config), "lr": lr_used}, "num_processes": accelerator.num_processes}
@@ -103,7 +105,7 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
     # train, then test beside the majority-class floor
     checkpoints = _checkpoints(checkpoint_dir, resolved, selection, init_delta, resume) if checkpoint else None
     result = fit(net, the_task, the_task.examples(splits.train), the_task.examples(splits.validation), config, lr_used, accelerator,
-                 checkpoints)
+                 checkpoints, new_parameters=selection.new_parameters)
     net = accelerator.unwrap_model(net)
     test_metrics, baseline = _test_metrics(net, the_task, splits, config, accelerator)
     summary = {
@@ -124,28 +126,25 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
     return summary
 
 
-def _task(columns: ColumnsConfig, labels: list[str] | None, max_length: int) -> tuple[Task, str]:
-    kind = "text-classification" if columns.text_col else f"tabular-{columns.task}"
-    the_task = Task(kind=kind, label_col=columns.label_col, labels=labels, text_col=columns.text_col, feature_cols=columns.feature_cols,
-                    max_length=max_length)
-    return the_task, kind
+def _task(columns: ColumnsConfig, max_length: int) -> Task:
+    """The task the column settings describe; its labels are set from the data once it is read."""
+    return task_from_options(label_col=columns.label_col, text_col=columns.text_col, feature_cols=columns.feature_cols,
+                             task=columns.task, max_length=max_length)
 
 
-def _split(train: str, columns: ColumnsConfig, split: SplitConfig, seed: int):
-    """TRAIN (and the validation/test files) read and split as the configs say."""
-    return load_splits(train, split.validation, split.test, label_col=columns.label_col, text_col=columns.text_col,
-                       feature_cols=columns.feature_cols or None, task=columns.task, val_fraction=split.val_fraction,
-                       test_fraction=split.test_fraction, group_col=split.group_col, seed=seed)
+def _split(train: str, the_task: Task, split: SplitConfig, seed: int):
+    """TRAIN (and the validation/test files) read and split as the configs say, for the columns the task reads."""
+    return load_splits(train, split.validation, split.test, label_col=the_task.label_col, **the_task.data_options(),
+                       val_fraction=split.val_fraction, test_fraction=split.test_fraction, group_col=split.group_col, seed=seed)
 
 
-def _start_from(net, init_delta: str | None):
-    """Load INIT_DELTA's state onto ``net`` (a continual update); its selection, or None without one."""
+def _start_from(net, init_delta: str | None, new_parameters: list[str]) -> tuple[Any, list[str]]:
+    """Load INIT_DELTA's state onto ``net`` (a continual update): (its selection or None, the new parameters left)."""
     if not init_delta:
-        return None
+        return None, new_parameters
     parent = read_selection(init_delta)
     load_delta(net, init_delta)  # refuses a delta trained on another base
-    setattr(net, NEW_PARAMETERS_ATTR, [])  # the parent trained its new parameters: no longer random
-    return parent
+    return parent, []  # the parent trained its new parameters: no longer random
 
 
 def _mask_batches(spec, the_task: Task, splits, batch_size: int) -> list | None:
@@ -192,10 +191,7 @@ def _test_metrics(net, the_task: Task, splits, config: TrainConfig, accelerator)
     outputs, test_loss = predict(net, the_task, loader, accelerator)
     y_test = the_task.label_ids(splits.test)
     test_metrics = {**score(the_task, outputs, y_test), "loss": test_loss}
-    baseline = None
-    if the_task.is_classification:
-        baseline = majority_baseline(the_task.label_ids(splits.train), y_test, the_task.n_outputs)
-    return test_metrics, baseline
+    return test_metrics, the_task.majority_baseline(the_task.label_ids(splits.train), y_test)
 
 
 @dataclass

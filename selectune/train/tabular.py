@@ -100,12 +100,3 @@ class TabularMLP(nn.Module):
         model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
         return model
 
-
-def is_tabular_model_dir(path: str | os.PathLike) -> bool:
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    try:
-        return json.loads(config.read_text()).get("model_type") == MODEL_TYPE
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
