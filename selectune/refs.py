@@ -22,7 +22,7 @@ from typing import Any
 
 from selectune.delta import DELTA_CONFIG
 from selectune.models import TASK_FILE
-from selectune.train.tasks import ModelLoadError
+from selectune.tasks import ModelLoadError
 
 MERGE_RECORD = "selectune_merge.json"
 DEFAULT_REGISTRY = "registry"
