@@ -213,7 +213,7 @@ class _ObserveAndLimit:
                 response = _error(413, f"request body of {length.decode(errors='replace')} bytes is over the {limit}-byte limit; "
                                        "send fewer or shorter inputs per request")
                 return await response(scope, receive, send_observed)
-            # No (or a false) length, e.g. chunked: count the bytes as they arrive and stop reading past the limit,
+            # Count the bytes as they arrive (a chunked body has no length) and stop reading past the limit,
             # before anything (the key check included) reads the body.
             messages, within = await read_body_within(receive, limit)
             if not within:
