@@ -29,11 +29,11 @@ import pandas as pd
 # `python benchmarks/serve_load.py` as the README writes it: the repo root (selectune, benchmarks) is importable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.serve_deltas import SYNTHETIC_NOTE, make_perturbed_deltas  # noqa: E402
-from selectune.data import export_bundled  # noqa: E402
-from selectune.delta import atomic_write_json  # noqa: E402
-from selectune.serve.tenants import hash_key  # noqa: E402
-from selectune.train.run import environment  # noqa: E402
+from benchmarks.serve_deltas import SYNTHETIC_NOTE, make_perturbed_deltas
+from selectune.data import export_bundled
+from selectune.delta import atomic_write_json
+from selectune.serve.tenants import hash_key
+from selectune.train.run import environment
 
 LABELS = ["negative", "neutral", "positive"]
 

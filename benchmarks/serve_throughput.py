@@ -25,13 +25,13 @@ import torch
 # `python benchmarks/serve_throughput.py` as the README writes it: the repo root (selectune, benchmarks) is importable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.serve_deltas import SYNTHETIC_NOTE, make_perturbed_deltas  # noqa: E402
-from selectune.data import export_bundled  # noqa: E402
-from selectune.delta import atomic_write_json, load_delta  # noqa: E402
-from selectune.models import resolve_model  # noqa: E402
-from selectune.serve.delta_store import DeltaStore  # noqa: E402
-from selectune.train.run import environment  # noqa: E402
-from selectune.train.tasks import Task  # noqa: E402
+from benchmarks.serve_deltas import SYNTHETIC_NOTE, make_perturbed_deltas
+from selectune.data import export_bundled
+from selectune.delta import atomic_write_json, load_delta
+from selectune.models import resolve_model
+from selectune.serve.delta_store import DeltaStore
+from selectune.train.run import environment
+from selectune.train.tasks import Task
 
 LABELS = ["negative", "neutral", "positive"]
 DELTA_COUNTS = [1, 4, 16, 64]
