@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import sys
 from pathlib import Path
 
 import pandas as pd
+
+# `python benchmarks/compare_drug_reviews.py` as the README writes it: this repo's selectune, not another install
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from selectune.compare import compare
 from selectune.data import export_bundled

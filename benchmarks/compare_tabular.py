@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import sys
 from pathlib import Path
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
+
+# `python benchmarks/compare_tabular.py` as the README writes it: this repo's selectune, not another install
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from selectune.compare import compare
 from selectune.data import export_bundled

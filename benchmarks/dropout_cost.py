@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import warnings
+import sys
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForSequenceClassification
 from transformers.utils import logging
+
+# `python benchmarks/dropout_cost.py` as the README writes it: this repo's selectune, not another install
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from selectune.io import atomic_write_json
 from selectune.models import resolve_model

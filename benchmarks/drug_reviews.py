@@ -20,7 +20,11 @@ import json
 import statistics
 import tempfile
 import time
+import sys
 from pathlib import Path
+
+# `python benchmarks/drug_reviews.py` as the README writes it: this repo's selectune, not another install
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from selectune.data import export_bundled
 from selectune.data.readers import read_table

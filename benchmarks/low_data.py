@@ -15,12 +15,16 @@ import argparse
 import json
 import math
 import tempfile
+import sys
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+# `python benchmarks/low_data.py` as the README writes it: this repo's selectune, not another install
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from selectune.compare import compare  # noqa: E402
 from selectune.data import export_bundled  # noqa: E402

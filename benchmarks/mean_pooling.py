@@ -19,6 +19,7 @@ import json
 import statistics
 import tempfile
 import time
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +28,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from transformers import AutoModel
 from transformers.utils import logging as hf_logging
+
+# `python benchmarks/mean_pooling.py` as the README writes it: this repo's selectune, not another install
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from selectune.data import export_bundled
 from selectune.data.splits import load_splits

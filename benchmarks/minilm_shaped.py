@@ -13,6 +13,9 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertModel
 
+# `python benchmarks/minilm_shaped.py` as the README writes it: this repo's selectune, not another install
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from selectune.models import resolve_model
 
 

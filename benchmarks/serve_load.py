@@ -26,6 +26,9 @@ import httpx
 import numpy as np
 import pandas as pd
 
+# `python benchmarks/serve_load.py` as the README writes it: the repo root (selectune, benchmarks) is importable
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from benchmarks.serve_deltas import SYNTHETIC_NOTE, make_perturbed_deltas
 from selectune.data import export_bundled
 from selectune.io import atomic_write_json

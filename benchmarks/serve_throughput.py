@@ -14,12 +14,16 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+
+# `python benchmarks/serve_throughput.py` as the README writes it: the repo root (selectune, benchmarks) is importable
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.serve_deltas import SYNTHETIC_NOTE, make_perturbed_deltas
 from selectune.data import export_bundled

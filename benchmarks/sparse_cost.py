@@ -10,10 +10,14 @@ import argparse
 import json
 import tempfile
 from itertools import islice
+import sys
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+
+# `python benchmarks/sparse_cost.py` as the README writes it: this repo's selectune, not another install
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from selectune import save_delta, select
 from selectune.data import export_bundled, load_splits

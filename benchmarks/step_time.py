@@ -23,6 +23,9 @@ from pathlib import Path
 
 import torch
 
+# `python benchmarks/step_time.py` as the README writes it: this repo's selectune, not another install
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from selectune.compare.contenders import parse_contenders, prepare
 from selectune.compare.cost import peak_rss_bytes, reset_peak_rss, rss_bytes
 from selectune.models import resolve_model

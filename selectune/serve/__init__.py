@@ -5,6 +5,7 @@
     delta_store.py   the deltas one server holds, which path each takes, running a batch of requests
     batcher.py       the dynamic batcher (max batch size, max wait); hot load/unload between batches
     inputs.py        request inputs -> model inputs, with 4xx messages
+    admission.py     limits per request: body bytes as they arrive, in flight per tenant, deadline, client gone; no public host without keys
     tenants.py       hashed API keys -> tenants and the deltas they may use
     metrics.py       Prometheus metrics
     app.py           the FastAPI app and ``selectune serve``

@@ -8,15 +8,19 @@ Routes (OpenAPI at ``/openapi.json``, interactive at ``/docs``)::
     POST /v1/models/{name}/load       admin: (re)load NAME from --deltas (or {"path": DIR}) without a restart
     POST /v1/models/{name}/unload     admin: stop serving NAME once the requests already queued for it are answered
     GET  /metrics                     admin: Prometheus text (requests, latency, batch sizes)
-    GET  /health                      no key needed
+    GET  /health                      no key needed: {"status": "ok"} (200) or {"status": "not ok"} (503)
 
 With ``--keys FILE`` every route but /health needs ``Authorization: Bearer KEY`` (format in ``tenants.py``);
-without it the model routes are open and the admin routes are off.
+without it the model routes are open and the admin routes are off, and the server listens on loopback only
+(unless ``--insecure-no-auth``). Limits per request (``admission.py``): body size (413), requests in flight per
+tenant (429), the batcher's queue (503), a deadline (504).
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -33,7 +37,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from selectune.delta import DeltaError
-from selectune.serve.batcher import Control, DynamicBatcher, Job
+from selectune.serve.admission import (RequestDropped, TenantSlots, answer_or_drop, check_exposure, read_body_within,
+                                       redact_paths, replay)
+from selectune.serve.batcher import Control, DynamicBatcher, Job, QueueFull
 from selectune.serve.delta_store import DeltaStore, ServedDelta, find_deltas, resolve_delta_source
 from selectune.serve.inputs import InputError, InputLimits, check_count, encode_inputs
 from selectune.serve.metrics import ServeMetrics
@@ -61,6 +67,12 @@ class ServeConfig:
     """Longest text accepted, in characters."""
     max_body_bytes: int = 1_000_000
     """Largest request body accepted."""
+    max_queued: int = 256
+    """Most requests waiting for the model; past it, 503 with Retry-After."""
+    request_timeout_s: float = 30.0
+    """Longest a request waits for its answer (queue and forward pass); past it, 504 and its job is dropped."""
+    max_in_flight_per_tenant: int = 32
+    """Most requests one tenant (key file entry) may have in flight; past it, 429 with Retry-After."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,6 +113,8 @@ class ServerState:
         if config.max_items > config.max_batch_size:
             raise ValueError(f"max_items ({config.max_items}) must not exceed max_batch_size ({config.max_batch_size}): "
                              "a request is never split across batches")
+        if config.request_timeout_s <= 0:
+            raise ValueError(f"request_timeout_s must be > 0 (got {config.request_timeout_s})")
         self.config = config
         self.limits = InputLimits(max_items=config.max_items, max_text_chars=config.max_text_chars)
         self.keyring = KeyRing.from_file(config.keys) if config.keys else None
@@ -108,6 +122,8 @@ class ServerState:
         self.store = DeltaStore(config.base)
         self.routes: dict[str, ServedDelta] = {}
         self.refused: dict[str, str] = {}
+        self.tenant_slots = TenantSlots(config.max_in_flight_per_tenant)
+        self.admin_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         for name, source in find_deltas(config.deltas).items():
             try:
                 delta = self.store.prepare_delta(name, source)
@@ -118,7 +134,7 @@ class ServerState:
             self.routes[name] = delta
             log.info("serving delta %r version %s (%s) on the %s path", name, delta.version, delta.selection.method, delta.serving_path)
         self._count_models()
-        self.batcher = DynamicBatcher(self.run_batch, config.max_batch_size, config.max_wait_ms / 1000)
+        self.batcher = DynamicBatcher(self.run_batch, config.max_batch_size, config.max_wait_ms / 1000, config.max_queued)
 
     def refuse(self, name: str, source: Any, err: Exception) -> None:
         self.refused[name] = str(err)
@@ -132,11 +148,19 @@ class ServerState:
     def served_on(self, path: ServingPath) -> int:
         return sum(d.serving_path == path.name for d in self.routes.values())
 
+    def public_refusals(self) -> dict[str, str]:
+        """Why each refused delta was refused, without server folders (for callers without an admin key)."""
+        folders = [self.config.deltas, self.config.base]
+        return {name: redact_paths(reason, folders) for name, reason in self.refused.items()}
+
     # ---- batcher thread ------------------------------------------------------------------------
     def run_batch(self, jobs: list[Job]) -> None:
         start = time.perf_counter()
         for job in jobs:
             self.metrics.queue_wait.observe(start - job.queued_at)
+        for job in [j for j in jobs if j.name not in self.store.deltas]:  # never fail the batch for one gone delta
+            job.future.set_exception(HTTPException(404, f"model {job.name!r} was unloaded before this request ran"))
+        jobs = [j for j in jobs if j.name in self.store.deltas]
         results = self.store.run([(j.name, j.examples) for j in jobs], on_pass=self._observe_pass)
         self.metrics.batch_seconds.observe(time.perf_counter() - start)
         for job, result in zip(jobs, results):
@@ -189,7 +213,13 @@ class _ObserveAndLimit:
                 response = _error(413, f"request body of {length.decode(errors='replace')} bytes is over the {limit}-byte limit; "
                                        "send fewer or shorter inputs per request")
                 return await response(scope, receive, send_observed)
-            await self.app(scope, receive, send_observed)
+            # Count the bytes as they arrive (a chunked body has no length) and stop reading past the limit,
+            # before anything (the key check included) reads the body.
+            messages, within = await read_body_within(receive, limit)
+            if not within:
+                response = _error(413, f"request body is over the {limit}-byte limit; send fewer or shorter inputs per request")
+                return await response(scope, receive, send_observed)
+            await self.app(scope, replay(messages, receive), send_observed)
         finally:
             route = scope.get("route")
             label = getattr(route, "path", "unmatched")
@@ -248,6 +278,11 @@ def _allowed(entry: KeyEntry | None, name: str) -> bool:
     return entry is None or entry.may_use(name)
 
 
+def _listed(delta: ServedDelta) -> dict[str, Any]:
+    """What a caller may know of a served delta: its name, version, serving path, task; not the server folder it came from."""
+    return {k: v for k, v in delta.describe().items() if k != "source"}
+
+
 def _routed(state: ServerState, name: str, entry: KeyEntry | None) -> ServedDelta:
     # 403 before 404: a tenant learns nothing about names outside its own list.
     if not _allowed(entry, name):
@@ -282,39 +317,69 @@ def _add_model_routes(app: FastAPI, state: ServerState, caller) -> None:
     config = state.config
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "base": config.base, "models": len(state.routes), "queued": state.batcher.queued}
+    async def health() -> JSONResponse:
+        # Only whether it answers: nothing about the base, the models or the load to anonymous callers.
+        ok = state.batcher.alive
+        return JSONResponse({"status": "ok" if ok else "not ok"}, status_code=200 if ok else 503)
 
     @app.get("/v1/models")
     async def list_models(entry: KeyEntry | None = Depends(caller)) -> dict[str, Any]:
-        out: dict[str, Any] = {"base": config.base,
-                               "models": [d.describe() for n, d in sorted(state.routes.items()) if _allowed(entry, n)]}
-        if entry is None or entry.admin:
-            out["refused"] = state.refused
+        out: dict[str, Any] = {"models": [_listed(d) for n, d in sorted(state.routes.items()) if _allowed(entry, n)]}
+        if entry is None:  # no --keys (loopback only): names and reasons, no server folders
+            out["refused"] = state.public_refusals()
+        elif entry.admin:
+            out["base"], out["refused"] = config.base, state.refused
         return out
 
     @app.get("/v1/models/{name}")
     async def get_model(name: str, entry: KeyEntry | None = Depends(caller)) -> dict[str, Any]:
-        return _routed(state, name, entry).describe()
+        return _listed(_routed(state, name, entry))
 
     @app.post("/v1/predict", response_model=PredictResponse, response_model_exclude_none=True)
-    async def predict(body: PredictRequest, entry: KeyEntry | None = Depends(caller)) -> dict[str, Any]:
+    async def predict(body: PredictRequest, request: Request, entry: KeyEntry | None = Depends(caller)) -> dict[str, Any]:
         check_count(body.inputs, state.limits)
         delta = _routed(state, body.model, entry)
-        # Encode and enqueue with no await between the route lookup and the submit: an unload queued
-        # later (also from this event loop) runs after this request is answered.
-        with state.store.tokenizer_lock:
-            examples = encode_inputs(delta.task, state.store.tokenizer, body.inputs, state.limits)
-        future = state.batcher.submit(Job(delta.name, examples))
-        predictions, used = await asyncio.wrap_future(future)
+        with state.tenant_slots.hold(entry.tenant if entry is not None else None):
+            # Encode and enqueue with no await between the route lookup and the submit: an unload queued
+            # later (also from this event loop) runs after this request is answered.
+            with state.store.tokenizer_lock:
+                examples = encode_inputs(delta.task, state.store.tokenizer, body.inputs, state.limits)
+            future = _submit(state, Job(delta.name, examples))
+            predictions, used = await _answer(state, future, request)
         return {"model": used.name, "version": used.version, "path": used.serving_path, "predictions": predictions}
+
+
+def _submit(state: ServerState, job: Job):
+    try:
+        return state.batcher.submit(job)
+    except QueueFull as err:
+        raise HTTPException(503, f"the server is at capacity ({err}); retry after a second", {"Retry-After": "1"}) from None
+
+
+async def _answer(state: ServerState, future, request: Request):
+    try:
+        return await answer_or_drop(future, request, state.config.request_timeout_s)
+    except RequestDropped as dropped:
+        state.metrics.dropped.labels(dropped.reason).inc()
+        # 499: nginx's "client closed request"; nobody reads it, but the log and metrics do
+        raise HTTPException(504 if dropped.reason == "deadline" else 499, str(dropped)) from None
 
 
 def _add_admin_routes(app: FastAPI, state: ServerState, admin) -> None:
     """/v1/models/{name}/load, /v1/models/{name}/unload, /metrics: admin key only (``admin``)."""
     config = state.config
 
+    def one_change_per_name(route):
+        # A load or unload of one name waits for the one before it: an unload cannot slip in between a reload's
+        # commit and its route, which left a route without its store entry (and failed the batches it joined).
+        @functools.wraps(route)
+        async def serialized(**kwargs):
+            async with state.admin_locks[kwargs["name"]]:
+                return await route(**kwargs)
+        return serialized
+
     @app.post("/v1/models/{name}/load")
+    @one_change_per_name
     async def load(name: str, body: LoadRequest | None = None, _: KeyEntry = Depends(admin)) -> dict[str, Any]:
         try:
             source = Path(body.path) if body is not None and body.path else resolve_delta_source(config.deltas, name)
@@ -335,6 +400,7 @@ def _add_admin_routes(app: FastAPI, state: ServerState, admin) -> None:
         return {**delta.describe(), "replaced": replaced}
 
     @app.post("/v1/models/{name}/unload")
+    @one_change_per_name
     async def unload(name: str, _: KeyEntry = Depends(admin)) -> dict[str, Any]:
         if name not in state.routes:
             raise HTTPException(404, f"model {name!r} is not loaded; GET /v1/models lists what is")
@@ -351,25 +417,32 @@ def _add_admin_routes(app: FastAPI, state: ServerState, admin) -> None:
 
 def serve(*, base: str, deltas: str, keys: str | None = None, host: str = "127.0.0.1", port: int = 8000,
           max_batch_size: int = 32, max_wait_ms: float = 5.0, max_items: int = 32, max_text_chars: int = 10_000,
-          log_level: str = "info") -> None:
+          max_queued: int = 256, request_timeout_s: float = 30.0, max_in_flight_per_tenant: int = 32,
+          insecure_no_auth: bool = False, log_level: str = "info") -> None:
     """Serve many deltas of one base over HTTP, mixing requests for different deltas in one batch.
 
     base: base model: `minilm`, an HF model folder, or a selectune tabular model folder
     deltas: folder with one sub-folder per delta (delta_config.json + delta.safetensors, or a train run with delta/; the sub-folder name is the model name), or a `selectune registry` folder (each name's production version)
     keys: JSON key file mapping sha256 hashes of API keys to tenants and deltas (see README); without it model routes are open and admin routes are off
-    host: address to listen on
+    host: address to listen on; without --keys only a loopback address (127.0.0.1, ::1, localhost) unless --insecure-no-auth
     port: port to listen on
     max_batch_size: most examples in one forward pass
     max_wait_ms: longest a request waits for others to share its batch
     max_items: most inputs in one request
     max_text_chars: longest text accepted, in characters
+    max_queued: most requests waiting for the model; past it, 503 with Retry-After
+    request_timeout_s: longest a request waits for its answer; past it, 504 and its job is dropped
+    max_in_flight_per_tenant: most requests one tenant (key) may have in flight; past it, 429 with Retry-After
+    insecure_no_auth: listen on a non-loopback --host without --keys (every model open to anyone who can connect)
     log_level: uvicorn log level (debug, info, warning, error)
     """
     import uvicorn
 
+    check_exposure(host, keys, insecure_no_auth)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServeConfig(base=base, deltas=deltas, keys=keys, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                         max_items=max_items, max_text_chars=max_text_chars)
+                         max_items=max_items, max_text_chars=max_text_chars, max_queued=max_queued,
+                         request_timeout_s=request_timeout_s, max_in_flight_per_tenant=max_in_flight_per_tenant)
     app = create_app(config)
     state = app.state.serve
     per_path = ", ".join(f"{state.served_on(path)} {path.name}" for path in state.store.paths)

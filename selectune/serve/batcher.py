@@ -5,6 +5,9 @@ request arrived, whichever comes first; whole requests are never split. Model ch
 unload) travel through the same FIFO queue as requests, so they run between batches, after every request
 queued before them: a request accepted before an unload is still answered, and one accepted after a load
 sees the new delta. Nothing else touches the model, so no lock is needed.
+
+At most ``max_queued`` requests wait (``submit`` raises ``QueueFull`` past it; controls are never refused), and a
+request whose future was cancelled while it waited (its client left, or its deadline passed) is dropped unrun.
 """
 from __future__ import annotations
 
@@ -41,14 +44,22 @@ class Control:
 _STOP = object()
 
 
+class QueueFull(RuntimeError):
+    """``max_queued`` requests already wait for the batcher: the caller should retry later."""
+
+
 class DynamicBatcher:
     """``run_batch(jobs)`` is called on the worker thread with up to ``max_batch_size`` examples and must set
     every job's future."""
 
-    def __init__(self, run_batch: Callable[[list[Job]], None], max_batch_size: int = 32, max_wait_s: float = 0.005):
-        if max_batch_size < 1 or max_wait_s < 0:
-            raise ValueError("max_batch_size must be >= 1 and max_wait >= 0")
+    def __init__(self, run_batch: Callable[[list[Job]], None], max_batch_size: int = 32, max_wait_s: float = 0.005,
+                 max_queued: int | None = None):
+        if max_batch_size < 1 or max_wait_s < 0 or (max_queued is not None and max_queued < 1):
+            raise ValueError("max_batch_size must be >= 1, max_wait >= 0 and max_queued >= 1")
         self.run_batch, self.max_batch_size, self.max_wait_s = run_batch, max_batch_size, max_wait_s
+        self.max_queued = max_queued
+        self._waiting = 0  # requests submitted and not yet taken into a batch (or dropped)
+        self._waiting_lock = threading.Lock()  # submit runs on the event loop, the worker takes on its thread
         self._queue: queue.Queue = queue.Queue()
         self._carry: deque = deque()  # an item taken from the queue that did not fit the batch being built
         self._thread: threading.Thread | None = None
@@ -64,9 +75,19 @@ class DynamicBatcher:
             self._thread.join(timeout)
             self._thread = None
 
+    @property
+    def alive(self) -> bool:
+        """True while the worker thread runs (it never dies of a failed batch)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def submit(self, job: Job | Control) -> Future:
-        if len(getattr(job, "examples", ())) > self.max_batch_size:
-            raise ValueError(f"a request of {len(job.examples)} examples exceeds max_batch_size {self.max_batch_size}")
+        if isinstance(job, Job):
+            if len(job.examples) > self.max_batch_size:
+                raise ValueError(f"a request of {len(job.examples)} examples exceeds max_batch_size {self.max_batch_size}")
+            with self._waiting_lock:
+                if self.max_queued is not None and self._waiting >= self.max_queued:
+                    raise QueueFull(f"the queue is full: {self._waiting} requests already wait for the model (the limit is {self.max_queued})")
+                self._waiting += 1
         self._queue.put(job)
         return job.future
 
@@ -79,6 +100,12 @@ class DynamicBatcher:
             return self._carry.popleft()
         return self._queue.get(timeout=timeout)
 
+    def _admit(self, job: Job) -> bool:
+        """Take ``job`` off the waiting count; False when it was cancelled while it waited (dropped, never run)."""
+        with self._waiting_lock:
+            self._waiting -= 1
+        return job.future.set_running_or_notify_cancel()
+
     def _work(self) -> None:
         while True:
             item = self._next(None)
@@ -86,6 +113,8 @@ class DynamicBatcher:
                 return
             if isinstance(item, Control):
                 self._control(item)
+                continue
+            if not self._admit(item):
                 continue
             jobs, size = [item], len(item.examples)
             deadline = item.queued_at + self.max_wait_s
@@ -97,6 +126,8 @@ class DynamicBatcher:
                 if not isinstance(nxt, Job) or size + len(nxt.examples) > self.max_batch_size:
                     self._carry.append(nxt)  # a control, the stop mark, or a request for the next batch
                     break
+                if not self._admit(nxt):
+                    continue
                 jobs.append(nxt)
                 size += len(nxt.examples)
             try:

@@ -26,6 +26,8 @@ class ServeMetrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.models = Gauge("selectune_models_loaded", "Deltas served, by path", ["path"], registry=r)
         self.refused = Counter("selectune_deltas_refused", "Deltas refused at load (wrong base, damaged, ...)", registry=r)
+        self.dropped = Counter("selectune_requests_dropped", "Requests given up before their answer (deadline, disconnected); "
+                               "their jobs do not run", ["reason"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
