@@ -138,6 +138,15 @@ class TrainConfig(_Lists):
         return dataclasses.replace(self, metric=self.metric or default_metric)
 
 
+@dataclass
+class OutputConfig(_Lists):
+    """What ``train`` writes besides the delta, and what it does with an OUT (or its checkpoints) already there."""
+    save_model: bool = option(False, "also write the merged model to OUT/model (always done for a new MLP)")
+    checkpoint: bool = option(True, "write a checkpoint after each epoch to OUT.checkpoints/ (removed when the run completes)")
+    resume: bool = option(False, "continue an interrupted run from the last complete checkpoint in OUT.checkpoints/")
+    overwrite: bool = option(False, "replace OUT if it exists")
+
+
 @dataclass(frozen=True)
 class Without:
     """``Annotated[Config, without("lr")]``: the command has no flag for these fields (it sets them itself)."""

@@ -10,8 +10,12 @@ import pandas as pd
 import pytest
 
 from selectune.cli import COMMANDS, _call_arguments, _resolve, build_parser, main
-from selectune.config import ColumnsConfig, CheckThresholds, ModelConfig, SplitConfig, TrainConfig, as_list, with_settings
+from selectune.config import (ColumnsConfig, CheckThresholds, ModelConfig, OutputConfig, SplitConfig, TrainConfig, as_list,
+                              with_settings)
 from selectune.compare.run import CompareConfig
+from selectune.evaluate.gate import gate
+from selectune.evaluate.scorecard import EvaluationSettings
+from selectune.train.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,10 +60,10 @@ def test_compare_has_no_lr_or_seed_flag_and_check_no_group_col():
 
 
 def test_every_field_has_help_and_every_flag_is_declared_once():
-    for cls in (ColumnsConfig, SplitConfig, ModelConfig, TrainConfig, CompareConfig, CheckThresholds):
+    for cls in (ColumnsConfig, SplitConfig, ModelConfig, TrainConfig, CompareConfig, CheckThresholds, OutputConfig, EvaluationSettings):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
-    for command in ("train", "compare", "update", "check"):
+    for command in ("train", "compare", "update", "check", "gate"):
         assert len(flags(command)) == len(set(flags(command)))
 
 
@@ -138,3 +142,46 @@ def test_an_abbreviated_flag_is_refused_not_read_as_another(capsys):
     assert exit_.value.code == 2 and "unrecognized arguments: --lr 1e-3" in capsys.readouterr().err
     args = build_parser(["compare"]).parse_args(["compare", "train.csv", "--out", "x", "--model", "m", "--lr-sweep"])
     assert vars(args)["lr_sweep"] is True
+
+
+GATE = ["gate", "--base", "b", "--update", "u", "--criteria", "c.yaml", "--test", "t.csv", "--out", "o"]
+
+
+@pytest.mark.parametrize("form", [["site,sex"], ["site", "sex"]])
+def test_gate_settings_are_one_config_behind_the_same_flags(form):
+    call = parsed([*GATE, "--group-cols", *form, "--min-group-n", "20", "--resamples", "200", "--seed", "3", "--confidence",
+                   "0.9", "--threshold-rule", "fixed=0.5", "--positive-label", "pos", "--batch-size", "8"])
+    assert call["scoring"] == EvaluationSettings(resamples=200, seed=3, confidence=0.9, threshold_rule="fixed=0.5", min_group_n=20,
+                                                 group_cols=["site", "sex"], positive_label="pos")
+    assert call["batch_size"] == 8 and call["overwrite"] is False
+    assert parsed(GATE)["scoring"] == EvaluationSettings(resamples=1000, seed=0, confidence=0.95, threshold_rule="youden",
+                                                         min_group_n=30, group_cols=[], positive_label=None)
+
+
+def test_gate_takes_its_settings_flat_from_python_and_leaves_the_default_alone(gated_tabular_runs, tmp_path):
+    # conftest called gate(..., group_cols="site", min_group_n=20, resamples=200): they reached the evaluation
+    settings = json.loads((Path(gated_tabular_runs["gate"]) / "gate.json").read_text())["settings"]
+    assert (settings["group_cols"], settings["min_group_n"], settings["resamples"]) == (["site"], 20, 200)
+    runs = dict(base=gated_tabular_runs["base"], update=gated_tabular_runs["update"], criteria=gated_tabular_runs["criteria"],
+                test=gated_tabular_runs["test"], out=str(tmp_path / "g"))
+    # the positive label is resolved on a copy: the caller's settings (or the default instance) stay as given
+    mine = EvaluationSettings(group_cols=["site"], min_group_n=20, resamples=50)
+    assert gate(**runs, scoring=mine)["settings"]["positive_label"] == settings["positive_label"] is not None
+    assert mine.positive_label is None and gate.__kwdefaults__["scoring"] == EvaluationSettings()
+    runs["out"] = str(tmp_path / "refused")
+    with pytest.raises(ValueError, match="--resamples must be at least 10"):
+        gate(**runs, resamples=5)
+    with pytest.raises(TypeError, match="resample"):
+        gate(**runs, resample=500)
+
+
+def test_train_run_folder_switches_are_one_config_behind_the_same_flags(tmp_path):
+    call = parsed(["train", "x.csv", "--model", "mlp", "--out", "o", "--save-model", "--no-checkpoint", "--resume", "--overwrite"])
+    assert call["output"] == OutputConfig(save_model=True, checkpoint=False, resume=True, overwrite=True)
+    assert parsed(["train", "x.csv", "--model", "mlp", "--out", "o"])["output"] == OutputConfig(False, True, False, False)
+    # Python callers pass them flat, as before; the folder checks run before any data is read
+    with pytest.raises(ValueError, match="drop --no-checkpoint"):
+        train(str(tmp_path / "missing.csv"), model="mlp", out=str(tmp_path / "o"), resume=True, checkpoint=False)
+    (tmp_path / "o").mkdir()
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        train(str(tmp_path / "missing.csv"), model="mlp", out=str(tmp_path / "o"))

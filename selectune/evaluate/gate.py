@@ -27,6 +27,7 @@ Writes into ``--out`` (all at once, through a partial folder renamed at the end)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from selectune.config import with_settings
 from selectune.data import DataError, load_splits, read_table
 from selectune.delta import DELTA_CONFIG, read_delta
 from selectune.fingerprint import file_sha256
@@ -204,9 +206,8 @@ def _environment() -> dict[str, str]:
 
 
 def gate(*, base: str, update: str, criteria: str, test: str, out: str, validation: str | None = None,
-         group_cols: str | None = None, positive_label: str | None = None, threshold_rule: str = "youden",
-         min_group_n: int = 30, resamples: int = 1000, seed: int = 0, confidence: float = 0.95, batch_size: int = 64,
-         overwrite: bool = False) -> dict[str, Any]:
+         scoring: EvaluationSettings = EvaluationSettings(), batch_size: int = 64, overwrite: bool = False,
+         **flat: Any) -> dict[str, Any]:
     """Decide whether UPDATE may replace BASE: criteria fixed in advance, judged on a test file; exit 1 on fail.
 
     base: the model in use: a `selectune train --out` folder, its delta/ folder, or a merged model folder
@@ -215,25 +216,21 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     test: labelled test file neither model trained on
     out: output folder: gate.json, evaluation.json, criteria.yaml, predictions.csv
     validation: labelled file to choose thresholds on (default: each model's own validation split)
-    group_cols: comma-separated test-file columns whose values are subgroups (e.g. sex,age_band,site)
-    positive_label: the class sensitivity/specificity/PPV/NPV treat as positive (default: the second of two sorted labels)
-    threshold_rule: youden, sensitivity=0.9 or fixed=0.5: how the threshold on P(positive) is chosen on validation
-    min_group_n: subgroups smaller than this are flagged and their CIs marked unreliable
-    resamples: bootstrap resamples per CI
-    seed: bootstrap seed (same seed, same CIs)
-    confidence: confidence level of the intervals
     batch_size: examples per forward pass
     overwrite: replace OUT if it exists
+
+    The evaluation settings (``--resamples``, ``--group-cols``, ``--threshold-rule``, ...) are the fields of
+    ``EvaluationSettings``; Python callers may give them flat: ``gate(..., group_cols="site", resamples=200)``.
     """
     started = time.time()
     target = Path(out)
     if target.exists() and not overwrite:
         raise FileExistsError(f"output folder {out} already exists; choose another --out or pass --overwrite")
-    groups = [c.strip() for c in (group_cols or "").split(",") if c.strip()]
-    settings = EvaluationSettings(resamples=resamples, seed=seed, confidence=confidence, threshold_rule=threshold_rule,
-                                  min_group_n=min_group_n, group_cols=groups)
+    # A copy: the positive label resolved below must not land in the caller's (or the default) settings.
+    settings = dataclasses.replace(with_settings("gate", {"scoring": scoring}, flat)["scoring"])
+    groups, positive_label = settings.group_cols, settings.positive_label
     settings.validate()
-    parse_threshold_rule(threshold_rule)
+    parse_threshold_rule(settings.threshold_rule)
     rules = load_criteria(criteria)
 
     # setup: who is compared, on what; everything here is cheap and fails before any model runs
@@ -248,7 +245,7 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     evaluation = build_evaluation(sources, task, rows, outputs, thresholds, settings, started)
 
     # judge: one row per criterion, in the file's order
-    judged = [judge(c, evaluation.dump(), confidence) for c in rules.criteria]
+    judged = [judge(c, evaluation.dump(), settings.confidence) for c in rules.criteria]
     evaluation_bytes = evaluation.dump_json()
     record = GateRecord(passed=all(r["passed"] for r in judged), rows=[GateRow(**r) for r in judged],
                         criteria=CriteriaRecord.model_validate(rules.record()), evaluation_sha256=_sha256(evaluation_bytes),

@@ -6,31 +6,29 @@ report can be rebuilt from its output alone.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
+from selectune.config import _Lists, option
 from selectune.evaluate.bootstrap import BLOCK, finite
 from selectune.evaluate.metrics import DEFINITIONS, ECE_BINS, curves
 from selectune.evaluate.subgroups import fairness_gaps, score_rows, subgroup_tables
 
 
 @dataclass
-class EvaluationSettings:
-    resamples: int = 1000
-    """Bootstrap resamples per CI."""
-    seed: int = 0
-    """Seed of the bootstrap resamples (the same seed gives the same CIs)."""
-    confidence: float = 0.95
-    """Two-sided percentile interval."""
-    threshold_rule: str = "youden"
-    """How each model's threshold on P(positive) is chosen on validation rows."""
-    min_group_n: int = 30
-    """Subgroups smaller than this are flagged small and their CIs unreliable."""
-    group_cols: list[str] = field(default_factory=list)
-    positive_label: str | None = None
-    """The class that sensitivity, specificity, PPV, NPV and fairness treat as positive."""
+class EvaluationSettings(_Lists):
+    """How ``gate`` evaluates: the bootstrap, thresholds and subgroups (one ``--flag`` per field)."""
+    resamples: int = option(1000, "bootstrap resamples per CI")
+    seed: int = option(0, "bootstrap seed (same seed, same CIs)")
+    confidence: float = option(0.95, "confidence level of the intervals (two-sided percentile)")
+    threshold_rule: str = option("youden", "youden, sensitivity=0.9 or fixed=0.5: how the threshold on P(positive) is chosen "
+                                           "on validation")
+    min_group_n: int = option(30, "subgroups smaller than this are flagged and their CIs marked unreliable")
+    group_cols: list[str] = option([], "test-file columns whose values are subgroups: sex age_band site or sex,age_band,site")
+    positive_label: str | None = option(None, "the class sensitivity/specificity/PPV/NPV and fairness treat as positive "
+                                              "(default: the second of two sorted labels)")
 
     def validate(self) -> None:
         if self.resamples < 10:

@@ -7,55 +7,113 @@ from __future__ import annotations
 
 import base64
 import html
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
+
+
+class Block(ABC):
+    """One piece of a section. Each kind renders itself to both formats, so a new kind is one class here."""
+
+    @abstractmethod
+    def as_html(self) -> str: ...
+
+    @abstractmethod
+    def as_markdown(self) -> str: ...
 
 
 @dataclass
-class Paragraph:
+class Paragraph(Block):
     text: str
 
+    def as_html(self) -> str:
+        return f"<p>{html.escape(self.text)}</p>"
+
+    def as_markdown(self) -> str:
+        return _md_text(self.text)
+
 
 @dataclass
-class Fields:
+class Fields(Block):
     """Label/value pairs, shown as a two-column table."""
     items: list[tuple[str, Any]]
 
+    def as_html(self) -> str:
+        rows = "".join(f"<tr><th>{html.escape(k)}</th>{_html_cell(str(cell_text(v)))}</tr>" for k, v in self.items)
+        return f'<table class="fields">{rows}</table>'
+
+    def as_markdown(self) -> str:
+        return _md_table(["field", "value"], [[k, v] for k, v in self.items])
+
 
 @dataclass
-class Table:
+class Table(Block):
     columns: list[str]
     rows: list[list[Any]]
     caption: str = ""
 
+    def as_html(self) -> str:
+        caption = f"<caption>{html.escape(self.caption)}</caption>" if self.caption else ""
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(_html_cell(v) for v in row) + "</tr>" for row in self.rows)
+        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def as_markdown(self) -> str:
+        caption = f"*{_md_text(self.caption)}*\n\n" if self.caption else ""
+        return caption + _md_table(self.columns, self.rows)
+
 
 @dataclass
-class Figure:
+class Figure(Block):
     name: str  # file stem under figures/ in the Markdown version
     png: bytes
     caption: str
 
+    def as_html(self) -> str:
+        data = base64.b64encode(self.png).decode("ascii")
+        alt = html.escape(self.caption, quote=True)
+        return (f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(self.caption)}</figcaption></figure>")
+
+    def as_markdown(self) -> str:
+        return f"![{_md_text(self.caption)}](figures/{self.name}.png)\n\n*{_md_text(self.caption)}*"
+
 
 @dataclass
-class Code:
+class Code(Block):
     text: str
 
+    def as_html(self) -> str:
+        return f"<pre><code>{html.escape(self.text)}</code></pre>"
+
+    def as_markdown(self) -> str:
+        return f"```\n{self.text}\n```"
+
 
 @dataclass
-class FillIn:
+class FillIn(Block):
     """A field a person must write: the report cannot know it (intended use, clinical risk, sign-off)."""
     label: str
     prompt: str
 
+    def as_html(self) -> str:
+        return f'<div class="fill"><b>[{FILL_MARK}] {html.escape(self.label)}:</b> <i>{html.escape(self.prompt)}</i></div>'
+
+    def as_markdown(self) -> str:
+        return f"> **[{FILL_MARK}] {_md_text(self.label)}:** *{_md_text(self.prompt)}*"
+
 
 @dataclass
-class Notice:
+class Notice(Block):
     """A highlighted line: ``missing`` (evidence absent), ``warn``, ``fail`` or ``pass``."""
     level: str
     text: str
 
+    def as_html(self) -> str:
+        return f'<div class="notice {html.escape(self.level)}"><b>{self.level.upper()}:</b> {html.escape(self.text)}</div>'
 
-Block = Union[Paragraph, Fields, Table, Figure, Code, FillIn, Notice]
+    def as_markdown(self) -> str:
+        return f"> **{self.level.upper()}:** {_md_text(self.text)}"
 
 
 @dataclass
@@ -140,31 +198,6 @@ def _html_cell(value: Any) -> str:
     return f'<td class="long">{text}</td>' if any(len(token) > 32 for token in raw.split()) else f"<td>{text}</td>"
 
 
-def _html_block(block: Block) -> str:
-    if isinstance(block, Paragraph):
-        return f"<p>{html.escape(block.text)}</p>"
-    if isinstance(block, Fields):
-        rows = "".join(f"<tr><th>{html.escape(k)}</th>{_html_cell(str(cell_text(v)))}</tr>" for k, v in block.items)
-        return f'<table class="fields">{rows}</table>'
-    if isinstance(block, Table):
-        caption = f"<caption>{html.escape(block.caption)}</caption>" if block.caption else ""
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in block.columns)
-        body = "".join("<tr>" + "".join(_html_cell(v) for v in row) + "</tr>" for row in block.rows)
-        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    if isinstance(block, Figure):
-        data = base64.b64encode(block.png).decode("ascii")
-        alt = html.escape(block.caption, quote=True)
-        return (f'<figure><img alt="{alt}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
-    if isinstance(block, Code):
-        return f"<pre><code>{html.escape(block.text)}</code></pre>"
-    if isinstance(block, FillIn):
-        return f'<div class="fill"><b>[{FILL_MARK}] {html.escape(block.label)}:</b> <i>{html.escape(block.prompt)}</i></div>'
-    if isinstance(block, Notice):
-        return f'<div class="notice {html.escape(block.level)}"><b>{block.level.upper()}:</b> {html.escape(block.text)}</div>'
-    raise TypeError(f"unknown block {type(block).__name__}")
-
-
 def to_html(title: str, subtitle: str, sections: list[Section]) -> str:
     """One self-contained page: inline CSS, images as data URIs, no script, no external URL."""
     anchors(sections)
@@ -173,7 +206,7 @@ def to_html(title: str, subtitle: str, sections: list[Section]) -> str:
     for section, depth in walk(sections):
         level = min(depth, 4)
         parts.append(f'<h{level} id="{section.anchor}">{html.escape(section.title)}</h{level}>')
-        parts.extend(_html_block(b) for b in section.blocks)
+        parts.extend(b.as_html() for b in section.blocks)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             # No network, no script: the page must render the same offline, years later, in a review archive.
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
@@ -198,32 +231,13 @@ def _md_table(columns: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _md_block(block: Block) -> str:
-    if isinstance(block, Paragraph):
-        return _md_text(block.text)
-    if isinstance(block, Fields):
-        return _md_table(["field", "value"], [[k, v] for k, v in block.items])
-    if isinstance(block, Table):
-        caption = f"*{_md_text(block.caption)}*\n\n" if block.caption else ""
-        return caption + _md_table(block.columns, block.rows)
-    if isinstance(block, Figure):
-        return f"![{_md_text(block.caption)}](figures/{block.name}.png)\n\n*{_md_text(block.caption)}*"
-    if isinstance(block, Code):
-        return f"```\n{block.text}\n```"
-    if isinstance(block, FillIn):
-        return f"> **[{FILL_MARK}] {_md_text(block.label)}:** *{_md_text(block.prompt)}*"
-    if isinstance(block, Notice):
-        return f"> **{block.level.upper()}:** {_md_text(block.text)}"
-    raise TypeError(f"unknown block {type(block).__name__}")
-
-
 def to_markdown(title: str, subtitle: str, sections: list[Section], front_matter: str = "") -> str:
     """Markdown (GitHub/Hugging Face flavour); figures are referenced as files in figures/ beside it."""
     parts = [front_matter.rstrip("\n")] if front_matter else []
     parts += [f"# {_md_text(title)}", _md_text(subtitle)]
     for section, depth in walk(sections):
         parts.append("#" * min(depth, 4) + " " + _md_text(section.title))
-        parts.extend(_md_block(b) for b in section.blocks)
+        parts.extend(b.as_markdown() for b in section.blocks)
     return "\n\n".join(parts) + "\n"
 
 

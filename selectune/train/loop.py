@@ -108,13 +108,51 @@ def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dic
 
 def _fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dict], config: TrainConfig,
          lr: float, accelerator: Accelerator | None, checkpoints: Checkpoints | None, new: set[str]) -> FitResult:
+    # setup -> per epoch (train, validate, keep best / stop early, checkpoint) -> restore best
     accelerator = accelerator or make_accelerator(config)
     set_seed(config.seed)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError("no parameter requires grad: call selectune.select(model, method) before fit")
-    if {n for n, _ in named} <= new:
-        new = set()  # training from scratch (a fresh MLP): --lr is the learning rate of everything
+    run = _prepare(model, task, train_rows, val_rows, config, lr, accelerator, new)
+    class_weights = task.class_weights(torch.stack([torch.as_tensor(r["labels"]) for r in train_rows]), config.class_weight)
+    y_val = np.array([np.asarray(r["labels"]) for r in val_rows])
+    progress, first_epoch = _start(run, checkpoints, accelerator)
+    for epoch in range(first_epoch, config.epochs + 1):
+        train_loss = _train_epoch(run, task, class_weights, config, accelerator, epoch, progress)
+        if _validate(run, task, y_val, config, accelerator, epoch, train_loss, progress):
+            break  # early stopping: no checkpoint of this epoch, as before
+        if checkpoints is not None and accelerator.is_main_process:
+            progress.result.train_seconds = time.perf_counter() - progress.started
+            checkpoints.save(epoch, accelerator.unwrap_model(run.model), run.optimizer, run.scheduler, progress.result,
+                             progress.best_state, progress.stale, progress.seen)
+    result = progress.result
+    result.train_seconds = time.perf_counter() - progress.started
+    result.examples_per_second = progress.seen / max(result.train_seconds, 1e-9)
+    if config.keep_best and progress.best_state is not None:
+        _restore_best(accelerator.unwrap_model(run.model), progress.best_state)
+    return result
+
+
+@dataclass
+class _Prepared:
+    """The pieces of one fit, after ``accelerator.prepare`` (the model possibly wrapped, e.g. in DDP)."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: DataLoader
+    val_loader: DataLoader
+    scheduler: Any
+
+
+@dataclass
+class _Progress:
+    """What changes from epoch to epoch; a checkpoint stores it beside the weights and optimizer state."""
+    result: FitResult
+    best_state: dict[str, torch.Tensor] | None = None  # the trainable tensors of the best epoch (keep_best)
+    stale: int = 0  # epochs since the last improvement
+    seen: int = 0  # training examples so far, over all processes
+    started: float = 0.0  # perf_counter at the start, moved back by the time of the epochs before a resume
+
+
+def _optimizer(named: list[tuple[str, nn.Parameter]], new: set[str], config: TrainConfig, lr: float) -> torch.optim.AdamW:
+    """AdamW over up to four groups: pretrained/new x decayed/not; new parameters train at ``config.new_lr``."""
     groups = []
     for is_new in (False, True):
         for decayed in (True, False):
@@ -124,82 +162,96 @@ def _fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[di
             if chosen:
                 groups.append({"params": chosen, "weight_decay": config.weight_decay if decayed else 0.0,
                                "lr": (config.new_lr or lr) if is_new else lr})
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def _prepare(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dict], config: TrainConfig, lr: float,
+             accelerator: Accelerator, new: set[str]) -> _Prepared:
+    """Optimizer, loaders and warmup schedule, prepared by the accelerator."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("no parameter requires grad: call selectune.select(model, method) before fit")
+    if {n for n, _ in named} <= new:
+        new = set()  # training from scratch (a fresh MLP): --lr is the learning rate of everything
+    optimizer = _optimizer(named, new, config, lr)
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = DataLoader(train_rows, batch_size=config.batch_size, shuffle=True, collate_fn=task.collate, generator=generator)
     val_loader = DataLoader(val_rows, batch_size=config.eval_batch_size, shuffle=False, collate_fn=task.collate)
     steps_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, val_loader, scheduler)
+    return _Prepared(*accelerator.prepare(model, optimizer, train_loader, val_loader, scheduler))
 
-    class_weights = task.class_weights(torch.stack([torch.as_tensor(r["labels"]) for r in train_rows]), config.class_weight)
-    y_val = np.array([np.asarray(r["labels"]) for r in val_rows])
 
+def _start(run: _Prepared, checkpoints: Checkpoints | None, accelerator: Accelerator) -> tuple[_Progress, int]:
+    """(progress, first epoch): a fresh start, or the state of the last complete checkpoint with ``--resume``."""
+    progress = _Progress(FitResult(), started=time.perf_counter())
+    if checkpoints is None or not checkpoints.resume:
+        return progress, 1
+    resumed = checkpoints.restore(accelerator.unwrap_model(run.model), run.optimizer, run.scheduler, FitResult)
+    progress = _Progress(resumed.result, resumed.best_state, resumed.stale, resumed.seen,
+                         progress.started - resumed.result.train_seconds)  # throughput counts the epochs done before
+    run.train_loader.set_epoch(resumed.epoch)  # the seedable sampler shuffles epoch e with seed + e
+    return progress, resumed.epoch + 1
+
+
+def _train_epoch(run: _Prepared, task: Task, class_weights, config: TrainConfig, accelerator: Accelerator, epoch: int,
+                 progress: _Progress) -> float:
+    """One pass over the training rows; the mean training loss per example."""
+    model, result = run.model, progress.result
+    model.train()
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch}/{config.epochs}", disable=not (config.progress and accelerator.is_main_process),
+               dynamic_ncols=True, leave=False)
+    epoch_loss, epoch_n = 0.0, 0
+    for batch in bar:
+        step_started = time.perf_counter()
+        with accelerator.accumulate(model):
+            loss, _ = task.loss(model, batch, class_weights)
+            accelerator.backward(loss)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad()
+        loss_value = float(loss.detach())  # waits for the device, so the step time is the step's own
+        result.step_seconds.append(time.perf_counter() - step_started)
+        n = batch["labels"].shape[0] * accelerator.num_processes
+        progress.seen += n
+        epoch_loss += loss_value * n
+        epoch_n += n
+        result.steps += 1
+        bar.set_postfix(loss=f"{epoch_loss / epoch_n:.4f}", ex_s=f"{progress.seen / (time.perf_counter() - progress.started):.1f}",
+                        refresh=False)
+    return epoch_loss / max(epoch_n, 1)
+
+
+def _validate(run: _Prepared, task: Task, y_val: np.ndarray, config: TrainConfig, accelerator: Accelerator, epoch: int,
+              train_loss: float, progress: _Progress) -> bool:
+    """Score the epoch on validation, record it, keep the best state; True when patience runs out (stop early)."""
+    result = progress.result
+    outputs, val_loss = predict(run.model, task, run.val_loader, accelerator)
+    metrics = score(task, outputs, y_val)
+    metrics["loss"] = val_loss
+    if config.metric not in metrics:
+        raise ValueError(f"metric {config.metric!r} is not computed for this task; choose from {sorted(metrics)}")
+    row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in metrics.items()}}
+    result.history.append(row)
+    value = metrics[config.metric]
     higher = HIGHER_IS_BETTER.get(config.metric, True)
-    result = FitResult()
-    best_state: dict[str, torch.Tensor] | None = None
-    stale = 0
-    started = time.perf_counter()
-    seen = 0
-    first_epoch = 1
-    if checkpoints is not None and checkpoints.resume:
-        resumed = checkpoints.restore(accelerator.unwrap_model(model), optimizer, scheduler, FitResult)
-        result, best_state, stale, seen = resumed.result, resumed.best_state, resumed.stale, resumed.seen
-        started -= result.train_seconds  # throughput counts the epochs done before the interruption
-        first_epoch = resumed.epoch + 1
-        train_loader.set_epoch(resumed.epoch)  # the seedable sampler shuffles epoch e with seed + e
-    for epoch in range(first_epoch, config.epochs + 1):
-        model.train()
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{config.epochs}", disable=not (config.progress and accelerator.is_main_process),
-                   dynamic_ncols=True, leave=False)
-        epoch_loss, epoch_n = 0.0, 0
-        for batch in bar:
-            step_started = time.perf_counter()
-            with accelerator.accumulate(model):
-                loss, _ = task.loss(model, batch, class_weights)
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            loss_value = float(loss.detach())  # waits for the device, so the step time is the step's own
-            result.step_seconds.append(time.perf_counter() - step_started)
-            n = batch["labels"].shape[0] * accelerator.num_processes
-            seen += n
-            epoch_loss += loss_value * n
-            epoch_n += n
-            result.steps += 1
-            bar.set_postfix(loss=f"{epoch_loss / epoch_n:.4f}", ex_s=f"{seen / (time.perf_counter() - started):.1f}", refresh=False)
-        outputs, val_loss = predict(model, task, val_loader, accelerator)
-        metrics = score(task, outputs, y_val)
-        metrics["loss"] = val_loss
-        if config.metric not in metrics:
-            raise ValueError(f"metric {config.metric!r} is not computed for this task; choose from {sorted(metrics)}")
-        row = {"epoch": epoch, "train_loss": epoch_loss / max(epoch_n, 1), **{f"val_{k}": v for k, v in metrics.items()}}
-        result.history.append(row)
-        value = metrics[config.metric]
-        # best_epoch 0 = no epoch scored yet (best_state alone cannot say so: it stays None without keep_best)
-        improved = result.best_epoch == 0 or (value > result.best_metric if higher else value < result.best_metric)
-        if accelerator.is_main_process and config.progress:
-            tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.4f}  val {config.metric} {value:.4f}" + ("  (best)" if improved else ""))
-        if improved:
-            result.best_epoch, result.best_metric, stale = epoch, value, 0
-            if config.keep_best:
-                unwrapped = accelerator.unwrap_model(model)
-                best_state = {n: p.detach().clone() for n, p in unwrapped.named_parameters() if p.requires_grad}
-        else:
-            stale += 1
-            if config.patience is not None and stale >= config.patience:
-                break
-        if checkpoints is not None and accelerator.is_main_process:
-            result.train_seconds = time.perf_counter() - started
-            checkpoints.save(epoch, accelerator.unwrap_model(model), optimizer, scheduler, result, best_state, stale, seen)
-    result.train_seconds = time.perf_counter() - started
-    result.examples_per_second = seen / max(result.train_seconds, 1e-9)
-    if config.keep_best and best_state is not None:
-        unwrapped = accelerator.unwrap_model(model)
-        with torch.no_grad():
-            for name, param in unwrapped.named_parameters():
-                if name in best_state:
-                    param.copy_(best_state[name])
-    return result
+    # best_epoch 0 = no epoch scored yet (best_state alone cannot say so: it stays None without keep_best)
+    improved = result.best_epoch == 0 or (value > result.best_metric if higher else value < result.best_metric)
+    if accelerator.is_main_process and config.progress:
+        tqdm.write(f"epoch {epoch}: train loss {row['train_loss']:.4f}  val {config.metric} {value:.4f}" + ("  (best)" if improved else ""))
+    if improved:
+        result.best_epoch, result.best_metric, progress.stale = epoch, value, 0
+        if config.keep_best:
+            unwrapped = accelerator.unwrap_model(run.model)
+            progress.best_state = {n: p.detach().clone() for n, p in unwrapped.named_parameters() if p.requires_grad}
+        return False
+    progress.stale += 1
+    return config.patience is not None and progress.stale >= config.patience
+
+
+def _restore_best(model: nn.Module, best_state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in best_state:
+                param.copy_(best_state[name])

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import selectune
-from selectune.config import ColumnsConfig, ModelConfig, SplitConfig, TrainConfig, with_settings
+from selectune.config import ColumnsConfig, ModelConfig, OutputConfig, SplitConfig, TrainConfig, with_settings
 from selectune.data import load_splits
 from selectune.data.check_command import check_splits
 from selectune.delta import load_delta, read_delta, read_selection, save_delta, stack_selection
@@ -47,28 +47,24 @@ def environment() -> dict[str, str]:
 
 
 def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfig = ColumnsConfig(), split: SplitConfig = SplitConfig(),
-          base: ModelConfig | None = None, training: TrainConfig = TrainConfig(), phi_policy: str = "warn", save_model: bool = False,
-          init_delta: str | None = None, checkpoint: bool = True, resume: bool = False, overwrite: bool = False,
-          **settings: Any) -> dict[str, Any]:
+          base: ModelConfig | None = None, training: TrainConfig = TrainConfig(), phi_policy: str = "warn",
+          init_delta: str | None = None, output: OutputConfig = OutputConfig(), **settings: Any) -> dict[str, Any]:
     """Fine-tune MODEL on TRAIN with a selective METHOD; write the delta, metrics and resolved config to OUT.
 
     train: training data file (csv, tsv, jsonl, parquet)
     out: output directory (delta/, metrics.json, run_config.json); refused if it exists unless --overwrite
     method: selection method with options, e.g. bitfit, full, head, bitfit:roles=query+mlp_in
     phi_policy: identifier-like text (e-mail, phone, record number, date, URL) in the data: warn, or refuse
-    save_model: also write the merged model to OUT/model (always done for a new MLP)
     init_delta: start from this delta's state on MODEL (a continual update); the new delta holds both, against MODEL
-    checkpoint: write a checkpoint after each epoch to OUT.checkpoints/ (removed when the run completes)
-    resume: continue an interrupted run from the last complete checkpoint in OUT.checkpoints/
-    overwrite: replace OUT if it exists
 
-    Python callers may give any field of the configs flat: ``train(path, model="mlp", out="runs/x", epochs=1)``.
+    Python callers may give any field of the configs flat: ``train(path, model="mlp", out="runs/x", epochs=1, resume=True)``.
     """
-    configs = with_settings("train", {"columns": columns, "split": split, "base": base or ModelConfig, "training": training}, settings)
-    columns, split, base, training = configs["columns"], configs["split"], configs["base"], configs["training"]
+    configs = with_settings("train", {"columns": columns, "split": split, "base": base or ModelConfig, "training": training,
+                                      "output": output}, settings)
+    columns, split, base, training, output = (configs[k] for k in ("columns", "split", "base", "training", "output"))
     target = Path(out)
     checkpoint_dir = target.with_name(f"{target.name}.checkpoints")
-    _check_run_folders(out, checkpoint_dir, checkpoint=checkpoint, resume=resume, overwrite=overwrite)
+    _check_run_folders(out, checkpoint_dir, checkpoint=output.checkpoint, resume=output.resume, overwrite=output.overwrite)
     columns.validate()
     method_name, method_options = parse_method(method)
     spec = get_method(method_name)
@@ -103,7 +99,7 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
                 "train_config": {**vars(config), "lr": lr_used}, "num_processes": accelerator.num_processes}
 
     # train, then test beside the majority-class floor
-    checkpoints = _checkpoints(checkpoint_dir, resolved, selection, init_delta, resume) if checkpoint else None
+    checkpoints = _checkpoints(checkpoint_dir, resolved, selection, init_delta, output.resume) if output.checkpoint else None
     result = fit(net, the_task, the_task.examples(splits.train), the_task.examples(splits.validation), config, lr_used, accelerator,
                  checkpoints, new_parameters=selection.new_parameters)
     net = accelerator.unwrap_model(net)
@@ -121,7 +117,7 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
     # save: everything into a partial folder, renamed into place at the end
     run = TrainedRun(net=net, task=the_task, selection=selection, parent=parent, init_delta=init_delta, resolved=resolved,
                      data_files=_data_files(train, split), summary=summary, history=result.history, splits=splits, checks=checks)
-    _save(run, target, save_model=save_model or base.model == "mlp")
+    _save(run, target, save_model=output.save_model or base.model == "mlp")
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete: nothing left to resume
     return summary
 
