@@ -169,3 +169,33 @@ def test_serve_takes_name_equals_model_and_answers_the_same_for_each(names):
                              (f"r={names['registry']}/bc@9", "bc@9 does not exist")]:
         with pytest.raises(DeltaError, match=expected):
             create_app(ServeConfig(base=names["base_as"]["merged"], deltas=deltas))
+
+
+def test_readme_naming_commands_run_as_written(gated_tabular_runs, tmp_path, monkeypatch):
+    """The README's "Naming a trained model" block, line by line, on copies of the tabular base and update runs
+    (`selectune serve` is built in process instead of listening)."""
+    import re
+    import shlex
+
+    from selectune.cli import build_parser
+    from selectune.serve import ServeConfig, create_app
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Naming a trained model")[1].split("\n## ")[0]
+    (block,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    for name in ("base", "update"):
+        shutil.copytree(gated_tabular_runs[name], tmp_path / "runs" / name)
+    (tmp_path / "data" / "bc").mkdir(parents=True)
+    shutil.copy(gated_tabular_runs["test"], tmp_path / "data" / "bc" / "new.csv")
+    lines = [shlex.split(line.split("  #")[0]) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert len(lines) == 10 and lines[-1][:2] == ["selectune", "serve"]
+    for argv in lines[:-1]:
+        assert main(argv[1:]) == 0, argv
+    metrics = [json.loads((tmp_path / "runs" / f"eval-{form}.json").read_text())["metrics"] for form in FORMS]
+    assert all(m == metrics[0] for m in metrics) and 0.5 < metrics[0]["auroc"] <= 1.0
+    assert len(pd.read_csv(tmp_path / "runs" / "predictions.csv")) == len(pd.read_csv(gated_tabular_runs["test"]))
+    args = build_parser(lines[-1][1:]).parse_args(lines[-1][1:])
+    state = create_app(ServeConfig(base=args.base, deltas=args.deltas)).state.serve
+    assert sorted(state.routes) == ["production", "update"] and not state.refused
+    assert state.routes["production"].version == state.routes["update"].version  # the same weights file
