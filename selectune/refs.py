@@ -10,7 +10,7 @@ A user may hand ``evaluate``, ``predict``, ``merge``, ``gate``, ``report``, ``se
 
 ``resolve_trained_model`` turns that string into a ``TrainedModel``: which files hold the weights, which base to load
 them on, and which training run (if any) left its records. It reads and checks nothing heavier than JSON; loading is
-the caller's (``selectune.models.load_for_inference``).
+``selectune.models.load_trained``'s.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selectune.delta import DELTA_CONFIG
+from selectune.delta import DELTA_CONFIG, read_delta
 from selectune.models import TASK_FILE
 from selectune.tasks import ModelLoadError
 
@@ -74,17 +74,29 @@ def _from_folder(given: str, folder: Path) -> TrainedModel | None:
     if (folder / DELTA_CONFIG).is_file():
         return TrainedModel(given, "delta", str(folder), None, run_dir=_run_beside(folder.parent))
     if (folder / TASK_FILE).is_file():
-        record = folder / MERGE_RECORD
-        origin = Path(json.loads(record.read_text())["delta"]).parent if record.is_file() else None
-        return TrainedModel(given, "merged", None, str(folder), run_dir=_run_beside(origin) if origin else None)
+        # A merged folder records the delta it came from (and the run, when known); a model/ folder that
+        # `train --save-model` wrote sits inside its run.
+        record = json.loads((folder / MERGE_RECORD).read_text()) if (folder / MERGE_RECORD).is_file() else {}
+        origin = Path(record["run"]) if record.get("run") else Path(record["delta"]).parent if record.get("delta") else folder.parent
+        return TrainedModel(given, "merged", None, str(folder), run_dir=_run_beside(origin))
     return None
 
 
-def _from_registry(given: str, match: re.Match, registry_dir: Path) -> TrainedModel:
+def registry_reference(given: str, registry: str = DEFAULT_REGISTRY) -> tuple[str, str] | None:
+    """``REGISTRY_DIR/NAME@VERSION`` -> (REGISTRY_DIR, ``NAME@VERSION``); a bare ``NAME@VERSION`` -> (REGISTRY, it);
+    None when GIVEN is not shaped like a registry reference (or is an existing path)."""
+    path = Path(given)
+    match = REGISTRY_REF.match(path.name)
+    if not match or path.exists():
+        return None
+    return (str(path.parent) if str(path.parent) not in ("", ".") else registry), path.name
+
+
+def _from_registry(given: str, registry_dir: str, ref: str) -> TrainedModel:
     from selectune.registry.store import Registry  # the registry opens SQLite: only when a reference names it
 
     with Registry(registry_dir) as registry:
-        version = registry.get(f"{match['name']}@{match['which']}")
+        version = registry.get(ref)
         delta = registry.delta_path(version)  # checks both files against the hashes recorded at registration
         base = registry.base_path(version)
     run = version.record.get("run")
@@ -98,6 +110,9 @@ def resolve_trained_model(given: str, *, option: str = "model") -> TrainedModel:
     Refuses, naming the option and what would work: a missing path, a folder that holds none of the three, and a
     registry reference to a registry, name or version that does not exist."""
     path = Path(given)
+    if path.is_file():
+        read_delta(path)  # a delta's weights file stands for its folder; anything else (a pickle) is refused unopened
+        path = path.parent
     if path.is_dir():
         found = _from_folder(given, path)
         if found is not None:
@@ -106,10 +121,9 @@ def resolve_trained_model(given: str, *, option: str = "model") -> TrainedModel:
         raise ModelLoadError(f"--{option} {given} is neither a training run (delta/ inside), a delta ({DELTA_CONFIG}) nor a "
                              f"merged model ({TASK_FILE}); it has {listing}. Give a `selectune train --out` folder, its delta/, "
                              "a `selectune merge` folder, or a registry reference NAME@VERSION.")
-    match = REGISTRY_REF.match(path.name)
-    if match and not path.exists():
-        registry_dir = path.parent if str(path.parent) not in ("", ".") else Path(DEFAULT_REGISTRY)
-        return _from_registry(given, match, registry_dir)
-    raise ModelLoadError(f"--{option} {given} not found; give a `selectune train --out` folder, its delta/ folder, a folder "
+    reference = registry_reference(given)
+    if reference is not None:
+        return _from_registry(given, *reference)
+    raise ModelLoadError(f"--{option} {given}: model or delta not found; give a `selectune train --out` folder, its delta/ folder, a folder "
                          f"written by `selectune merge`, or a registry reference NAME@VERSION (looked up in ./{DEFAULT_REGISTRY}, "
                          "or REGISTRY_DIR/NAME@VERSION).")

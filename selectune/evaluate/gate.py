@@ -49,7 +49,8 @@ from selectune.evaluate.records import (CriteriaRecord, Evaluation, EvaluationDa
                                         ShortIdentity, TestFile, Threshold)
 from selectune.evaluate.run import model_outputs, read_frame
 from selectune.evaluate.scorecard import EvaluationSettings, score_predictions
-from selectune.models import TASK_FILE, load_for_inference
+from selectune.models import load_trained
+from selectune.refs import TrainedModel, resolve_trained_model
 from selectune.tasks import ModelLoadError, Task, task_from_metadata
 from selectune.text_table import table
 
@@ -58,46 +59,31 @@ ROLES = ("base", "update")
 
 @dataclass
 class ModelSource:
-    """What a user handed the gate: a training run folder, a delta folder, or a merged model folder."""
+    """What a user handed the gate: a training run folder, a delta folder, a merged model folder or a registry version."""
     path: str
-    kind: str  # "run", "delta" or "merged"
+    kind: str  # "run", "delta", "merged" or "registry" (the forms of ``selectune.refs.FORMS``)
     delta: str | None
     merged: str | None
     run_dir: Path | None  # folder holding run_config.json / metrics.json, when known
     task: Task
+    trained: TrainedModel | None = None  # how it loads (a registry version: on the registry's copy of its base)
 
     def load(self, force: bool = False) -> tuple[Any, Task]:
         """(model, task); the loaded task carries the tokenizer that ``self.task`` (from metadata) lacks."""
-        return load_for_inference(self.merged, self.delta, force)
+        trained = self.trained or TrainedModel(self.path, self.kind, self.delta, self.merged, run_dir=self.run_dir)
+        return load_trained(trained, force=force)
 
 
 def resolve_source(path: str, role: str) -> ModelSource:
-    folder = Path(path)
-    if not folder.is_dir():
-        raise ModelLoadError(f"--{role} {path} not found; give a `selectune train --out` folder, its delta/ folder, "
-                             "or a folder written by `selectune merge`.")
-    if (folder / "delta" / DELTA_CONFIG).is_file():
-        kind, delta, merged, run_dir = "run", str(folder / "delta"), None, folder
-    elif (folder / DELTA_CONFIG).is_file():
-        kind, delta, merged = "delta", str(folder), None
-        run_dir = folder.parent if (folder.parent / "run_config.json").is_file() else None
-    elif (folder / TASK_FILE).is_file():
-        kind, delta, merged = "merged", None, str(folder)
-        origin = folder / "selectune_merge.json"
-        beside = Path(json.loads(origin.read_text())["delta"]).parent if origin.is_file() else None
-        run_dir = beside if beside is not None and (beside / "run_config.json").is_file() else None
-    else:
-        found = sorted(p.name for p in folder.iterdir())[:10]
-        raise ModelLoadError(f"--{role} {path} is neither a training run (delta/ inside), a delta ({DELTA_CONFIG}) nor a merged "
-                             f"model ({TASK_FILE}); it has {found}. Give a `selectune train --out` folder.")
-    if delta:
-        _, config = read_delta(delta)  # verifies the weights hash before anything runs
+    trained = resolve_trained_model(path, option=role)
+    if trained.delta:
+        _, config = read_delta(trained.delta)  # verifies the weights hash before anything runs
         if "task" not in config.get("metadata", {}):
-            raise ModelLoadError(f"--{role} {delta} has no task metadata; it was not written by `selectune train`.")
-        task = task_from_metadata(config["metadata"]["task"])
-    else:
-        task = task_from_metadata(json.loads((folder / TASK_FILE).read_text()))
-    return ModelSource(path=str(folder), kind=kind, delta=delta, merged=merged, run_dir=run_dir, task=task)
+            raise ModelLoadError(f"--{role} {trained.delta} has no task metadata; it was not written by `selectune train`.")
+    task = task_from_metadata(trained.task_metadata())
+    given = path if trained.form == "registry" else str(Path(path))
+    return ModelSource(path=given, kind=trained.form, delta=trained.delta, merged=trained.merged, run_dir=trained.run_dir, task=task,
+                       trained=trained)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -106,7 +92,10 @@ def _read_json(path: Path) -> dict | None:
 
 def identity(source: ModelSource) -> ModelIdentity:
     """Who the model is: hashes, base model and fingerprint, method, and its training run's records."""
-    out: dict[str, Any] = {"source": str(Path(source.path).resolve()), "kind": source.kind, "task": source.task.metadata()}
+    # A registry version is recorded as the delta the registry keeps (verified against its registered hash).
+    registered = source.kind == "registry"
+    out: dict[str, Any] = {"source": str(Path(source.delta if registered else source.path).resolve()),
+                           "kind": "delta" if registered else source.kind, "task": source.task.metadata()}
     if source.delta:
         _, config = read_delta(source.delta)
         selection, meta = config["selection"], config.get("metadata", {})
@@ -210,7 +199,7 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
          **flat: Any) -> dict[str, Any]:
     """Decide whether UPDATE may replace BASE: criteria fixed in advance, judged on a test file; exit 1 on fail.
 
-    base: the model in use: a `selectune train --out` folder, its delta/ folder, or a merged model folder
+    base: the model in use: a `selectune train --out` folder, its delta/ folder, a `selectune merge` folder, or a registry reference NAME@VERSION (NAME@production; REGISTRY_DIR/NAME@VERSION for a registry other than ./registry)
     update: the candidate, in the same forms
     criteria: acceptance criteria (YAML) written before evaluation; its sha256 and text are recorded
     test: labelled test file neither model trained on

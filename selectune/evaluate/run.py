@@ -49,11 +49,11 @@ def model_outputs(model, task, frame: pd.DataFrame, batch_size: int = 64) -> np.
 
 def evaluate(data: str, *, delta: str | None = None, model: str | None = None, out: str | None = None,
              batch_size: int = 64, force: bool = False) -> dict[str, Any]:
-    """Score a delta (on its base) or a merged model on a labelled DATA file.
+    """Score a trained model (a delta on its base, or a merged model) on a labelled DATA file.
 
     data: labelled data file (csv, tsv, jsonl, parquet) with the columns used in training
-    delta: delta directory from `selectune train`
-    model: base model (default: the delta's) or a merged model folder
+    delta: the trained model: a `selectune train --out` folder, its delta/ folder, a `selectune merge` folder, or a registry reference NAME@VERSION (NAME@production; REGISTRY_DIR/NAME@VERSION for a registry other than ./registry)
+    model: base model to put the delta on (default: the one it records), or, without --delta, a merged model folder
     out: write metrics JSON here
     batch_size: examples per forward pass
     force: apply the delta even if the base fingerprint differs
@@ -74,8 +74,8 @@ def predict(data: str, *, out: str, delta: str | None = None, model: str | None 
 
     data: data file (csv, tsv, jsonl, parquet); labels not needed
     out: output CSV: the input columns plus prediction (and prob_<label> per class)
-    delta: delta directory from `selectune train`
-    model: base model (default: the delta's) or a merged model folder
+    delta: the trained model: a `selectune train --out` folder, its delta/ folder, a `selectune merge` folder, or a registry reference NAME@VERSION (NAME@production; REGISTRY_DIR/NAME@VERSION for a registry other than ./registry)
+    model: base model to put the delta on (default: the one it records), or, without --delta, a merged model folder
     batch_size: examples per forward pass
     force: apply the delta even if the base fingerprint differs
     """

@@ -17,22 +17,27 @@ from selectune.fingerprint import base_fingerprint, file_sha256
 from selectune.models import BUNDLED_MODELS, TASK_FILE, load_with_delta, resolve_model
 from selectune.registry.store import IN_REGISTRY, Registry, RegistryError, Version
 from selectune.selection import Selection
-from selectune.tasks import task_from_metadata
+from selectune.tasks import ModelLoadError, task_from_metadata
 
 BASE_METHOD = "base"  # the method recorded for a base model registered as a version (its delta is empty)
 
 
 def locate(path: str) -> tuple[str, Path, Path | None]:
-    """(kind, folder, run folder): kind "delta" (a delta folder, from a run folder or given directly) or "model"."""
+    """(kind, folder, run folder): kind "delta" (a delta folder, from a run folder or given directly) or "model"
+    (a selectune model folder: `merge` or `train --save-model` output), as ``selectune.refs`` names them."""
+    from selectune.refs import resolve_trained_model
+
     folder = Path(path)
-    if (folder / "delta" / DELTA_CONFIG).is_file():
-        return "delta", folder / "delta", folder
-    if (folder / DELTA_CONFIG).is_file():
-        return "delta", folder, folder.parent if (folder.parent / "metrics.json").is_file() else None
-    if (folder / TASK_FILE).is_file() and (folder / "config.json").is_file():
-        return "model", folder, folder.parent if (folder.parent / "metrics.json").is_file() else None
     if not folder.exists():
         raise RegistryError(f"{path} not found; give a `selectune train --out` folder, its delta/ folder, or a model folder")
+    try:
+        trained = resolve_trained_model(path, option="path") if folder.is_dir() else None
+    except ModelLoadError:
+        trained = None
+    if trained is not None and trained.delta:
+        return "delta", Path(trained.delta), trained.run_dir
+    if trained is not None and (folder / "config.json").is_file():
+        return "model", folder, trained.run_dir
     found = sorted(p.name for p in folder.iterdir())[:10] if folder.is_dir() else []
     raise RegistryError(f"{path} is neither a training run (delta/ inside), a delta ({DELTA_CONFIG}) nor a selectune model folder "
                         f"(config.json + {TASK_FILE}); it has {found}")

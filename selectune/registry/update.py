@@ -24,6 +24,7 @@ from selectune.delta import DELTA_CONFIG
 from selectune.fingerprint import file_sha256
 from selectune.io import atomic_write_bytes, atomic_write_json
 from selectune.registry.register import register
+from selectune.refs import DEFAULT_REGISTRY, registry_reference
 from selectune.registry.store import Registry, RegistryError
 from selectune.text_table import table
 from selectune.tasks import Task, task_from_metadata
@@ -34,10 +35,10 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
            group_cols: list[str] | None = None, note: str | None = None, resume: bool = False, **settings: Any) -> dict[str, Any]:
     """Train the next version of a registered model from version V's state on new DATA; compare, gate, register.
 
-    from_: the version to start from: NAME@VERSION, or NAME@production
+    from_: the registered version to start from: NAME@VERSION, NAME@production or NAME@latest in --registry (or REGISTRY_DIR/NAME@VERSION, the registry the new version is added to)
     data: new labelled data (csv, tsv, jsonl, parquet) with the columns of the model's task
     out: folder for this update's evidence: split/, run/, parent/, gate/, update.json
-    registry: registry folder
+    registry: registry folder (the version it starts from is in it, and the new version goes into it)
     method: selection method for the update, with options, e.g. bitfit
     criteria: acceptance criteria (YAML) for `selectune gate`: the version records pass/fail and the criteria's sha256
     group_cols: subgroup columns of the test rows, for the gate (a b or a,b)
@@ -55,6 +56,7 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
     split, training = configs["split"], configs["training"]
     group_cols = as_list(group_cols, str, "--group-cols")
     target = Path(out)
+    registry, from_ = _registry_of(from_, registry)
     with Registry(registry) as reg:
         parent = reg.get(from_)
         parent_delta, root = str(reg.delta_path(parent)), reg.base_path(parent)
@@ -108,6 +110,22 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
               "gate": version.record.get("gate"), "out": str(target)}
     atomic_write_json(target / "update.json", result)
     return result
+
+
+def _registry_of(from_: str, registry: str) -> tuple[str, str]:
+    """(registry folder, NAME@VERSION): ``--from REGISTRY_DIR/NAME@VERSION`` names the registry itself, which must then
+    be --registry's; an update starts from a registered version, so a folder is refused with the way to register it."""
+    reference = registry_reference(from_, registry)
+    if reference is None:
+        if Path(from_).exists():
+            raise RegistryError(f"--from {from_} is a folder; an update starts from a registered version: register it with "
+                                f"`selectune registry add {from_} --name NAME --registry {registry}`, then give --from NAME@1")
+        return registry, from_  # the registry's own reference check names what is wrong with it
+    named, ref = reference
+    if Path(named).resolve() != Path(registry).resolve() and registry != DEFAULT_REGISTRY:
+        raise RegistryError(f"--from {from_} names the registry {named}, but --registry is {registry}; the new version goes into "
+                            "the registry of the version it starts from: give one of them")
+    return named, ref
 
 
 def _gate(criteria: str, parent_dir: Path, run_dir: Path, files: dict[str, Path], group_cols: list[str], seed: int) -> Path:

@@ -100,21 +100,39 @@ def build(update: RunEvidence, base: RunEvidence | None, gate: GateEvidence | No
     return title, sections, hf_metadata(update, rows, model_name=redact(update.path.name))
 
 
+def run_folder(given: str, option: str) -> str:
+    """The training-run folder a report reads: GIVEN itself for a run folder (or anything that is no trained model,
+    which ``read_run`` then refuses by name); for a delta/, merged folder or registry reference, the run it came from."""
+    from selectune.refs import resolve_trained_model
+    from selectune.tasks import ModelLoadError
+
+    try:
+        trained = resolve_trained_model(given, option=option)
+    except ModelLoadError:
+        return given
+    if trained.form == "run":
+        return given
+    if trained.run_dir is None:
+        raise DataError(f"{option} {given} is a {trained.form} model whose training run is unknown; a report is built from the "
+                        "training run's records (run_config.json, metrics.json): give the `selectune train --out` folder.")
+    return str(trained.run_dir)
+
+
 def report(run: str, *, out: str, gate: str | None = None, base: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Write the update report of RUN (report.html, report.md, figures/) to OUT, built only from saved files.
 
-    run: the update's folder written by `selectune train --out`
+    run: the update: its `selectune train --out` folder, or its delta/ folder, a `selectune merge` folder of it, or its registry reference NAME@VERSION (REGISTRY_DIR/NAME@VERSION), which name that run
     out: report folder; refused if it exists unless --overwrite
     gate: folder written by `selectune gate --out` for this update (base vs update evidence and the gate table)
-    base: the model-in-use's run folder (default: the one the gate recorded)
+    base: the model in use, in the same forms as RUN (default: the run the gate recorded)
     overwrite: replace OUT if it exists
     """
     target = Path(out)
     if target.exists() and not overwrite:
         raise FileExistsError(f"output directory {out} already exists; choose another --out or pass --overwrite")
-    update = read_run(run, "update run")
+    update = read_run(run_folder(run, "run"), "update run")
     gate_evidence = read_gate(gate, update) if gate else None
-    base_path = base or (gate_evidence.base_run if gate_evidence else None)
+    base_path = run_folder(base, "base") if base else (gate_evidence.base_run if gate_evidence else None)
     base_run = read_run(base_path, "base run") if base_path else None
     judged = gate_evidence.record.base.delta_weights_sha256 if gate_evidence else None
     if base_run and judged and judged != base_run.delta.get("weights_sha256"):

@@ -422,7 +422,7 @@ def serve(*, base: str, deltas: str, keys: str | None = None, host: str = "127.0
     """Serve many deltas of one base over HTTP, mixing requests for different deltas in one batch.
 
     base: base model: `minilm`, an HF model folder, or a selectune tabular model folder
-    deltas: folder with one sub-folder per delta (delta_config.json + delta.safetensors, or a train run with delta/; the sub-folder name is the model name), or a `selectune registry` folder (each name's production version)
+    deltas: folder with one sub-folder per delta (delta_config.json + delta.safetensors, or a train run with delta/; the sub-folder name is the model name), a `selectune registry` folder (each name's production version), or NAME=MODEL,... with each MODEL a `selectune train --out` folder, its delta/ folder or a registry reference NAME@VERSION (REGISTRY_DIR/NAME@VERSION)
     keys: JSON key file mapping sha256 hashes of API keys to tenants and deltas (see README); without it model routes are open and admin routes are off
     host: address to listen on; without --keys only a loopback address (127.0.0.1, ::1, localhost) unless --insecure-no-auth
     port: port to listen on

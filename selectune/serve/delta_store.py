@@ -74,9 +74,42 @@ def _production_delta(registry_dir: str | Path, name: str) -> Path:
         raise DeltaError(f"registry {registry_dir}: {err}") from None
 
 
+def named_deltas(deltas: str | Path) -> dict[str, str] | None:
+    """``--deltas NAME=MODEL,NAME=MODEL`` -> {NAME: MODEL}; None when DELTAS is a folder (or a registry)."""
+    if "=" not in str(deltas) or Path(deltas).is_dir():
+        return None
+    named = {}
+    for item in filter(None, (part.strip() for part in str(deltas).split(","))):
+        name, sep, given = (p.strip() for p in item.partition("="))
+        if not sep or not DELTA_NAME.match(name) or not given or name in named:
+            raise DeltaError(f"--deltas item {item!r} is not NAME=MODEL with a new name of letters, digits, '.', '_' and '-'; "
+                             "write e.g. --deltas risk=runs/risk,triage=triage@production")
+        named[name] = given
+    return named
+
+
+def _named_delta(name: str, given: str) -> Path:
+    """The delta folder of MODEL in ``NAME=MODEL``: a run, its delta/, or a registry reference (re-read on every reload,
+    so ``NAME@production`` follows promote and rollback)."""
+    from selectune.refs import resolve_trained_model
+
+    try:
+        trained = resolve_trained_model(given, option="deltas")
+    except ValueError as err:  # not found, no such registry or version: a refusal the load route reports (422)
+        raise DeltaError(f"{name}: {err}") from None
+    if trained.delta is None:
+        raise DeltaError(f"--deltas {name}={given} is a merged model; a server puts many deltas on one base, so give the "
+                         "training run, its delta/ folder or a registry reference instead.")
+    return Path(trained.delta)
+
+
 def find_deltas(deltas_dir: str | Path) -> dict[str, Path]:
     """Deltas in a folder, by name: ``DIR/<name>/delta_config.json`` or a train run ``DIR/<name>/delta/``;
-    or, when DIR is a `selectune registry`, every name's ``production`` version."""
+    or, when DIR is a `selectune registry`, every name's ``production`` version; or ``NAME=MODEL,...``
+    (MODEL: a run, its delta/ or a registry reference; each must resolve, or the server does not start)."""
+    named = named_deltas(deltas_dir)
+    if named is not None:
+        return {name: _named_delta(name, given) for name, given in named.items()}
     root = Path(deltas_dir)
     if not root.is_dir():
         raise DeltaError(f"--deltas {deltas_dir} is not a folder; give a folder with one sub-folder per delta.")
@@ -107,6 +140,11 @@ def resolve_delta_source(deltas_dir: str | Path, name: str) -> Path:
     like ``name@production`` would be resolved here)."""
     if not DELTA_NAME.match(name):
         raise DeltaError(f"delta name {name!r} is not allowed; use letters, digits, '.', '_' and '-' (up to 128).")
+    named = named_deltas(deltas_dir)
+    if named is not None:
+        if name not in named:
+            raise DeltaError(f"no delta named {name!r} in --deltas {deltas_dir}; the names given there are {sorted(named)}.")
+        return _named_delta(name, named[name])
     if is_registry(deltas_dir):
         return _production_delta(deltas_dir, name)
     folder = Path(deltas_dir) / name
