@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from selectune.config import _Lists, option, with_settings
 from selectune.delta import DeltaError
 from selectune.serve.admission import (RequestDropped, TenantSlots, answer_or_drop, check_exposure, read_body_within,
                                        redact_paths, replay)
@@ -47,6 +48,18 @@ from selectune.serve.paths import ServingPath
 from selectune.serve.tenants import KeyEntry, KeyRing
 
 log = logging.getLogger("selectune.serve")
+
+
+@dataclass
+class ServeLimits(_Lists):
+    """How much the server takes in and how long a request may wait: the limit flags of `selectune serve`."""
+    max_batch_size: int = option(32, "most examples in one forward pass")
+    max_wait_ms: float = option(5.0, "longest a request waits for others to share its batch")
+    max_items: int = option(32, "most inputs in one request")
+    max_text_chars: int = option(10_000, "longest text accepted, in characters")
+    max_queued: int = option(256, "most requests waiting for the model; past it, 503 with Retry-After")
+    request_timeout_s: float = option(30.0, "longest a request waits for its answer; past it, 504 and its job is dropped")
+    max_in_flight_per_tenant: int = option(32, "most requests one tenant (key) may have in flight; past it, 429 with Retry-After")
 
 
 @dataclass
@@ -416,9 +429,7 @@ def _add_admin_routes(app: FastAPI, state: ServerState, admin) -> None:
 
 
 def serve(*, base: str, deltas: str, keys: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          max_batch_size: int = 32, max_wait_ms: float = 5.0, max_items: int = 32, max_text_chars: int = 10_000,
-          max_queued: int = 256, request_timeout_s: float = 30.0, max_in_flight_per_tenant: int = 32,
-          insecure_no_auth: bool = False, log_level: str = "info") -> None:
+          limits: ServeLimits = ServeLimits(), insecure_no_auth: bool = False, log_level: str = "info", **settings: Any) -> None:
     """Serve many deltas of one base over HTTP, mixing requests for different deltas in one batch.
 
     base: base model: `minilm`, an HF model folder, or a selectune tabular model folder
@@ -426,23 +437,15 @@ def serve(*, base: str, deltas: str, keys: str | None = None, host: str = "127.0
     keys: JSON key file mapping sha256 hashes of API keys to tenants and deltas (see README); without it model routes are open and admin routes are off
     host: address to listen on; without --keys only a loopback address (127.0.0.1, ::1, localhost) unless --insecure-no-auth
     port: port to listen on
-    max_batch_size: most examples in one forward pass
-    max_wait_ms: longest a request waits for others to share its batch
-    max_items: most inputs in one request
-    max_text_chars: longest text accepted, in characters
-    max_queued: most requests waiting for the model; past it, 503 with Retry-After
-    request_timeout_s: longest a request waits for its answer; past it, 504 and its job is dropped
-    max_in_flight_per_tenant: most requests one tenant (key) may have in flight; past it, 429 with Retry-After
     insecure_no_auth: listen on a non-loopback --host without --keys (every model open to anyone who can connect)
     log_level: uvicorn log level (debug, info, warning, error)
     """
     import uvicorn
 
+    limits = with_settings("serve", {"limits": limits}, settings)["limits"]  # Python callers may pass limits flat
     check_exposure(host, keys, insecure_no_auth)
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = ServeConfig(base=base, deltas=deltas, keys=keys, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                         max_items=max_items, max_text_chars=max_text_chars, max_queued=max_queued,
-                         request_timeout_s=request_timeout_s, max_in_flight_per_tenant=max_in_flight_per_tenant)
+    config = ServeConfig(base=base, deltas=deltas, keys=keys, **dataclasses.asdict(limits))
     app = create_app(config)
     state = app.state.serve
     per_path = ", ".join(f"{state.served_on(path)} {path.name}" for path in state.store.paths)
