@@ -12,6 +12,7 @@ Only safetensors and JSON are ever read: pickles (``.bin``, ``.pt``) can run cod
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -21,12 +22,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from selectune.fingerprint import base_fingerprint, file_sha256
 from selectune.io import atomic_write_json, staged_file
 from selectune.masks import SparseEntries, effective_tensor, flat_indices
 from selectune.methods.bias_insertion import insert_biases, remove_biases
+from selectune.roles import parameter_roles
 from selectune.selection import Selection
 from selectune.version import __version__
 
@@ -139,13 +142,18 @@ def read_delta(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor | Sparse
         raise DeltaError(f"{config_path} is not valid JSON ({err}); the delta is damaged, re-export it.") from None
     if config.get("format") != FORMAT:
         raise DeltaError(f"{config_path} is not a selectune delta config (format={config.get('format')!r}).")
-    actual = file_sha256(weights)
+    data = weights.read_bytes()  # hashed and decoded from one read: the tensors are the bytes the hash names
+    actual = "sha256:" + hashlib.sha256(data).hexdigest()
     if config.get("weights_sha256") != actual:
         raise DeltaError(
             f"{weights} does not match its recorded hash ({config.get('weights_sha256')} recorded, {actual} on disk); "
             "the file was changed or damaged. Restore it from the original delta."
         )
-    return _decode_sparse(load_file(str(weights)), config, path), config
+    try:
+        raw = load_safetensors(data)
+    except Exception as err:  # a crafted header (bad offsets, dtypes) the hash was recomputed over
+        raise DeltaError(f"{weights} cannot be decoded as safetensors ({err}); the delta is damaged, re-export it.") from None
+    return _decode_sparse(raw, config, path), config
 
 
 def _decode_sparse(raw: dict[str, torch.Tensor], config: dict[str, Any], path: Path) -> dict[str, torch.Tensor | SparseEntries]:
@@ -156,7 +164,11 @@ def _decode_sparse(raw: dict[str, torch.Tensor], config: dict[str, Any], path: P
             values, shape = raw.get(name + VALUES), config.get("tensors", {}).get(name, {}).get("shape")
             if values is None or shape is None or values.shape != raw[key].shape:
                 raise DeltaError(f"{path}: masked tensor {name} lacks its values or recorded shape; the delta is damaged, re-export it.")
-            tensors[name] = SparseEntries(raw[key], values, tuple(shape))
+            entries = SparseEntries(raw[key], values, tuple(shape))
+            problem = sparse_problem(name, entries, math.prod(entries.shape))
+            if problem:
+                raise DeltaError(f"{path}: {problem}; the delta is damaged, re-export it.")
+            tensors[name] = entries
     orphans = [k for k in raw if k.endswith(VALUES) and k[: -len(VALUES)] not in tensors]
     if orphans:
         raise DeltaError(f"{path}: {orphans[0]} has no matching indices; the delta is damaged, re-export it.")
@@ -178,10 +190,52 @@ def verify_base(model: nn.Module, selection: Selection, path: str | os.PathLike,
         )
 
 
-def write_delta_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], selection: Selection, path: str | os.PathLike) -> list[str]:
-    """Insert the zero biases the delta needs and the model lacks, check names and shapes, then copy ``tensors`` in.
+def sparse_problem(name: str, entries: SparseEntries, numel: int) -> str | None:
+    """What is wrong with a masked tensor's stored entries for a tensor of ``numel`` entries, or None.
 
-    Returns the biases it inserted. On a bad name or shape nothing is left changed.
+    Indices must be a flat integer vector, one value each, inside the tensor and each at most once (two values
+    for one entry would leave which one lands to the kernel).
+    """
+    indices = entries.indices
+    if indices.dtype not in (torch.int64, torch.int32):  # uint8 would index as a mask
+        return f"masked tensor {name} has {str(indices.dtype).replace('torch.', '')} indices; they must be integer (int64)"
+    if indices.dim() != 1 or entries.values.shape != indices.shape:
+        return f"masked tensor {name} has indices of shape {tuple(indices.shape)} and values of shape {tuple(entries.values.shape)}; both must be (k,)"
+    if indices.numel() and not (0 <= int(indices.min()) and int(indices.max()) < numel):
+        return f"masked tensor {name} has indices outside its {numel} entries"
+    if torch.unique(indices).numel() != indices.numel():
+        return f"masked tensor {name} repeats an index"
+    return None
+
+
+def delta_shape_problem(model: nn.Module, tensors: dict[str, torch.Tensor | SparseEntries], selection: Selection) -> str | None:
+    """Why ``tensors`` do not fit ``model``'s shapes, or None. Every tensor must be one of the model's parameters
+    (or a bias the selection inserts) with the same shape; only a head (role ``head``) may have another number of
+    outputs (labels). A delta that widened a body layer would change the width every other delta runs at."""
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    role_of = parameter_roles(model)
+    inserted = set(selection.inserted_parameters)
+    for name, value in sorted(tensors.items()):
+        shape = tuple(value.shape)
+        if name in params:
+            base = tuple(params[name].shape)
+        elif name in inserted and isinstance(modules.get(name.rpartition(".")[0]), nn.Linear):
+            base = (modules[name.rpartition(".")[0]].out_features,)
+        else:
+            return f"has parameter {name}, which this model lacks; is this the right kind of base model?"
+        if shape == base or (role_of.get(name) == "head" and len(shape) == len(base) >= 1 and shape[1:] == base[1:]):
+            continue
+        return f"{name} has shape {shape}, the base's is {base}; only a head may differ (in its number of outputs)"
+    return None
+
+
+def write_delta_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], selection: Selection, path: str | os.PathLike) -> list[str]:
+    """Insert the zero biases the delta needs and the model lacks, check names, shapes and indices, then copy
+    ``tensors`` in.
+
+    Returns the biases it inserted. On any failure (a bad name, shape or index, or a write that fails half-way)
+    the model is left as it was: the written tensors are restored and the inserted biases removed.
     """
     have = {n for n, _ in model.named_parameters()}
     try:
@@ -194,20 +248,37 @@ def write_delta_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], sele
             problem = f"has parameter {name}, which this model lacks; is this the right kind of base model?"
         elif tuple(params[name].shape) != tuple(value.shape):
             problem = f"{name} has shape {tuple(value.shape)} but the model's is {tuple(params[name].shape)} (e.g. a different number of labels)."
-        elif isinstance(value, SparseEntries) and value.indices.numel() and not (
-                0 <= int(value.indices.min()) and int(value.indices.max()) < params[name].numel()):
-            problem = f"masked tensor {name} has indices outside its {params[name].numel()} entries; the delta is damaged."
+        elif isinstance(value, SparseEntries):
+            problem = sparse_problem(name, value, params[name].numel())
+            if problem is None:
+                continue
+            problem += "; the delta is damaged."
         else:
             continue
         remove_biases(model, inserted)
         raise DeltaError(f"delta {path}: {problem}")
-    with torch.no_grad():
-        for name, value in tensors.items():
-            if isinstance(value, SparseEntries):
-                value.write_into(params[name])  # index_put_ on the flat view: only the masked entries
-            else:
-                params[name].copy_(value.to(params[name].dtype))
+    _write_or_restore(model, params, tensors, inserted, path)
     return inserted
+
+
+def _write_or_restore(model: nn.Module, params: dict[str, nn.Parameter], tensors: dict[str, torch.Tensor | SparseEntries],
+                      inserted: list[str], path: str | os.PathLike) -> None:
+    """Copy ``tensors`` into ``params``; on any failure put back what was written and remove ``inserted``."""
+    written: dict[str, torch.Tensor] = {}  # name -> its value before this write
+    try:
+        with torch.no_grad():
+            for name, value in tensors.items():
+                written[name] = params[name].detach().clone()
+                if isinstance(value, SparseEntries):
+                    value.write_into(params[name])  # index_put_ on the flat view: only the masked entries
+                else:
+                    params[name].copy_(value.to(params[name].dtype))
+    except Exception as err:
+        with torch.no_grad():
+            for name, before in written.items():
+                params[name].copy_(before)
+        remove_biases(model, inserted)
+        raise DeltaError(f"delta {path}: writing {name} failed ({err}); the model is left as it was. The delta is damaged, re-export it.") from None
 
 
 def load_delta(model: nn.Module, path: str | os.PathLike, *, force: bool = False) -> dict[str, Any]:

@@ -56,11 +56,24 @@ class DeltaSet:
         if name in self.deltas:
             raise DeltaError(f"a delta named {name!r} is already loaded; unload it first or choose another name")
         tensors, config = read_delta(path)
+        self.add(name, path, tensors, config, force=force)
+        return config
+
+    def add(self, name: str, path: str | os.PathLike, tensors: dict[str, Any], config: dict[str, Any], *,
+            force: bool = False, verified: bool = False) -> None:
+        """``load`` of a delta already read with ``read_delta`` (``tensors``, ``config``): reads no file.
+
+        ``verified``: the caller already checked its base fingerprint against this model's base (a server checks it
+        once on its own copy of the base), so the pass over every weight is skipped.
+        """
+        if name in self.deltas:
+            raise DeltaError(f"a delta named {name!r} is already loaded; unload it first or choose another name")
         selection = Selection.from_dict(config["selection"])
         was_active = self.active
         self.deactivate()
         try:
-            verify_base(self.model, selection, path, force=force)
+            if not verified:
+                verify_base(self.model, selection, path, force=force)
             params = dict(self.model.named_parameters())
             # Inserted biases have no original: the base lacks them and deactivate removes them.
             originals = {n: params[n].detach().to("cpu", copy=True) for n in tensors if n in params and n not in self._originals}
@@ -72,7 +85,6 @@ class DeltaSet:
         finally:
             if was_active is not None:
                 self.activate(was_active)
-        return config
 
     def unload(self, name: str) -> None:
         """Forget delta ``name`` (deactivating it first if active) and the originals only it needed."""

@@ -5,7 +5,7 @@ Routes (OpenAPI at ``/openapi.json``, interactive at ``/docs``)::
     POST /v1/predict                  {"model": NAME, "inputs": [...]} -> labels, probabilities, delta version
     GET  /v1/models                   the deltas this key may use, each with its serving path (mixed | grouped)
     GET  /v1/models/{name}
-    POST /v1/models/{name}/load       admin: (re)load NAME from --deltas (or {"path": DIR}) without a restart
+    POST /v1/models/{name}/load       admin: (re)load NAME from --deltas (or {"path": DIR} inside it) without a restart
     POST /v1/models/{name}/unload     admin: stop serving NAME once the requests already queued for it are answered
     GET  /metrics                     admin: Prometheus text (requests, latency, batch sizes)
     GET  /health                      no key needed: {"status": "ok"} (200) or {"status": "not ok"} (503)
@@ -37,11 +37,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from selectune.config import _Lists, option, with_settings
-from selectune.delta import DeltaError
 from selectune.serve.admission import (RequestDropped, TenantSlots, answer_or_drop, check_exposure, read_body_within,
                                        redact_paths, replay)
 from selectune.serve.batcher import Control, DynamicBatcher, Job, QueueFull
-from selectune.serve.delta_store import DeltaStore, ServedDelta, find_deltas, resolve_delta_source
+from selectune.serve.delta_store import DeltaStore, ServedDelta, delta_source_within, find_deltas, resolve_delta_source
 from selectune.serve.inputs import InputError, InputLimits, check_count, encode_inputs
 from selectune.serve.metrics import ServeMetrics
 from selectune.serve.paths import ServingPath
@@ -116,7 +115,7 @@ class PredictResponse(BaseModel):
 
 class LoadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: str | None = Field(default=None, description="delta folder to load; default: --deltas/NAME")
+    path: str | None = Field(default=None, description="delta folder to load, inside the --deltas folder; default: --deltas/NAME")
 
 
 class ServerState:
@@ -141,7 +140,7 @@ class ServerState:
             try:
                 delta = self.store.prepare_delta(name, source)
                 self.store.commit(delta)
-            except (DeltaError, ValueError, OSError) as err:
+            except Exception as err:  # any damage refuses this delta only; the others still start
                 self.refuse(name, source, err)
                 continue
             self.routes[name] = delta
@@ -353,13 +352,17 @@ def _add_model_routes(app: FastAPI, state: ServerState, caller) -> None:
         check_count(body.inputs, state.limits)
         delta = _routed(state, body.model, entry)
         with state.tenant_slots.hold(entry.tenant if entry is not None else None):
-            # Encode and enqueue with no await between the route lookup and the submit: an unload queued
-            # later (also from this event loop) runs after this request is answered.
-            with state.store.tokenizer_lock:
-                examples = encode_inputs(delta.task, state.store.tokenizer, body.inputs, state.limits)
+            # Tokenising runs on a worker thread: it waits for the tokenizer (which the batcher holds while it pads
+            # a batch) there, never on the event loop. A delta unloaded meanwhile answers 404 from the batcher.
+            examples = await run_in_threadpool(_encode, state, delta, body.inputs)
             future = _submit(state, Job(delta.name, examples))
             predictions, used = await _answer(state, future, request)
         return {"model": used.name, "version": used.version, "path": used.serving_path, "predictions": predictions}
+
+
+def _encode(state: ServerState, delta: ServedDelta, inputs: list[Any]) -> list[dict[str, Any]]:
+    with state.store.tokenizer_lock:  # a fast tokenizer must not run on two threads at once
+        return encode_inputs(delta.task, state.store.tokenizer, inputs, state.limits)
 
 
 def _submit(state: ServerState, job: Job):
@@ -394,15 +397,17 @@ def _add_admin_routes(app: FastAPI, state: ServerState, admin) -> None:
     @app.post("/v1/models/{name}/load")
     @one_change_per_name
     async def load(name: str, body: LoadRequest | None = None, _: KeyEntry = Depends(admin)) -> dict[str, Any]:
+        given = body.path if body is not None and body.path else None
         try:
-            source = Path(body.path) if body is not None and body.path else resolve_delta_source(config.deltas, name)
+            source = delta_source_within(config.deltas, given) if given else resolve_delta_source(config.deltas, name)
+            # Read, hash, fingerprint and check off the batcher thread; the commit below only swaps references.
             delta = await run_in_threadpool(state.store.prepare_delta, name, source)
-        except (DeltaError, OSError) as err:
-            state.refuse(name, body.path if body is not None and body.path else name, err)
+        except Exception as err:  # any damage (IndexError, KeyError, ...) is this delta's refusal, never a 500
+            state.refuse(name, given or name, err)
             raise HTTPException(422, f"delta {name!r} was not loaded: {err}") from None
         try:
             await asyncio.wrap_future(state.batcher.submit(Control(lambda: state.store.commit(delta))))
-        except (DeltaError, ValueError) as err:  # e.g. a weight delta whose shapes do not fit the base copy
+        except Exception as err:  # e.g. a weight delta whose shapes do not fit the base copy
             state.refuse(name, delta.path, err)
             raise HTTPException(422, f"delta {name!r} was not loaded: {err}") from None
         replaced = name in state.routes

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from selectune.delta import DELTA_CONFIG, DeltaError, DeltaFingerprintMismatch, read_delta
+from selectune.delta import DELTA_CONFIG, DeltaError, DeltaFingerprintMismatch, delta_shape_problem, read_delta
 from selectune.fingerprint import base_fingerprint
 from selectune.masks import SparseEntries
 from selectune.models import resolve_model
@@ -154,6 +154,19 @@ def resolve_delta_source(deltas_dir: str | Path, name: str) -> Path:
     raise DeltaError(f"no delta named {name!r} in {deltas_dir}: expected {folder}/{DELTA_CONFIG} (or {folder}/delta/{DELTA_CONFIG}).")
 
 
+def delta_source_within(deltas_dir: str | Path, given: str | Path) -> Path:
+    """The folder ``given`` (an admin load's ``path``) when it lies inside the ``--deltas`` folder; a server reads no
+    other folder, and its refusal names neither the folder nor what is in it."""
+    root = Path(deltas_dir)
+    if named_deltas(deltas_dir) is not None or not root.is_dir() or is_registry(root):
+        raise DeltaError("a path to load is only taken when --deltas is a folder of deltas; load the delta by its name.")
+    folder = Path(given).resolve()
+    if folder == root.resolve() or not folder.is_relative_to(root.resolve()):
+        raise DeltaError("the path given is not inside --deltas; copy the delta folder under --deltas and load it by "
+                         "name or by a path inside --deltas.")
+    return folder
+
+
 def load_base(base: str, num_labels: int = 2) -> tuple[type[Task], LoadedModel]:
     """(the task class that runs on the base, the base in eval mode + its processor). A task that adds a head
     (text classification) gives it ``num_labels`` outputs."""
@@ -186,28 +199,46 @@ class DeltaStore:
         return self._fingerprints[key]
 
     def prepare_delta(self, name: str, source: str | Path) -> ServedDelta:
-        """Read the delta at ``source``, check it belongs to this base, and choose its path. Changes nothing served.
+        """Read the delta at ``source``, check it belongs to this base and fits its shapes, choose its path and
+        make ready what that path needs (a base copy). Any thread; changes nothing served.
 
-        Raises ``DeltaError`` (``DeltaFingerprintMismatch`` for another base) with the reason.
+        Raises ``DeltaError`` (``DeltaFingerprintMismatch`` for another base) with the reason, for any damage.
         """
         if not DELTA_NAME.match(name):
             raise DeltaError(f"delta name {name!r} is not allowed; use letters, digits, '.', '_' and '-' (up to 128).")
-        tensors, config = read_delta(source)
-        selection = Selection.from_dict(config["selection"])
+        tensors, config = read_delta(source)  # the tensors are the bytes whose sha256 becomes the version
+        selection, task = self._read_config(config, source)
         actual = self.fingerprint([*selection.new_parameters, *selection.inserted_parameters])
         if actual != selection.base_fingerprint:
             raise DeltaFingerprintMismatch(selection.base_fingerprint, actual, str(source))
-        meta = config.get("metadata", {}).get("task")
-        if not meta:
-            raise DeltaError(f"delta {source} has no task metadata (labels, text column); it was not written by "
-                             "`selectune train`, so the server cannot tell what its outputs mean.")
-        task = task_from_metadata(meta)
+        problem = delta_shape_problem(self.model, tensors, selection)
+        if problem is not None:
+            raise DeltaError(f"delta {source}: {problem}")
+        delta = ServedDelta(name=name, path=str(source), version=config["weights_sha256"], task=task.limited_to(self.model, self.tokenizer),
+                            selection=selection, serving_path="", reason="", tensors=tensors)
+        delta.serving_path, delta.reason = self._choose_path(delta)
+        self.path(delta.serving_path).prepare(delta)
+        return delta
+
+    def _read_config(self, config: dict[str, Any], source: str | Path) -> tuple[Selection, Task]:
+        """(selection, task) of a delta's config; a damaged config (missing or mistyped fields) is a ``DeltaError``."""
+        try:
+            selection = Selection.from_dict(config["selection"])
+            meta = config.get("metadata", {}).get("task")
+            if not meta:
+                raise DeltaError(f"delta {source} has no task metadata (labels, text column); it was not written by "
+                                 "`selectune train`, so the server cannot tell what its outputs mean.")
+            task = task_from_metadata(meta)
+            if not all(isinstance(n, str) for n in [*selection.new_parameters, *selection.inserted_parameters]):
+                raise TypeError("new_parameters and inserted_parameters must be lists of names")
+        except DeltaError:
+            raise
+        except Exception as err:  # KeyError, TypeError, AttributeError, ...: the config was not written by selectune
+            raise DeltaError(f"delta {source} has a damaged {DELTA_CONFIG} ({type(err).__name__}: {err}); "
+                             "re-export it with `selectune train`.") from None
         if not type(task).claims_model_dir(resolve_model(self.base)):
             raise DeltaError(f"delta {source} is a {task.name} delta but the base {self.base} is a {self.task_class.name} model.")
-        delta = ServedDelta(name=name, path=str(source), version=config["weights_sha256"], task=task, selection=selection,
-                            serving_path="", reason="", tensors=tensors)
-        delta.serving_path, delta.reason = self._choose_path(delta)
-        return delta
+        return selection, task
 
     def _choose_path(self, delta: ServedDelta) -> tuple[str, str]:
         """(name, reason) of the first path with no obstacle to ``delta``."""

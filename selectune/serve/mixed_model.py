@@ -60,10 +60,12 @@ def mixed_path_obstacle(model: nn.Module, tensors: dict[str, torch.Tensor | Spar
         module = modules.get(path)
         is_head = role_of.get(name) == "head" or name in new
         if isinstance(module, nn.Linear) and is_head and leaf in ("weight", "bias"):
-            # Only a new head may change its output width (number of labels), and only with its weight.
+            # Only a new head (role ``head``, not any Linear listed as new) may change its output width (number of
+            # labels), and only with its weight: the widest head sets the width of the whole mixed pass.
             base_shape = tuple(params[name].shape) if name in params else None
             if base_shape is not None and tuple(value.shape) != base_shape:
-                width_only = name in new and value.dim() >= 1 and tuple(value.shape[1:]) == base_shape[1:]
+                width_only = (name in new and role_of.get(name) == "head" and value.dim() >= 1
+                              and tuple(value.shape[1:]) == base_shape[1:])
                 with_weight = f"{path}.weight" in tensors
                 if not (width_only and with_weight):
                     return f"{name} has shape {tuple(value.shape)}, the base's is {base_shape}"

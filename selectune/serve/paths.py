@@ -11,6 +11,7 @@ only) and runs its share of a batch (``passes`` splits it into forward passes, `
 """
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
@@ -40,6 +41,10 @@ class ServingPath(ABC):
     @abstractmethod
     def reason(self, refusals: list[str]) -> str:
         """Why a delta is on this path (``path_reason``), given the obstacles of the paths before it."""
+
+    def prepare(self, delta: ServedDelta) -> None:
+        """Make ready, on any thread, what ``add`` will need, so that ``add`` (batcher thread) reads no file and loads
+        no model: it only swaps references. Changes nothing served. Default: nothing to make ready."""
 
     @abstractmethod
     def add(self, delta: ServedDelta) -> None:
@@ -114,6 +119,7 @@ class GroupedPath(ServingPath):
         """n_outputs -> a fresh copy of the base with that many outputs (loading one costs a base's memory)."""
         self.sets: dict[int, DeltaSet] = {}  # number of outputs -> a base copy with its deltas
         self.deltas: dict[str, ServedDelta] = {}  # by name
+        self._making_copies = threading.Lock()  # two hot loads may prepare at once; one copy per number of outputs
 
     def obstacle(self, delta: ServedDelta) -> str | None:
         return None  # DeltaSet writes any delta into its copy; a misfit is refused by its load in ``add``
@@ -121,10 +127,15 @@ class GroupedPath(ServingPath):
     def reason(self, refusals: list[str]) -> str:
         return "; ".join(refusals)
 
+    def prepare(self, delta: ServedDelta) -> None:
+        with self._making_copies:
+            self._set(delta.task.n_outputs)  # loading a base copy takes seconds: never on the batcher thread
+
     def add(self, delta: ServedDelta) -> None:
         deltas = self._set(delta.task.n_outputs)
         if delta.key not in deltas.deltas:
-            deltas.load(delta.key, delta.path, force=True)  # fingerprint already checked by prepare_delta
+            # The tensors prepare_delta read and hashed (the reported version); its fingerprint was checked there.
+            deltas.add(delta.key, delta.path, delta.tensors, {"selection": delta.selection.to_dict()}, verified=True)
         delta.tensors = {}  # the DeltaSet holds its own copy (a `full` delta is as large as the base)
         old = self.deltas.get(delta.name)
         self.deltas[delta.name] = delta

@@ -184,6 +184,11 @@ class Task(ABC):
     def format_outputs(self, model: nn.Module, logits: torch.Tensor) -> list[dict[str, Any]]:
         """(n, C) logits -> one JSON-able answer per example (the server's response)."""
 
+    def limited_to(self, model: nn.Module, processor: Any) -> "Task":
+        """This task as ``model`` can run it (a server calls it at load, whatever the delta's config says); default:
+        unchanged. A text task clamps its ``max_length`` to the model's positions."""
+        return self
+
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """What a served delta's task reads, for ``GET /models``."""

@@ -22,6 +22,13 @@ from selectune.tasks.outputs import ClassOutputs, ValueOutputs
 from selectune.train.tabular import MODEL_TYPE, TabularMLP, TabularMLPConfig
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past a float's range, e.g. 10**400
+        return False
+
+
 @dataclass
 class TabularTask(Task):
     """What tabular classification and regression share: the feature columns, the MLP, the request schema."""
@@ -108,7 +115,7 @@ class TabularTask(Task):
             values = []
             for name in features:
                 value = row[name]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
                     raise InputError(f"inputs[{i}].{name} is {value!r}; features must be finite numbers.")
                 values.append(float(value))
             rows.append({"features": torch.tensor(values, dtype=torch.float32)})

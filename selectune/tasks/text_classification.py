@@ -1,6 +1,7 @@
 """Text classification: a Hugging Face sequence classifier reads one text column; outputs are class probabilities."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +116,13 @@ class TextClassification(ClassOutputs, Task):
     @classmethod
     def collate_request(cls, examples: list[dict[str, Any]], processor: Any) -> dict[str, torch.Tensor]:
         return dict(processor.pad(examples, return_tensors="pt"))
+
+    def limited_to(self, model: nn.Module, processor: Any) -> "TextClassification":
+        # A max_length past the position embeddings would index past them and fail every batch it joins.
+        limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None),
+                  getattr(processor, "model_max_length", None)]
+        limit = min((n for n in limits if isinstance(n, int) and 0 < n < 1_000_000), default=None)
+        return self if limit is None or self.max_length <= limit else dataclasses.replace(self, max_length=limit)
 
     def describe(self) -> dict[str, Any]:
         return {"features": None, "max_length": self.max_length}
