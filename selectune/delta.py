@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
@@ -85,8 +86,11 @@ def save_delta(model: nn.Module, selection: Selection, out_dir: str | os.PathLik
             described[name]["nonzero"] = value.numel()
         else:
             tensors[name] = value
-    with staged_file(out / DELTA_WEIGHTS) as tmp:  # safetensors writes the file itself, by name
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    with staged_file(out / DELTA_WEIGHTS) as tmp:  # safetensors writes the file itself, by name (a unique temp name)
+        try:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        except SafetensorError as err:  # e.g. a full disk: the temp file goes, nothing is left half-written
+            raise OSError(f"writing the delta to {out} failed ({err}); nothing was saved. Free disk space and save again.") from None
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

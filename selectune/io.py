@@ -74,27 +74,60 @@ def replace_folder(staged: str | os.PathLike, target: str | os.PathLike) -> None
         for name in files:
             fsync_path(os.path.join(folder, name))
         fsync_path(folder)
-    if target.exists():
-        shutil.rmtree(target)  # os.replace cannot rename a folder onto a non-empty one
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staged, target)
+    if not target.exists():
+        os.replace(staged, target)
+        fsync_path(target.parent)
+        return
+    # os.replace cannot rename a folder onto a non-empty one: the old one goes aside first and is deleted only once
+    # the new one is in place (a failure in between puts it back).
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(target, aside)
+    try:
+        os.replace(staged, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
     fsync_path(target.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+OWNER_FILE = ".selectune-output"
+"""Marker a command writes into its output folder, so that its ``--overwrite`` deletes only folders it wrote itself."""
+
+
+def check_owned(target: str | os.PathLike, owner: str) -> None:
+    """Refuse to replace an existing ``target`` that ``owner`` (a command, e.g. ``selectune report``) did not write."""
+    target = Path(target)
+    if not target.exists():
+        return
+    marker = target / OWNER_FILE
+    written_by = marker.read_text(encoding="utf-8").strip() if target.is_dir() and marker.is_file() else None
+    if written_by != owner:
+        raise FileExistsError(f"{target} was not written by `{owner}` (no {OWNER_FILE} of it inside), so --overwrite will not "
+                              "delete it; choose another folder, or remove it yourself if it really is to go.")
 
 
 @contextlib.contextmanager
-def staged_folder(target: str | os.PathLike, *, keep_existing: bool = False) -> Iterator[Path]:
+def staged_folder(target: str | os.PathLike, *, keep_existing: bool = False, owner: str | None = None) -> Iterator[Path]:
     """Yield an empty folder ``.{name}.partial-{pid}`` beside ``target`` to write into; when the block ends without
     an exception it is fsynced and renamed to ``target``. On any exception it is removed and ``target`` is untouched.
 
     An existing ``target`` is replaced, or, with ``keep_existing``, kept and the staged folder dropped (another
     process built the same content meanwhile). Whether an existing ``target`` may be replaced at all is the
-    caller's decision, made before staging.
+    caller's decision, made before staging. With ``owner`` (the command writing it), an existing ``target`` is
+    replaced only if that command wrote it (``check_owned``), and the new folder is marked as written by it.
     """
     target = Path(target)
+    if owner is not None:
+        check_owned(target, owner)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)  # left by a dead process that had our pid
     partial.mkdir(parents=True)
     try:
+        if owner is not None:
+            (partial / OWNER_FILE).write_text(owner + "\n", encoding="utf-8")
         yield partial
         if not (keep_existing and target.exists()):
             replace_folder(partial, target)

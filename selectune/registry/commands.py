@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Any
 
 from selectune.delta import DELTA_CONFIG, DELTA_WEIGHTS
-from selectune.io import atomic_write_json, staged_folder
+from selectune.io import atomic_write_json, check_owned, staged_folder
 from selectune.registry.register import check_request, register
 from selectune.registry.store import PRODUCTION, Registry, Version
 from selectune.text_table import table
+
+EXPORT_OWNER = "selectune registry export"
 
 
 def add(path: str, *, name: str, registry: str = "registry", parent: int | None = None, gate: str | None = None,
@@ -77,10 +79,11 @@ def export(ref: str, out: str, *, registry: str = "registry", overwrite: bool = 
     target = Path(out)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another folder or pass --overwrite")
+    check_owned(target, EXPORT_OWNER)  # --overwrite replaces only an earlier export, never e.g. the registry itself
     with Registry(registry) as reg:
         version = reg.get(ref)
         source, base = reg.delta_path(version), reg.base_path(version)
-        with staged_folder(target) as partial:
+        with staged_folder(target, owner=EXPORT_OWNER) as partial:
             for name in (DELTA_WEIGHTS, DELTA_CONFIG):
                 shutil.copyfile(source / name, partial / name)
             reg.check_delta(partial, version.delta_id, version.weights_sha256, version.ref)  # the copy is the registered bytes

@@ -11,13 +11,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch.nn as nn
+
 from selectune.delta import DELTA_CONFIG, read_delta, save_delta
 from selectune.evaluate.records import GateRecord, parse_record
 from selectune.fingerprint import base_fingerprint, file_sha256
 from selectune.models import BUNDLED_MODELS, TASK_FILE, load_with_delta, resolve_model
 from selectune.registry.store import IN_REGISTRY, Registry, RegistryError, Version
 from selectune.selection import Selection
-from selectune.tasks import ModelLoadError, task_from_metadata
+from selectune.tasks import ModelLoadError, Task, task_from_metadata
 
 BASE_METHOD = "base"  # the method recorded for a base model registered as a version (its delta is empty)
 
@@ -93,18 +95,20 @@ def check_request(path: str, name: str, gate: str | None) -> tuple[str, Path, Pa
 
 def register(registry: Registry, path: str, name: str, *, parent: int | None = None, gate: str | None = None,
              note: str | None = None, extra: dict[str, Any] | None = None) -> Version:
-    """Store PATH's delta (or model) in the registry and add it as the next version of NAME."""
+    """Store PATH's delta (or model) in the registry and add it as the next version of NAME.
+
+    Every check (hashes, the gate's binding, loading the base with the delta) runs before the registry's write lock
+    is taken: another writer never waits while a base model loads.
+    """
     kind, folder, run, gate_passed, gate_record = check_request(path, name, gate)
     evidence = run_evidence(run)
+    checked = _check_delta(registry, folder) if kind == "delta" else _load_model(folder)
+    check_gate_binding(kind, folder, run, gate_record, path)
     with registry.writing():
         if kind == "delta":
-            delta, stored_base, record = _check_delta(registry, folder)
+            delta, stored_base, record = checked
         else:
-            delta, stored_base, record = _model_as_version(registry, folder, evidence.get("data", {}))
-        judged = ((gate_record or {}).get("update") or {}).get("delta_weights_sha256")
-        if kind == "delta" and judged and judged != read_delta(delta)[1]["weights_sha256"]:
-            raise RegistryError(f"the gate result {gate_record['file']} judged another update (delta {judged}), not {path}; "
-                                "give the gate.json of this update")
+            delta, stored_base, record = _model_as_version(registry, folder, checked, evidence.get("data", {}))
         delta_id, weights = registry.store_delta(delta)
         if kind == "model":
             shutil.rmtree(delta)  # the empty delta staged for it was copied in
@@ -113,6 +117,29 @@ def register(registry: Registry, path: str, name: str, *, parent: int | None = N
                   "data": record["data"] or evidence.get("data", {}), **(extra or {})}
         return registry.insert_version(name, parent=parent, delta_id=delta_id, weights_sha256=weights, base_model=stored_base,
                                        base_fingerprint=record.pop("base_fingerprint"), gate_passed=gate_passed, record=record)
+
+
+def check_gate_binding(kind: str, folder: Path, run: Path | None, gate_record: dict[str, Any] | None, path: str) -> None:
+    """Refuse a gate result that does not name the update being registered: a gate binds to the sha256 of the delta
+    it judged (or, for a model folder, of the model's files), so a gate.json written by hand, or one of another
+    update, never attaches to a version."""
+    if gate_record is None:
+        return
+    judged = gate_record.get("update") or {}
+    named, files = judged.get("delta_weights_sha256"), judged.get("weights_sha256") or {}
+    if kind == "delta":
+        expected = {read_delta(folder)[1]["weights_sha256"]}
+    else:  # a model folder: the delta of the run that wrote it, or the model's own weight files
+        run_delta = run / "delta" if run is not None else None
+        expected = {read_delta(run_delta)[1]["weights_sha256"]} if run_delta is not None and (run_delta / DELTA_CONFIG).is_file() else set()
+        if files and all((folder / f).is_file() and file_sha256(folder / f) == sha for f, sha in files.items()):
+            return
+    if not named and not files:
+        raise RegistryError(f"the gate result {gate_record['file']} names no delta it judged (update.delta_weights_sha256); a gate "
+                            f"binds to the sha256 of the update it judged: give the gate.json `selectune gate --update {path}` wrote")
+    if named not in expected:
+        raise RegistryError(f"the gate result {gate_record['file']} judged another update (delta {named or files}), not {path}; "
+                            "give the gate.json of this update")
 
 
 def _check_delta(registry: Registry, folder: Path) -> tuple[Path, str, dict[str, Any]]:
@@ -135,18 +162,22 @@ def _check_delta(registry: Registry, folder: Path) -> tuple[Path, str, dict[str,
                                  "init_delta": meta.get("init_delta"), "data": meta.get("data_files") or {}}
 
 
-def _model_as_version(registry: Registry, folder: Path, data: dict) -> tuple[Path, str, dict[str, Any]]:
-    """Copy a model folder into the registry and write an empty delta against it (staged; caller stores it)."""
-    task_meta = json.loads((folder / TASK_FILE).read_text())
+def _load_model(folder: Path) -> tuple[Task, nn.Module, str]:
+    """(task, model, fingerprint) of a selectune model folder, loaded from where it is (before the registry lock)."""
+    task = task_from_metadata(json.loads((folder / TASK_FILE).read_text()))
+    loaded = task.load_model(resolve_model(str(folder)))
+    if loaded.new_parameters:
+        raise RegistryError(f"{folder} lacks trained values for {loaded.new_parameters[:3]}; register a model folder written by "
+                            "`selectune train --save-model` or `selectune merge`")
+    return task, loaded.model, base_fingerprint(loaded.model)
+
+
+def _model_as_version(registry: Registry, folder: Path, loaded: tuple[Task, nn.Module, str], data: dict) -> tuple[Path, str, dict[str, Any]]:
+    """Copy a model folder into the registry and write an empty delta against it (staged; caller stores it). Caller
+    holds the lock; ``loaded`` is ``_load_model(folder)`` (the copy has the same files, so the same fingerprint)."""
+    task, net, fingerprint = loaded
     stored_base = registry.store_model(folder)
     base_path = registry.base_path_of(stored_base)
-    task = task_from_metadata(task_meta)
-    loaded = task.load_model(resolve_model(base_path))
-    net, new = loaded.model, loaded.new_parameters
-    if new:
-        raise RegistryError(f"{folder} lacks trained values for {new[:3]}; register a model folder written by `selectune train "
-                            "--save-model` or `selectune merge`")
-    fingerprint = base_fingerprint(net)
     nothing = Selection(method=BASE_METHOD, options={}, trainable=[], new_parameters=[], base_fingerprint=fingerprint, roles={},
                         total_parameters=sum(p.numel() for p in net.parameters()), trainable_parameters=0)
     staged = registry.staging()

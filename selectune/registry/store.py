@@ -29,6 +29,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +40,7 @@ from selectune.fingerprint import file_sha256
 from selectune.io import replace_folder
 
 DATABASE, LOCK = "registry.sqlite", "write.lock"
+LOCK_TIMEOUT_S = 120.0  # a registration holds the lock only to copy files and insert a row
 PRODUCTION = "production"
 IN_REGISTRY = "@registry/"  # prefix of a base model path stored inside the registry (relative, so the folder can move)
 SCHEMA = """
@@ -120,8 +122,10 @@ def parse_ref(ref: str) -> tuple[str, str]:
 class Registry:
     """Open (``create=True``: or create) the registry in ``root``. Reads need no lock; writes take it."""
 
-    def __init__(self, root: str | os.PathLike, *, create: bool = False):
+    def __init__(self, root: str | os.PathLike, *, create: bool = False, lock_timeout: float = LOCK_TIMEOUT_S):
         self.root = Path(root).resolve()
+        self.lock_timeout = lock_timeout
+        """Longest a write waits for another writer to finish (seconds); then RegistryError."""
         if not (self.root / DATABASE).is_file():
             if not create:
                 raise RegistryError(f"no registry at {root} ({DATABASE} not found); register a first version with "
@@ -150,7 +154,7 @@ class Registry:
     def writing(self) -> Iterator[sqlite3.Connection]:
         """Hold the write lock and one IMMEDIATE transaction; commit on success, roll back on any error."""
         with open(self.root / LOCK, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._wait_for_lock(lock)
             shutil.rmtree(self.root / "staging", ignore_errors=True)  # a dead writer's half-written files
             self.connection.execute("BEGIN IMMEDIATE")
             try:
@@ -161,6 +165,19 @@ class Registry:
             except BaseException:
                 self.connection.execute("ROLLBACK")
                 raise
+
+    def _wait_for_lock(self, lock) -> None:
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RegistryError(f"another writer holds the registry {self.root} ({LOCK}) and has not finished within "
+                                        f"{self.lock_timeout:g} s; wait for it (another `selectune registry add`, `promote` or "
+                                        "`update`) and try again. A writer that died released the lock with its process.") from None
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def staging(self) -> Path:
         """A fresh folder for files being written (emptied by the next writer if this one dies). Caller holds the lock."""

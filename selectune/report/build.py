@@ -10,7 +10,7 @@ from typing import Any
 
 from selectune.data import DataError
 from selectune.fingerprint import file_sha256
-from selectune.io import atomic_write_bytes, staged_folder
+from selectune.io import atomic_write_bytes, check_owned, staged_folder
 from selectune.report.change_record import hf_metadata, model_card_sections, pccp_section
 from selectune.report.collect import RunEvidence, read_run
 from selectune.report.document import FILL_MARK, Code, Fields, Notice, Paragraph, Section, Table, figures, to_html, to_markdown
@@ -20,6 +20,7 @@ from selectune.report.privacy import redact
 from selectune.report.run_sections import base_model_name, change_section, data_section, identity_section
 
 REPORT_HTML, REPORT_MD, FIGURES = "report.html", "report.md", "figures"
+REPORT_OWNER = "selectune report"
 
 
 def summary_section(update: RunEvidence, base: RunEvidence | None, gate: GateEvidence | None, rows: list[dict]) -> Section:
@@ -130,6 +131,7 @@ def report(run: str, *, out: str, gate: str | None = None, base: str | None = No
     target = Path(out)
     if target.exists() and not overwrite:
         raise FileExistsError(f"output directory {out} already exists; choose another --out or pass --overwrite")
+    check_owned(target, REPORT_OWNER)  # --overwrite replaces only an earlier report, never e.g. the run folder
     update = read_run(run_folder(run, "run"), "update run")
     gate_evidence = read_gate(gate, update) if gate else None
     base_path = run_folder(base, "base") if base else (gate_evidence.base_run if gate_evidence else None)
@@ -145,7 +147,7 @@ def report(run: str, *, out: str, gate: str | None = None, base: str | None = No
     markdown = to_markdown(title, subtitle, sections, front_matter)
 
     # Everything goes into a partial folder first, renamed into place at the end: never a half-written report.
-    with staged_folder(target) as partial:
+    with staged_folder(target, owner=REPORT_OWNER) as partial:
         atomic_write_bytes(partial / REPORT_HTML, html_text.encode("utf-8"))
         atomic_write_bytes(partial / REPORT_MD, markdown.encode("utf-8"))
         for name, png in figures(sections).items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,7 +88,10 @@ class Code(Block):
         return f"<pre><code>{html.escape(self.text)}</code></pre>"
 
     def as_markdown(self) -> str:
-        return f"```\n{self.text}\n```"
+        # A fence longer than any run of backticks in the text: text holding ``` cannot close it and become markup.
+        longest = max((len(run) for run in re.findall(r"`+", self.text)), default=0)
+        fence = "`" * max(3, longest + 1)
+        return f"{fence}\n{self.text}\n{fence}"
 
 
 @dataclass
