@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from markdown_it import MarkdownIt
 
 from selectune.cli import main
@@ -21,24 +20,13 @@ from selectune.io import staged_folder
 from selectune.registry import Registry, RegistryError
 from selectune.registry.commands import add, export
 from selectune.registry.store import LOCK
+from tests.tiny_models import saved_tabular_delta
 
 
 @pytest.fixture()
 def tabular_registry(tmp_path):
     """A registry holding one BitFit delta of a small MLP (risk@1), and that delta's folder."""
-    from selectune import save_delta, select
-    from selectune.tasks import TabularClassification
-    from selectune.train.tabular import TabularMLP, TabularMLPConfig
-
-    features, labels = ["age", "bmi"], ["no", "yes"]
-    torch.manual_seed(0)
-    net = TabularMLP(TabularMLPConfig(n_features=2, n_outputs=2, hidden=[8], dropout=0.0, feature_names=features, labels=labels))
-    net.set_statistics(torch.randn(50, 2) + 40)
-    net.save_pretrained(tmp_path / "base")
-    task = TabularClassification(label_col="outcome", labels=labels, feature_cols=features)
-    loaded = task.load_model(str(tmp_path / "base"))
-    selection = select(loaded.model, "bitfit", new_parameters=loaded.new_parameters)
-    save_delta(loaded.model, selection, tmp_path / "delta", metadata={"task": task.metadata(), "base_model": str(tmp_path / "base")})
+    saved_tabular_delta(tmp_path / "base", tmp_path / "delta")
     add(str(tmp_path / "delta"), name="risk", registry=str(tmp_path / "reg"))
     return tmp_path / "reg", tmp_path / "delta"
 

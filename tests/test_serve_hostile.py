@@ -24,6 +24,7 @@ from selectune.serve import ServeConfig, create_app, hash_key
 from selectune.serve.batcher import Control
 from selectune.serve.delta_store import load_base
 from selectune.serve.in_process import serve_in_thread
+from tests.tiny_models import saved_tabular_delta
 
 TEXTS = ["great relief from pain", "did not help at all and made me dizzy", "ok"]
 GOOD = ["m1", "m2", "sp-good", "full-a"]
@@ -275,18 +276,7 @@ def test_tokenising_waits_off_the_event_loop(tiny_bert_dir, parts, tmp_path):
 
 
 def test_a_tabular_integer_too_large_for_a_float_is_422(tmp_path):
-    from selectune import save_delta, select
-    from selectune.tasks import TabularClassification
-    from selectune.train.tabular import TabularMLP, TabularMLPConfig
-
-    features, labels = ["age", "bmi"], ["no", "yes"]
-    net = TabularMLP(TabularMLPConfig(n_features=2, n_outputs=2, hidden=[8], dropout=0.0, feature_names=features, labels=labels))
-    net.set_statistics(torch.randn(50, 2) + 40)
-    net.save_pretrained(tmp_path / "base")
-    task = TabularClassification(label_col="outcome", labels=labels, feature_cols=features)
-    loaded = task.load_model(str(tmp_path / "base"))
-    selection = select(loaded.model, "bitfit", new_parameters=loaded.new_parameters)
-    save_delta(loaded.model, selection, tmp_path / "deltas" / "risk", metadata={"task": task.metadata(), "base_model": str(tmp_path / "base")})
+    saved_tabular_delta(tmp_path / "base", tmp_path / "deltas" / "risk")
     app = create_app(ServeConfig(base=str(tmp_path / "base"), deltas=str(tmp_path / "deltas")))
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         huge = client.post("/v1/predict", json={"model": "risk", "inputs": [{"age": 10**400, "bmi": 20}]})

@@ -143,3 +143,20 @@ def tiny_tabular_batch(net, batch: int = 8, seed: int = 1) -> dict[str, torch.Te
     g = torch.Generator().manual_seed(seed)
     return {"features": torch.randn(batch, net.config.n_features, generator=g),
             "labels": torch.randint(0, net.config.n_outputs, (batch,), generator=g)}
+
+
+def saved_tabular_delta(base_dir, delta_dir, features=("age", "bmi"), labels=("no", "yes")) -> None:
+    """A small MLP saved to ``base_dir`` (statistics around 40) and an untrained BitFit delta of it in ``delta_dir``,
+    with task metadata as `selectune train` writes it."""
+    from selectune import save_delta, select
+    from selectune.tasks import TabularClassification
+
+    torch.manual_seed(0)
+    net = TabularMLP(TabularMLPConfig(n_features=len(features), n_outputs=len(labels), hidden=[8], dropout=0.0,
+                                      feature_names=list(features), labels=list(labels)))
+    net.set_statistics(torch.randn(50, len(features)) + 40)
+    net.save_pretrained(base_dir)
+    task = TabularClassification(label_col="outcome", labels=list(labels), feature_cols=list(features))
+    loaded = task.load_model(str(base_dir))
+    selection = select(loaded.model, "bitfit", new_parameters=loaded.new_parameters)
+    save_delta(loaded.model, selection, delta_dir, metadata={"task": task.metadata(), "base_model": str(base_dir)})
