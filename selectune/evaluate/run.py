@@ -28,8 +28,9 @@ def read_frame(task, data: str, need_labels: bool) -> pd.DataFrame:
                         "rename the columns or use the file the model was trained on.")
     label_col = task.label_col if need_labels else None
     columns = task.data_options()
-    check_frame(frame, f"data file {data}", {}, label_col, columns["text_col"], columns["feature_cols"], columns["task"], None)
-    frame = prepare(frame, label_col, columns["task"], columns["feature_cols"])
+    check_frame(frame, f"data file {data}", {}, label_col, columns["text_col"], columns["feature_cols"], columns["task"], None,
+                categorical_cols=columns.get("categorical_cols", ()), allow_missing=columns.get("allow_missing", False))
+    frame = prepare(frame, label_col, columns["task"], columns["feature_cols"], columns.get("categorical_cols", ()))
     if need_labels:
         unseen = task.unseen_labels(frame)
         if unseen:
