@@ -62,7 +62,7 @@ def check(train: str, *, columns: ColumnsConfig = ColumnsConfig(), split: Annota
         splits = load_splits(train, split.validation, split.test, label_col=columns.label_col, text_col=columns.text_col,
                              feature_cols=columns.feature_cols or None, task=columns.task, val_fraction=split.val_fraction,
                              test_fraction=split.test_fraction, group_col=id_col, seed=seed,
-                             categorical_cols=preprocessing.categorical_cols, allow_missing=bool(preprocessing.impute))
+                             preprocessing=preprocessing)
     except DataError as err:  # the splitting column is --group-col in `train` and --id-col here
         raise DataError(str(err).replace("--group-col", "--id-col")) from None
     report = check_splits(splits, id_col=id_col, group_cols=group_cols, phi_policy=phi_policy, phi_cols=phi_cols,

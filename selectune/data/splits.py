@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
+from selectune.config import PreprocessingConfig
+
 from .readers import DataError, read_table
 
 TASKS = ("classification", "regression")
@@ -30,12 +32,12 @@ def load_splits(
     train: str, validation: str | None = None, test: str | None = None, *,
     label_col: str, text_col: str | None = None, feature_cols: list[str] | str | None = None,
     task: str = "classification", val_fraction: float = 0.15, test_fraction: float = 0.0,
-    group_col: str | None = None, seed: int = 0, categorical_cols: list[str] = (), allow_missing: bool = False,
+    group_col: str | None = None, seed: int = 0, preprocessing: PreprocessingConfig = PreprocessingConfig(),
 ) -> Splits:
     """Read and validate the data files; split validation/test off train where no file is given.
 
-    categorical_cols: feature columns that hold categories (not numbers); allow_missing: missing feature values are
-    imputed by the model (``--impute``), so they are accepted.
+    preprocessing: which feature columns hold categories (not numbers), and whether missing feature values are
+    imputed by the model (``--impute``), so accepted.
 
     Without a test file and with test_fraction > 0, the test set is split off first. Both
     fractions are of the whole train file, so 0.15/0.15 gives a 70/15/15 split.
@@ -67,12 +69,9 @@ def load_splits(
             group = group_col if role == "train" else None
             needed = columns if group else {k: v for k, v in columns.items() if k != "--group-col"}
             check_frame(frame, f"{role} file {path}", needed, label_col, text_col, feature_cols, task, group,
-                        categorical_cols=categorical_cols, allow_missing=allow_missing)
-            frames[role] = prepare(frame, label_col, task, feature_cols, categorical_cols)
-    empty = [name for name in feature_cols or [] if frames["train"][name].isna().all()]
-    if empty:  # (only reachable with allow_missing) nothing to learn from or to impute with
-        raise DataError(f"Feature column {empty[0]!r} has no values in the training file {train} (all {len(frames['train'])} "
-                        "missing): nothing to learn or impute from. Drop it from --feature-cols.")
+                        categorical_cols=preprocessing.categorical_cols, allow_missing=bool(preprocessing.impute))
+            frames[role] = prepare(frame, label_col, task, feature_cols, preprocessing.categorical_cols)
+    refuse_empty_features(frames["train"], feature_cols, train)
 
     data, stratified = frames.pop("train"), True
     if task == "classification" and data[label_col].nunique() < 2:
@@ -108,6 +107,14 @@ def load_splits(
                   "test": 0 if result.test is None else len(result.test)},
     }
     return result
+
+
+def refuse_empty_features(frame: pd.DataFrame, feature_cols: list[str] | None, path: str) -> None:
+    """A feature with no value in the training file (accepted cell by cell under --impute) has nothing to learn from."""
+    empty = [name for name in feature_cols or [] if frame[name].isna().all()]
+    if empty:
+        raise DataError(f"Feature column {empty[0]!r} has no values in the training file {path} (all {len(frame)} missing): "
+                        "nothing to learn or impute from. Drop it from --feature-cols.")
 
 
 def rows(mask: pd.Series, limit: int = 5) -> str:

@@ -47,10 +47,9 @@ class TabularTask(Task):
 
     def data_options(self) -> dict[str, Any]:
         prep = self.preprocessing
-        categorical = list(prep.categories) if prep else list(self.requested.categorical_cols)
-        allow_missing = bool(prep.impute if prep else self.requested.impute)
+        reads = PreprocessingConfig(impute=prep.impute, categorical_cols=list(prep.categories)) if prep else self.requested
         return {"text_col": None, "feature_cols": list(self.feature_cols) or None, "task": self.metric_family,
-                **({"categorical_cols": categorical, "allow_missing": allow_missing} if categorical or allow_missing else {})}
+                **({"preprocessing": reads} if reads.requested else {})}
 
     def use_preprocessing(self, settings: PreprocessingConfig, model: str) -> None:
         """A new base takes the flags; a saved base brings its own preprocessing, and different flags are refused."""
