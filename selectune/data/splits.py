@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
+from selectune.config import PreprocessingConfig
+
 from .readers import DataError, read_table
 
 TASKS = ("classification", "regression")
@@ -30,9 +32,12 @@ def load_splits(
     train: str, validation: str | None = None, test: str | None = None, *,
     label_col: str, text_col: str | None = None, feature_cols: list[str] | str | None = None,
     task: str = "classification", val_fraction: float = 0.15, test_fraction: float = 0.0,
-    group_col: str | None = None, seed: int = 0,
+    group_col: str | None = None, seed: int = 0, preprocessing: PreprocessingConfig = PreprocessingConfig(),
 ) -> Splits:
     """Read and validate the data files; split validation/test off train where no file is given.
+
+    preprocessing: which feature columns hold categories (not numbers), and whether missing feature values are
+    imputed by the model (``--impute``), so accepted.
 
     Without a test file and with test_fraction > 0, the test set is split off first. Both
     fractions are of the whole train file, so 0.15/0.15 gives a 70/15/15 split.
@@ -63,8 +68,10 @@ def load_splits(
             # The group column only drives splitting of the train file, so other files need not have it.
             group = group_col if role == "train" else None
             needed = columns if group else {k: v for k, v in columns.items() if k != "--group-col"}
-            check_frame(frame, f"{role} file {path}", needed, label_col, text_col, feature_cols, task, group)
-            frames[role] = prepare(frame, label_col, task, feature_cols)
+            check_frame(frame, f"{role} file {path}", needed, label_col, text_col, feature_cols, task, group,
+                        categorical_cols=preprocessing.categorical_cols, allow_missing=bool(preprocessing.impute))
+            frames[role] = prepare(frame, label_col, task, feature_cols, preprocessing.categorical_cols)
+    refuse_empty_features(frames["train"], feature_cols, train)
 
     data, stratified = frames.pop("train"), True
     if task == "classification" and data[label_col].nunique() < 2:
@@ -102,6 +109,14 @@ def load_splits(
     return result
 
 
+def refuse_empty_features(frame: pd.DataFrame, feature_cols: list[str] | None, path: str) -> None:
+    """A feature with no value in the training file (accepted cell by cell under --impute) has nothing to learn from."""
+    empty = [name for name in feature_cols or [] if frame[name].isna().all()]
+    if empty:
+        raise DataError(f"Feature column {empty[0]!r} has no values in the training file {path} (all {len(frame)} missing): "
+                        "nothing to learn or impute from. Drop it from --feature-cols.")
+
+
 def rows(mask: pd.Series, limit: int = 5) -> str:
     """1-based data row numbers (header not counted) of the first few True entries."""
     numbers = [str(i + 1) for i in np.flatnonzero(mask.to_numpy())[:limit]]
@@ -114,7 +129,8 @@ def blank(series: pd.Series) -> pd.Series:
     return series.isna() | text.astype(bool)
 
 
-def check_frame(frame, where, columns, label_col, text_col, feature_cols, task, group_col) -> None:
+def check_frame(frame, where, columns, label_col, text_col, feature_cols, task, group_col, *, categorical_cols=(),
+                allow_missing: bool = False) -> None:
     for flag, names in columns.items():
         for name in names:
             if name not in frame.columns:
@@ -145,23 +161,27 @@ def check_frame(frame, where, columns, label_col, text_col, feature_cols, task, 
     for name in feature_cols or []:
         numbers = pd.to_numeric(frame[name], errors="coerce")
         bad = numbers.isna() & frame[name].notna()
-        if bad.any():
+        if bad.any() and name not in categorical_cols:
             raise DataError(f"Feature column {name!r} in {where} is not numeric: it holds {frame[name][bad].iloc[0]!r} "
-                            f"(rows {rows(bad)}). Encode it numerically (e.g. one-hot), or impute/drop it if that value marks a missing entry.")
-        if frame[name].isna().any():
+                            f"(rows {rows(bad)}). Encode it numerically (e.g. one-hot), or impute/drop it if that value marks a missing entry. "
+                            f"If it holds categories, train a new base with --categorical-cols {name}.")
+        if frame[name].isna().any() and not allow_missing:
             raise DataError(f"Feature column {name!r} in {where} has {frame[name].isna().sum()} missing value(s) "
-                            f"(rows {rows(frame[name].isna())}). Impute them or drop those rows.")
+                            f"(rows {rows(frame[name].isna())}). Impute them (train a new base with --impute median, mean or "
+                            "most_frequent) or drop those rows.")
     if group_col and frame[group_col].isna().any():
         missing = frame[group_col].isna()
         raise DataError(f"{missing.sum()} row(s) in {where} have no group in column {group_col!r} (rows {rows(missing)}). "
                         "Fill in the group (e.g. patient id) or drop those rows.")
 
 
-def prepare(frame: pd.DataFrame, label_col: str | None, task: str, feature_cols: list[str] | None) -> pd.DataFrame:
+def prepare(frame: pd.DataFrame, label_col: str | None, task: str, feature_cols: list[str] | None,
+            categorical_cols=()) -> pd.DataFrame:
     """Give validated columns one dtype per task, so files of different formats agree."""
     frame = frame.copy()
     for name in feature_cols or []:
-        frame[name] = pd.to_numeric(frame[name])  # e.g. "1.5" strings from JSON; ints stay ints
+        if name not in categorical_cols:  # categories stay as read; the model's preprocessing encodes them
+            frame[name] = pd.to_numeric(frame[name])  # e.g. "1.5" strings from JSON; ints stay ints
     if label_col is None:
         return frame
     values = frame[label_col]

@@ -146,9 +146,7 @@ def validation_frame(source: ModelSource, validation: str | None) -> tuple[pd.Da
     if paths["validation"]:
         return paths["validation"], {"source": "file of the training run", **recorded["validation"]}
     # The same call, same seed, as `selectune train` made: the identical split.
-    splits = load_splits(paths["train"], None, paths["test"], label_col=config["label_col"], text_col=config["text_col"],
-                         feature_cols=config["feature_cols"] or None,
-                         task=source.task.metric_family,
+    splits = load_splits(paths["train"], None, paths["test"], label_col=config["label_col"], **source.task.data_options(),
                          val_fraction=config["val_fraction"], test_fraction=config["test_fraction"] or 0.0,
                          group_col=config["group_col"], seed=config["train_config"]["seed"])
     return splits.validation, {"source": "validation split of the training run", "protocol": splits.protocol,

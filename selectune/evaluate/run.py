@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
+from selectune.config import PreprocessingConfig
 from selectune.data import DataError, read_table
 from selectune.data.splits import check_frame, prepare
 from selectune.io import atomic_write_bytes, atomic_write_json
@@ -28,8 +29,10 @@ def read_frame(task, data: str, need_labels: bool) -> pd.DataFrame:
                         "rename the columns or use the file the model was trained on.")
     label_col = task.label_col if need_labels else None
     columns = task.data_options()
-    check_frame(frame, f"data file {data}", {}, label_col, columns["text_col"], columns["feature_cols"], columns["task"], None)
-    frame = prepare(frame, label_col, columns["task"], columns["feature_cols"])
+    preprocessing = columns.get("preprocessing") or PreprocessingConfig()
+    check_frame(frame, f"data file {data}", {}, label_col, columns["text_col"], columns["feature_cols"], columns["task"], None,
+                categorical_cols=preprocessing.categorical_cols, allow_missing=bool(preprocessing.impute))
+    frame = prepare(frame, label_col, columns["task"], columns["feature_cols"], preprocessing.categorical_cols)
     if need_labels:
         unseen = task.unseen_labels(frame)
         if unseen:

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from selectune.config import PreprocessingConfig
 from selectune.tasks.errors import InputLimits
 
 
@@ -77,6 +78,13 @@ class Task(ABC):
     def data_options(self) -> dict[str, Any]:
         """Keyword arguments for ``selectune.data`` (``load_splits``, ``check_frame``, ``run_checks``): which columns
         hold the inputs (``text_col`` / ``feature_cols``) and the label type (``task``)."""
+
+    def use_preprocessing(self, settings: PreprocessingConfig, model: str) -> None:
+        """Take the input preprocessing flags (``--impute``, ``--categorical-cols``) before the data are read; ``model``
+        is the base ``train`` was given (a saved base brings its own). A task without input preprocessing refuses them."""
+        if settings.requested:
+            raise ValueError("--impute, --missing-indicators and --categorical-cols apply to tabular data (--feature-cols) only; "
+                             "drop them for this task")
 
     @abstractmethod
     def label_ids(self, frame: pd.DataFrame) -> np.ndarray:

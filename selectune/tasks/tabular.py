@@ -1,10 +1,13 @@
 """Tabular tasks: selectune's TabularMLP reads numeric feature columns; classification or regression.
 
 ``--model mlp`` builds a new base from the training data's statistics (every parameter is new), or a folder a
-previous ``selectune train`` wrote is loaded as the base of an update (nothing new).
+previous ``selectune train`` wrote is loaded as the base of an update (nothing new). A new base may impute missing
+values and one-hot categories (``--impute``, ``--categorical-cols``: ``tabular_inputs.TabularPreprocessing``); an
+update reuses its base's preprocessing unchanged.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -16,9 +19,11 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
+from selectune.config import PreprocessingConfig
 from selectune.tasks.base import Example, LoadedModel, Task, read_model_type
 from selectune.tasks.errors import InputError, InputLimits, ModelLoadError
 from selectune.tasks.outputs import ClassOutputs, ValueOutputs
+from selectune.tasks.tabular_inputs import TabularPreprocessing
 from selectune.train.tabular import MODEL_TYPE, TabularMLP, TabularMLPConfig
 
 
@@ -37,6 +42,10 @@ class TabularTask(Task):
     labels: list[str] | None = None
     """Class names (sorted) for classification; None for regression."""
     feature_cols: list[str] = field(default_factory=list)
+    preprocessing: TabularPreprocessing | None = None
+    """The model's fitted input preprocessing (imputation, one-hot), or None: the features are numbers as they are."""
+    requested: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    """The preprocessing flags a new base (``--model mlp``) is fitted with."""
 
     # ---- columns and data ---------------------------------------------------------------------
     @property
@@ -44,10 +53,39 @@ class TabularTask(Task):
         return list(self.feature_cols)
 
     def data_options(self) -> dict[str, Any]:
-        return {"text_col": None, "feature_cols": list(self.feature_cols) or None, "task": self.metric_family}
+        prep = self.preprocessing
+        reads = PreprocessingConfig(impute=prep.impute, categorical_cols=list(prep.categories)) if prep else self.requested
+        return {"text_col": None, "feature_cols": list(self.feature_cols) or None, "task": self.metric_family,
+                **({"preprocessing": reads} if reads.requested else {})}
+
+    def use_preprocessing(self, settings: PreprocessingConfig, model: str) -> None:
+        """A new base takes the flags; a saved base brings its own preprocessing, and different flags are refused."""
+        settings.validate()
+        stray = [c for c in settings.categorical_cols if c not in self.feature_cols]
+        if stray:
+            raise ValueError(f"--categorical-cols {stray} are not among --feature-cols {list(self.feature_cols)}; "
+                             "add them to --feature-cols (a categorical column is a feature too)")
+        if model == "mlp" or not self.claims_model_dir(model):
+            self.requested = settings
+            return
+        config = json.loads((Path(model) / "config.json").read_text())
+        self.check_base_features(config.get("feature_names", []), model)  # before any data are read
+        base = TabularPreprocessing.from_json(config.get("preprocessing"))
+        same = base is not None and base.impute == settings.impute and set(base.categories) == set(settings.categorical_cols)
+        if settings.requested and not same:
+            raise ValueError(f"base model {model} prepares its inputs with {base.describe() if base else 'no preprocessing'}; an "
+                             "update reuses its base's preprocessing unchanged: drop --impute, --missing-indicators and "
+                             "--categorical-cols (or train a new base with --model mlp)")
+        self.preprocessing = base
+
+    def feature_matrix(self, frame: pd.DataFrame, where: str = "the data") -> np.ndarray:
+        """(N, F) float32 model inputs of ``frame``'s raw feature columns."""
+        if self.preprocessing is None:
+            return frame[self.feature_cols].to_numpy(dtype=np.float32)
+        return self.preprocessing.transform(frame, where)
 
     def encode(self, frame: pd.DataFrame, with_labels: bool = True) -> dict[str, Any]:
-        out: dict[str, Any] = {"features": torch.tensor(frame[self.feature_cols].to_numpy(dtype=np.float32))}
+        out: dict[str, Any] = {"features": torch.tensor(self.feature_matrix(frame))}
         if with_labels and self.label_col in frame:
             out["labels"] = torch.tensor(self.label_ids(frame))
         return out
@@ -65,8 +103,14 @@ class TabularTask(Task):
         if model == "mlp":
             if train_frame is None:
                 raise ModelLoadError("a new MLP needs training data to standardise its inputs")
-            config = TabularMLPConfig(n_features=len(self.feature_cols), n_outputs=self.n_outputs, task=self.metric_family,
-                                      hidden=list(hidden or [64, 64]), feature_names=list(self.feature_cols), labels=self.labels)
+            if self.requested.requested:  # fitted on the training split only
+                self.preprocessing = TabularPreprocessing.fit(train_frame, list(self.feature_cols), impute=self.requested.impute,
+                                                              categorical=self.requested.categorical_cols,
+                                                              missing_indicators=self.requested.missing_indicators)
+            width = len(self.preprocessing.output_names) if self.preprocessing else len(self.feature_cols)
+            config = TabularMLPConfig(n_features=width, n_outputs=self.n_outputs, task=self.metric_family,
+                                      hidden=list(hidden or [64, 64]), feature_names=list(self.feature_cols), labels=self.labels,
+                                      preprocessing=self.preprocessing.to_json() if self.preprocessing else None)
             net = TabularMLP(config)
             batch = self.encode(train_frame)
             net.set_statistics(batch["features"], batch.get("labels"))
@@ -76,12 +120,23 @@ class TabularTask(Task):
                 f"{model} is not a selectune tabular model directory (config.json with model_type {MODEL_TYPE}). "
                 "Use --model mlp to train a new base, or the model/ folder a previous `selectune train` wrote."
             )
-        net = TabularMLP.from_pretrained(model)
-        if net.config.feature_names != list(self.feature_cols):
-            raise ModelLoadError(f"base model {model} was trained on features {net.config.feature_names}, "
-                                 f"but --feature-cols gives {list(self.feature_cols)}; use the same columns in the same order.")
+        net = self.load_base(model).model.train()
+        self.check_base_features(net.config.feature_names, model)
         self.check_base_labels(net.config.labels, model)
+        base_preprocessing = TabularPreprocessing.from_json(net.config.preprocessing)
+        if self.preprocessing is not None and self.preprocessing != base_preprocessing:
+            raise ModelLoadError(f"base model {model} prepares its inputs differently ({base_preprocessing.describe() if base_preprocessing else 'none'}) "
+                                 f"from this delta ({self.preprocessing.describe()}); put the delta on the base it was trained on.")
+        self.preprocessing = base_preprocessing
         return LoadedModel(net, [])
+
+    def check_base_features(self, base_features: list[str], model: str) -> None:
+        """Refuse a row shape the base cannot take, naming the columns it never saw."""
+        if base_features != list(self.feature_cols):
+            unknown = [c for c in self.feature_cols if c not in base_features]
+            raise ModelLoadError(f"base model {model} was trained on features {base_features}, but --feature-cols gives "
+                                 f"{list(self.feature_cols)}" + (f" (the base never saw {unknown})" if unknown else "")
+                                 + "; use the same columns in the same order.")
 
     def check_base_labels(self, base_labels: list[str] | None, model: str) -> None:
         """Refuse a base whose outputs mean something else (classification: another label set)."""
@@ -96,11 +151,15 @@ class TabularTask(Task):
     @classmethod
     def load_base(cls, path: str, n_outputs: int = 2, with_tokenizer: bool = True) -> LoadedModel:
         """A saved TabularMLP as it is (its head is trained: nothing new)."""
-        return LoadedModel(TabularMLP.from_pretrained(path).eval(), [])
+        try:
+            return LoadedModel(TabularMLP.from_pretrained(path).eval(), [])
+        except ValueError as err:  # preprocessing JSON edited after training
+            raise ModelLoadError(str(err)) from None
 
     # ---- serving ------------------------------------------------------------------------------
     def encode_request(self, inputs: list[Any], limits: InputLimits, processor: Any) -> list[dict[str, Any]]:
-        """``{feature: number}`` objects with exactly the delta's features -> a (F,) tensor each."""
+        """``{feature: number}`` objects with exactly the delta's features -> a (F,) tensor each; with preprocessing, null
+        (imputed) and category values too, prepared exactly as ``predict`` prepares a file's rows."""
         features = list(self.feature_cols)
         rows = []
         for i, row in enumerate(inputs):
@@ -112,31 +171,49 @@ class TabularTask(Task):
                 raise InputError(f"inputs[{i}]: " + "; ".join(filter(None, [
                     f"missing feature(s) {missing[:5]}" if missing else "", f"unknown feature(s) {extra[:5]}" if extra else ""]))
                     + f". The model takes exactly: {features}.")
-            values = []
             for name in features:
-                value = row[name]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
-                    raise InputError(f"inputs[{i}].{name} is {value!r}; features must be finite numbers.")
-                values.append(float(value))
-            rows.append({"features": torch.tensor(values, dtype=torch.float32)})
-        return rows
+                self._check_request_value(row[name], f"inputs[{i}].{name}", name)
+            rows.append(row)
+        if self.preprocessing is None:
+            return [{"features": torch.tensor([float(r[f]) for f in features], dtype=torch.float32)} for r in rows]
+        frame = pd.DataFrame({name: pd.Series([r[name] for r in rows], dtype=object) for name in features})
+        numeric = [c for c in features if c not in self.preprocessing.categories]
+        frame[numeric] = frame[numeric].apply(pd.to_numeric)  # null -> NaN
+        matrix = self.preprocessing.transform(frame, "the request")
+        return [{"features": torch.from_numpy(matrix[j].copy())} for j in range(len(rows))]
+
+    def _check_request_value(self, value: Any, where: str, name: str) -> None:
+        prep = self.preprocessing
+        if value is None and prep is not None and name in prep.fill:
+            return  # imputed, as a missing value in a file is
+        if prep is not None and name in prep.categories and isinstance(value, (str, int)) and not isinstance(value, bool):
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            imputed = " (or null: this model imputes missing values)" if prep is not None and name in prep.fill else ""
+            raise InputError(f"{where} is {value!r}; features must be finite numbers{imputed}.")
 
     @classmethod
     def collate_request(cls, examples: list[dict[str, Any]], processor: Any) -> dict[str, torch.Tensor]:
         return {"features": torch.stack([e["features"] for e in examples])}  # (B, F)
 
     def describe(self) -> dict[str, Any]:
-        return {"features": list(self.feature_cols) or None, "max_length": None}
+        described = {"features": list(self.feature_cols) or None, "max_length": None}
+        if self.preprocessing is not None:
+            described.update(categories=self.preprocessing.categories, impute=self.preprocessing.impute)
+        return described
 
     # ---- metadata and options -----------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
         # The format every delta since 0.1 carries (text_col/max_length are unused by tabular tasks).
+        # A model with input preprocessing adds it (older readers ignore the key).
         return {"kind": self.name, "label_col": self.label_col, "labels": self.labels, "text_col": None,
-                "feature_cols": list(self.feature_cols), "max_length": 128}
+                "feature_cols": list(self.feature_cols), "max_length": 128,
+                **({"preprocessing": self.preprocessing.to_json()} if self.preprocessing else {})}
 
     @classmethod
     def from_metadata(cls, data: dict[str, Any]) -> "TabularTask":
-        return cls(label_col=data["label_col"], labels=data["labels"], feature_cols=list(data["feature_cols"]))
+        return cls(label_col=data["label_col"], labels=data["labels"], feature_cols=list(data["feature_cols"]),
+                   preprocessing=TabularPreprocessing.from_json(data.get("preprocessing")))
 
     def options(self) -> dict[str, Any]:
         return {"text_col": None, "feature_cols": list(self.feature_cols), "task": self.metric_family, "max_length": 128}

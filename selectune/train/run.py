@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import selectune
-from selectune.config import ColumnsConfig, ModelConfig, OutputConfig, SplitConfig, TrainConfig, with_settings
+from selectune.config import ColumnsConfig, ModelConfig, OutputConfig, PreprocessingConfig, SplitConfig, TrainConfig, with_settings
 from selectune.data import load_splits
 from selectune.data.check_command import check_splits
 from selectune.delta import load_delta, read_delta, read_selection, save_delta, stack_selection
@@ -48,7 +48,8 @@ def environment() -> dict[str, str]:
 
 def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfig = ColumnsConfig(), split: SplitConfig = SplitConfig(),
           base: ModelConfig | None = None, training: TrainConfig = TrainConfig(), phi_policy: str = "warn",
-          init_delta: str | None = None, output: OutputConfig = OutputConfig(), **settings: Any) -> dict[str, Any]:
+          init_delta: str | None = None, output: OutputConfig = OutputConfig(),
+          preprocessing: PreprocessingConfig = PreprocessingConfig(), **settings: Any) -> dict[str, Any]:
     """Fine-tune MODEL on TRAIN with a selective METHOD; write the delta, metrics and resolved config to OUT.
 
     train: training data file (csv, tsv, jsonl, parquet)
@@ -60,7 +61,7 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
     Python callers may give any field of the configs flat: ``train(path, model="mlp", out="runs/x", epochs=1, resume=True)``.
     """
     configs = with_settings("train", {"columns": columns, "split": split, "base": base or ModelConfig, "training": training,
-                                      "output": output}, settings)
+                                      "output": output, "preprocessing": preprocessing}, settings)
     columns, split, base, training, output = (configs[k] for k in ("columns", "split", "base", "training", "output"))
     target = Path(out)
     checkpoint_dir = target.with_name(f"{target.name}.checkpoints")
@@ -71,6 +72,7 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
     spec.resolve_options(method_options)  # fail on a bad option before reading any data
     training.validate()
     the_task = _task(columns, base.max_length)
+    the_task.use_preprocessing(configs["preprocessing"], base.model)  # a saved base brings its own
     config = training.for_task(the_task.default_metric)
 
     # setup: data, task, model, selection
@@ -96,6 +98,7 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
                 "label_col": columns.label_col, "text_col": columns.text_col, "feature_cols": columns.feature_cols, "task": the_task.name,
                 "val_fraction": split.val_fraction, "test_fraction": split.test_fraction, "group_col": split.group_col,
                 "phi_policy": phi_policy, "hidden": base.hidden_text, "max_length": base.max_length,
+                "preprocessing": the_task.metadata().get("preprocessing"),
                 "train_config": {**vars(config), "lr": lr_used}, "num_processes": accelerator.num_processes}
 
     # train, then test beside the majority-class floor
@@ -159,6 +162,7 @@ def _checkpoints(checkpoint_dir: Path, resolved: dict[str, Any], selection, init
                 "data": {role: r[role] and file_sha256(r[role]) for role in ("train", "validation", "test")},
                 "columns": [r["label_col"], r["text_col"], r["feature_cols"], r["group_col"]],
                 "split": [r["val_fraction"], r["test_fraction"]], "hidden": r["hidden"], "max_length": r["max_length"],
+                "preprocessing": r["preprocessing"],
                 "trainable": selection.trainable, "processes": r["num_processes"]}
     if not resume:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # --overwrite: the old run's checkpoints must not mix in

@@ -3,11 +3,14 @@ historical data (method ``full``) and later update it with ``bitfit`` on new dat
 
 It saves and loads like an HF model (``config.json`` + ``model.safetensors``), through safetensors only.
 Feature standardisation lives in buffers, so the statistics of the base's training data travel with the
-base and are covered by its fingerprint; an update never re-standardises.
+base and are covered by its fingerprint; an update never re-standardises. Input preprocessing (imputation,
+one-hot categories: ``selectune.tasks.tabular_inputs``) is JSON in ``config.json``; its sha256 is a buffer, so
+the fingerprint covers it too and an edited config.json is refused on load.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -33,6 +36,8 @@ class TabularMLPConfig:
     feature_names: list[str] = field(default_factory=list)
     labels: list[str] | None = None
     model_type: str = MODEL_TYPE
+    preprocessing: dict | None = None
+    """Fitted input preprocessing (``TabularPreprocessing.to_json()``), or None: the features are read as numbers."""
 
 
 @dataclass
@@ -57,6 +62,9 @@ class TabularMLP(nn.Module):
         self.register_buffer("feature_std", torch.ones(config.n_features))
         self.register_buffer("target_mean", torch.zeros(1))
         self.register_buffer("target_std", torch.ones(1))
+        if config.preprocessing is not None:
+            # (32,) sha256 of the preprocessing JSON: a buffer, so base_fingerprint covers how inputs are prepared.
+            self.register_buffer("preprocessing_sha256", preprocessing_digest(config.preprocessing))
 
     def set_statistics(self, features: torch.Tensor, targets: torch.Tensor | None = None) -> None:
         """Standardise with the statistics of ``features`` (N, F) and, for regression, ``targets`` (N,)."""
@@ -97,6 +105,17 @@ class TabularMLP(nn.Module):
         model_dir = Path(model_dir)
         config = TabularMLPConfig(**json.loads((model_dir / "config.json").read_text()))
         model = cls(config)
+        expected = getattr(model, "preprocessing_sha256", None)
+        expected = None if expected is None else expected.clone()  # load_state_dict copies into the buffer in place
         model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
+        if expected is not None and not torch.equal(expected, model.preprocessing_sha256):
+            raise ValueError(f"{model_dir}/config.json: its preprocessing differs from the one this model was trained with "
+                             "(sha256 mismatch); restore the folder as `selectune train` wrote it.")
         return model
+
+
+def preprocessing_digest(preprocessing: dict) -> torch.Tensor:
+    """(32,) uint8 sha256 of the canonical JSON of ``preprocessing``."""
+    digest = hashlib.sha256(json.dumps(preprocessing, sort_keys=True, separators=(",", ":")).encode()).digest()
+    return torch.tensor(list(digest), dtype=torch.uint8)
 
