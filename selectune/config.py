@@ -72,10 +72,16 @@ class ColumnsConfig(_Lists):
     text_col: str | None = option(None, "column with the text (text classification)")
     feature_cols: list[str] = option([], "numeric feature columns (tabular): a b c or a,b,c")
     task: str = option("classification", "classification or regression (tabular)")
+    prompt_col: str | None = option(None, "column with the prompt (causal-lm: a decoder LM learns to answer it)")
+    response_col: str | None = option(None, "column with the response the model learns to give (causal-lm; replaces --label-col)")
 
     def validate(self) -> None:
         if self.text_col and self.feature_cols:
             raise ValueError("give either --text-col (text) or --feature-cols (tabular), not both")
+        if self.prompt_col and (self.text_col or self.feature_cols):
+            raise ValueError("give either --prompt-col (causal-lm) or --text-col / --feature-cols, not both")
+        if bool(self.prompt_col) != bool(self.response_col):
+            raise ValueError("causal-lm needs both --prompt-col (what the model reads) and --response-col (what it learns to answer)")
         if self.task not in TASKS or (self.text_col and self.task != "classification"):
             raise ValueError(f"--task must be classification or regression (regression only for tabular data), got {self.task!r}")
 

@@ -27,7 +27,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, brier_scor
                              mean_absolute_error, mean_squared_error, precision_recall_curve, r2_score, roc_auc_score, roc_curve)
 
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "auroc": True, "auprc": True, "sensitivity": True, "specificity": True,
-                    "ppv": True, "npv": True, "brier": False, "ece": False, "r2": True, "loss": False, "mae": False, "rmse": False,
+                    "ppv": True, "npv": True, "brier": False, "ece": False, "r2": True, "loss": False, "perplexity": False, "mae": False, "rmse": False,
                     "demographic_parity_difference": False, "equalized_odds_difference": False}
 CLASSIFICATION_METRICS = ("auroc", "auprc", "accuracy", "macro_f1", "sensitivity", "specificity", "ppv", "npv", "brier", "ece")
 REGRESSION_METRICS = ("mae", "rmse", "r2")

@@ -64,6 +64,8 @@ class Task(ABC):
     values). Handed to the generic metric, bootstrap, criteria and data-check functions."""
     outputs_probabilities: ClassVar[bool]
     """Whether outputs are (N, C) class probabilities (thresholds, AUROC, calibration apply) rather than values."""
+    served: ClassVar[bool] = True
+    """Whether ``selectune serve`` answers for it (a task without a serving endpoint yet sets False)."""
     label_col: str
     labels: list[str] | None
 
@@ -149,6 +151,22 @@ class Task(ABC):
     @abstractmethod
     def subgroup_score(self, metric: str, y_true: np.ndarray, outputs: np.ndarray) -> float:
         """``metric`` on one subgroup's rows (``compare --group-cols``)."""
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What ``outputs`` reads for a batch without labels: the model's logits, unless the task scores otherwise."""
+        return model(**batch).logits
+
+    def loss_metrics(self, loss: float) -> dict[str, float]:
+        """Metrics that follow from the mean held-out loss (a language model's perplexity); none by default."""
+        return {}
+
+    def method_defaults(self, method: str) -> dict[str, Any]:
+        """Options of ``method`` this task turns on unless the user sets them (causal-lm: BitFit inserts missing biases)."""
+        return {}
+
+    def generate_columns(self, model: nn.Module, frame: pd.DataFrame, max_new_tokens: int) -> dict[str, Any]:
+        """Columns ``predict`` adds by generating (a causal LM's answers); none by default."""
+        return {}
 
     def class_weights(self, label_ids: torch.Tensor, mode: str | None) -> torch.Tensor | None:
         """Loss weights per output for ``mode`` (``balanced``), or None where they do not apply."""
