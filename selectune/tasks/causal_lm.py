@@ -76,7 +76,7 @@ class CausalLM(ClassOutputs, Task):
     def _check_prompt_lengths(self, prompts: list[list[int]], rows: pd.Index) -> None:
         too_long = [(row, len(ids)) for row, ids in zip(rows, prompts) if len(ids) >= self.max_length]
         if too_long:
-            shown = ", ".join(f"row {row} ({n} tokens)" for row, n in too_long[:5])
+            shown = ", ".join(f"row {row} ({n} tokens)" for row, n in too_long[:5])  # 0-based rows of the frame read
             raise DataError(f"{len(too_long)} prompt(s) fill --max-length {self.max_length} on their own, leaving no room for the "
                             f"response: {shown}. Raise --max-length or shorten those prompts.")
 
