@@ -156,7 +156,7 @@ def inspect(model: str, *, method: str = "bitfit", num_labels: int = 2) -> dict[
 def data(name: str, out: str) -> dict[str, str]:
     """Export a bundled real data set (drug-reviews, breast-cancer, diabetes) as CSV files into OUT.
 
-    name: drug-reviews, breast-cancer or diabetes
+    name: drug-reviews, drug-reviews-questions (the reviews asked as a question, for causal-lm), breast-cancer or diabetes
     out: output directory
     """
     from selectune.data import export_bundled
