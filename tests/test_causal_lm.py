@@ -165,3 +165,37 @@ def test_predict_generates_greedily_up_to_max_new_tokens(example, run, tmp_path)
     for one, four in zip(short.generated.fillna(""), longer.generated.fillna("")):
         assert len(tok(one, add_special_tokens=False)["input_ids"]) <= 1 and four.startswith(one)
     assert longer.generated.fillna("").str.len().sum() > short.generated.fillna("").str.len().sum()
+
+
+def test_gate_judges_perplexity_with_a_bootstrap_ci(example, run, tmp_path):
+    from selectune.evaluate.gate import gate
+
+    _, ex = example
+    criteria = tmp_path / "criteria.yaml"
+    criteria.write_text("criteria:\n  - {metric: perplexity, rule: max_worsening, value: 0.0}\n"
+                        "  - {metric: accuracy, rule: non_inferior, margin: 0.5}\n")
+    base = tmp_path / "base_run"
+    train(ex.train, validation=ex.validation, out=str(base), epochs=1, seed=0, lr=1e-6, checkpoint=False, progress=False,
+          **ex.train_options)
+    result = gate(base=str(base), update=str(run[0]), criteria=str(criteria), test=ex.test, out=str(tmp_path / "gate"), resamples=200)
+    evaluation = json.loads((tmp_path / "gate" / "evaluation.json").read_text())
+    update = evaluation["models"]["update"]["metrics"]["perplexity"]
+    model, task, _ = load_with_delta(str(run[0] / "delta"))
+    rows = task.row_losses(model, pd.read_csv(ex.test), 7)  # (N, 2), batches of 7 rows
+    assert rows.shape == (24, 2) and (rows[:, 1] == [len(r) for r in task.response_ids(pd.read_csv(ex.test).answer.tolist())]).all()
+    assert update["value"] == pytest.approx(math.exp(rows[:, 0].sum() / rows[:, 1].sum()), rel=1e-5)
+    assert update["ci_low"] < update["value"] < update["ci_high"]
+    difference = evaluation["paired_differences"]["perplexity"]
+    assert difference["value"] == pytest.approx(update["value"] - evaluation["models"]["base"]["metrics"]["perplexity"]["value"])
+    row = result["rows"][0]
+    assert row["passed"] == (difference["value"] <= 0.0)  # two epochs at 1e-3 vs one at 1e-6: judged on the point difference
+
+
+def test_a_perplexity_criterion_is_refused_for_a_task_without_it(tmp_path):
+    from selectune.evaluate.criteria import CriteriaError, check_applicable, load_criteria
+
+    criteria = tmp_path / "criteria.yaml"
+    criteria.write_text("criteria:\n  - {metric: perplexity, rule: max_worsening, value: 0.5}\n")
+    with pytest.raises(CriteriaError, match="uses perplexity, which a classification model does not have"):
+        check_applicable(load_criteria(str(criteria)), classification=True, group_cols=[])
+    check_applicable(load_criteria(str(criteria)), classification=True, group_cols=[], loss_metrics=["perplexity"])

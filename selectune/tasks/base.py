@@ -160,6 +160,11 @@ class Task(ABC):
         """Metrics that follow from the mean held-out loss (a language model's perplexity); none by default."""
         return {}
 
+    def row_losses(self, model: nn.Module, frame: pd.DataFrame, batch_size: int) -> np.ndarray | None:
+        """(N, 2) per-row summed loss and token count on FRAME's labels, for loss metrics with CIs (``gate``); None where
+        the task has no such metric."""
+        return None
+
     def method_defaults(self, method: str) -> dict[str, Any]:
         """Options of ``method`` this task turns on unless the user sets them (causal-lm: BitFit inserts missing biases)."""
         return {}

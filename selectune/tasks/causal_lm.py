@@ -165,12 +165,31 @@ class CausalLM(ClassOutputs, Task):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], class_weights: torch.Tensor | None):
         """(mean NLL per response token, (B, C) label log-likelihoods): the scores only in eval mode, where
         ``predict`` reads them; training needs the loss alone."""
+        nll, tokens = self.response_nll(model, batch)
+        loss = nll.sum() / tokens.sum().clamp_min(1)
+        if model.training:
+            return loss, nll.new_zeros(len(nll), 0)
+        return loss, self.forward(model, batch)
+
+    @staticmethod
+    def response_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) summed NLL of each row's response tokens and (B,) their number."""
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
         targets = batch["lm_targets"][:, 1:]  # token t+1 is predicted at position t
-        loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
-        if model.training:
-            return loss, logits.new_zeros(len(targets), 0)
-        return loss, self.forward(model, batch)
+        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")  # (B, T-1)
+        return nll.sum(1), (targets != IGNORE).sum(1)
+
+    def row_losses(self, model: nn.Module, frame: pd.DataFrame, batch_size: int) -> np.ndarray:
+        """(N, 2): each row's summed response NLL and its response tokens (``gate`` bootstraps perplexity from them)."""
+        model.eval()
+        device = next(model.parameters()).device
+        rows, out = self.examples(frame), []
+        with torch.no_grad():
+            for start in range(0, len(rows), batch_size):
+                batch = {k: v.to(device) for k, v in self.collate(rows[start:start + batch_size]).items()}
+                nll, tokens = self.response_nll(model, batch)
+                out.append(torch.stack([nll.double(), tokens.double()], 1).cpu())
+        return torch.cat(out).numpy()
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, C): summed log-likelihood of each label's tokens (end-of-sequence included) after each prompt."""
@@ -275,4 +294,5 @@ class CausalLM(ClassOutputs, Task):
                                       "max_length": 48, "batch_size": 8},
                        request_inputs=test["question"].tolist()[:5],
                        criteria="criteria:\n  - {metric: auroc, rule: non_inferior, margin: 1.0}\n"
-                                "  - {metric: accuracy, rule: non_inferior, margin: 1.0}\n")
+                                "  - {metric: accuracy, rule: non_inferior, margin: 1.0}\n"
+                                "  - {metric: perplexity, rule: max_worsening, value: 0.5}\n")
