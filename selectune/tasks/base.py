@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -236,6 +237,35 @@ class Task(ABC):
     @abstractmethod
     def write_example(cls, folder: Path, seed: int = 0) -> Example:
         """A tiny base model and data files in ``folder`` that train in seconds (the conformance suite)."""
+
+
+# Short fake drug reviews the tasks' tiny examples (``write_example``) are made of: (good, bad).
+EXAMPLE_REVIEWS = (["great relief from pain", "worked well for me", "no side effects at all", "felt much better quickly"],
+                   ["terrible headaches after", "did not help at all", "made me dizzy and sick", "awful nausea every morning"])
+
+
+def write_example_splits(folder: Path, frame: Any) -> dict[str, str]:
+    """train/validation/test CSVs of 32/16/24 rows, ``frame(n, offset)`` making each (offsets keep their rows apart)."""
+    paths = {name: str(folder / f"{name}.csv") for name in ("train", "validation", "test")}
+    for (name, path), (n, offset) in zip(paths.items(), ((32, 0), (16, 100), (24, 200))):
+        frame(n, offset).to_csv(path, index=False)
+    return paths
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' load report and progress bars off while a task loads a model: the report is ours to give (new
+    parameters), not a wall of warnings."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 def read_model_type(path: str | os.PathLike) -> str | None:

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from selectune.data import DataError
-from selectune.tasks.base import Example, LoadedModel, Task, read_model_type
+from selectune.tasks.base import EXAMPLE_REVIEWS, Example, LoadedModel, Task, quiet_transformers, read_model_type, write_example_splits
 from selectune.tasks.errors import InputError, InputLimits, ModelLoadError
 from selectune.tasks.outputs import ClassOutputs
 
@@ -119,23 +119,17 @@ class CausalLM(ClassOutputs, Task):
     def load_model(self, model: str, train_frame: pd.DataFrame | None = None, *, hidden: list[int] | None = None,
                    with_tokenizer: bool = True) -> LoadedModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
         if not Path(model).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ModelLoadError(f"model {model} is not a local directory and HF_HUB_OFFLINE=1; give a local HF model folder.")
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         try:
-            if with_tokenizer:
-                self.tokenizer = AutoTokenizer.from_pretrained(model)
-            net, info = AutoModelForCausalLM.from_pretrained(model, output_loading_info=True)
+            with quiet_transformers():
+                if with_tokenizer:
+                    self.tokenizer = AutoTokenizer.from_pretrained(model)
+                net, info = AutoModelForCausalLM.from_pretrained(model, output_loading_info=True)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"cannot load a causal LM from {model}: {str(err).splitlines()[0]} "
                                  "Give a local Hugging Face decoder model folder (config.json + weights + tokenizer), or `smollm2`.") from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
         names = {n for n, _ in net.named_parameters()}
         new = sorted(n for n in info.get("missing_keys", []) if n in names)
         return LoadedModel(net, new, self.tokenizer)
@@ -277,17 +271,14 @@ class CausalLM(ClassOutputs, Task):
                              bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id)
         LlamaForCausalLM(config).save_pretrained(folder / "base")
         tok.save_pretrained(folder / "base")
-        good = ["great relief from pain", "worked well for me", "no side effects at all", "felt much better quickly"]
-        bad = ["terrible headaches after", "did not help at all", "made me dizzy and sick", "awful nausea every morning"]
+        good, bad = EXAMPLE_REVIEWS
 
         def frame(n: int, offset: int) -> pd.DataFrame:
             rows = [(f"Review: {(good if i % 2 == 0 else bad)[(i // 2 + offset) % 4]} (review {i + offset}). Positive or negative?",
                      "positive" if i % 2 == 0 else "negative") for i in range(n)]
             return pd.DataFrame(rows, columns=["question", "answer"])
 
-        paths = {name: str(folder / f"{name}.csv") for name in ("train", "validation", "test")}
-        for (name, path), (n, offset) in zip(paths.items(), ((32, 0), (16, 100), (24, 200))):
-            frame(n, offset).to_csv(path, index=False)
+        paths = write_example_splits(folder, frame)
         test = pd.read_csv(paths["test"])
         return Example(train=paths["train"], validation=paths["validation"], test=paths["test"],
                        train_options={"model": str(folder / "base"), "prompt_col": "question", "response_col": "answer",
