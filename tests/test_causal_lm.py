@@ -199,3 +199,19 @@ def test_a_perplexity_criterion_is_refused_for_a_task_without_it(tmp_path):
     with pytest.raises(CriteriaError, match="uses perplexity, which a classification model does not have"):
         check_applicable(load_criteria(str(criteria)), classification=True, group_cols=[])
     check_applicable(load_criteria(str(criteria)), classification=True, group_cols=[], loss_metrics=["perplexity"])
+
+
+def test_registry_add_and_update_retrain_a_causal_lm_version(example, run, tmp_path):
+    from selectune.cli import main
+    from selectune.registry import resolve_version
+
+    _, ex = example
+    assert main(["registry", "add", str(run[0]), "--name", "reviews-lm", "--registry", str(tmp_path / "reg")]) == 0
+    assert main(["update", "--from", "reviews-lm@1", "--data", ex.train, "--test", ex.test, "--epochs", "1", "--batch-size", "8",
+                 "--out", str(tmp_path / "v2"), "--registry", str(tmp_path / "reg"), "--no-progress"]) == 0
+    version, delta, base = resolve_version(tmp_path / "reg", "reviews-lm@2")
+    _, config = read_delta(delta)
+    assert version.parent == 1 and config["metadata"]["task"] == read_delta(run[0] / "delta")[1]["metadata"]["task"]
+    recorded = json.loads((tmp_path / "v2" / "run" / "metrics.json").read_text())["test"]
+    again = evaluate(ex.test, delta=str(delta), model=base)["metrics"]
+    assert again["accuracy"] == recorded["accuracy"] and again["perplexity"] == pytest.approx(recorded["perplexity"], rel=1e-5)
