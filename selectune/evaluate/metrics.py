@@ -27,11 +27,12 @@ from sklearn.metrics import (accuracy_score, average_precision_score, brier_scor
                              mean_absolute_error, mean_squared_error, precision_recall_curve, r2_score, roc_auc_score, roc_curve)
 
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "auroc": True, "auprc": True, "sensitivity": True, "specificity": True,
-                    "ppv": True, "npv": True, "brier": False, "ece": False, "r2": True, "loss": False, "mae": False, "rmse": False,
+                    "ppv": True, "npv": True, "brier": False, "ece": False, "r2": True, "loss": False, "perplexity": False, "mae": False, "rmse": False,
                     "demographic_parity_difference": False, "equalized_odds_difference": False}
 CLASSIFICATION_METRICS = ("auroc", "auprc", "accuracy", "macro_f1", "sensitivity", "specificity", "ppv", "npv", "brier", "ece")
 REGRESSION_METRICS = ("mae", "rmse", "r2")
 FAIRNESS_METRICS = ("demographic_parity_difference", "equalized_odds_difference")
+LOSS_METRICS = ("perplexity",)  # from a language model's per-token loss (causal-lm), beside its label metrics
 ECE_BINS = 10
 THRESHOLD_RULES = "youden (max sensitivity + specificity - 1), sensitivity=0.9 (highest threshold reaching it), fixed=0.5"
 
@@ -46,6 +47,8 @@ DEFINITIONS = {
     "brier": "binary: mean (P(positive) - y)^2; multi-class: mean over rows of sum over classes (p_c - 1[y=c])^2",
     "ece": f"{ECE_BINS} equal-width bins of [0,1]: sum of n_bin/N * |observed rate - mean predicted|; binary: P(positive); "
            "multi-class: top-label confidence vs correctness",
+    "perplexity": "exp(summed NLL of the response tokens / their number), over the rows (causal-lm); bootstrap: the same "
+                  "ratio on resampled rows",
     "mae": "mean absolute error", "rmse": "root mean squared error", "r2": "coefficient of determination",
     "demographic_parity_difference": "fairlearn: largest minus smallest share flagged positive across groups",
     "equalized_odds_difference": "fairlearn: larger of the between-group gaps in TPR and FPR (positive class one-vs-rest)",

@@ -43,11 +43,15 @@ def read_frame(task, data: str, need_labels: bool) -> pd.DataFrame:
 
 def model_outputs(model, task, frame: pd.DataFrame, batch_size: int = 64) -> np.ndarray:
     """(N, C) class probabilities or (N,) regression values for every row of FRAME, in order."""
+    return outputs_and_loss(model, task, frame, batch_size, with_labels=False)[0]
+
+
+def outputs_and_loss(model, task, frame: pd.DataFrame, batch_size: int = 64, with_labels: bool = True) -> tuple[np.ndarray, float]:
+    """(outputs as ``model_outputs``, the mean loss on FRAME's labels: NaN ``with_labels=False``)."""
     accelerator = make_accelerator(TrainConfig())
-    loader = DataLoader(task.examples(frame, with_labels=False), batch_size=batch_size, collate_fn=task.collate)
+    loader = DataLoader(task.examples(frame, with_labels=with_labels), batch_size=batch_size, collate_fn=task.collate)
     model, loader = accelerator.prepare(model, loader)
-    outputs, _ = predict_outputs(model, task, loader, accelerator)
-    return outputs
+    return predict_outputs(model, task, loader, accelerator)
 
 
 def evaluate(data: str, *, delta: str | None = None, model: str | None = None, out: str | None = None,
@@ -63,8 +67,8 @@ def evaluate(data: str, *, delta: str | None = None, model: str | None = None, o
     """
     net, task = load_for_inference(model, delta, force)
     frame = read_frame(task, data, need_labels=True)
-    outputs = model_outputs(net, task, frame, batch_size)
-    metrics = score(task, outputs, task.label_ids(frame))
+    outputs, loss = outputs_and_loss(net, task, frame, batch_size)
+    metrics = {**score(task, outputs, task.label_ids(frame)), **task.loss_metrics(loss)}
     result = {"data": str(Path(data).resolve()), "delta": delta, "model": model, "metrics": metrics}
     if out:
         atomic_write_json(Path(out), result)
@@ -72,7 +76,7 @@ def evaluate(data: str, *, delta: str | None = None, model: str | None = None, o
 
 
 def predict(data: str, *, out: str, delta: str | None = None, model: str | None = None, batch_size: int = 64,
-            force: bool = False) -> str:
+            force: bool = False, max_new_tokens: int = 32) -> str:
     """Write predictions (and class probabilities) for every row of DATA to OUT (csv).
 
     data: data file (csv, tsv, jsonl, parquet); labels not needed
@@ -81,12 +85,13 @@ def predict(data: str, *, out: str, delta: str | None = None, model: str | None 
     model: base model to put the delta on (default: the one it records), or, without --delta, a merged model folder
     batch_size: examples per forward pass
     force: apply the delta even if the base fingerprint differs
+    max_new_tokens: tokens a causal LM generates per row (greedy) into the column `generated`; other tasks ignore it
     """
     net, task = load_for_inference(model, delta, force)
     frame = read_frame(task, data, need_labels=False)
     outputs = model_outputs(net, task, frame, batch_size)
     result = frame.copy()
-    for column, values in task.prediction_columns(outputs).items():
+    for column, values in {**task.prediction_columns(outputs), **task.generate_columns(net, frame, max_new_tokens)}.items():
         result[column] = values
     atomic_write_bytes(Path(out), result.to_csv(index=False).encode())
     return os.fspath(out)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from selectune.config import _Lists, option
-from selectune.evaluate.bootstrap import BLOCK, finite
+from selectune.evaluate.bootstrap import BLOCK, bootstrap_samples, estimates, finite, paired_differences
 from selectune.evaluate.metrics import DEFINITIONS, ECE_BINS, curves
 from selectune.evaluate.subgroups import fairness_gaps, score_rows, subgroup_tables
 
@@ -79,3 +79,19 @@ def score_predictions(y: np.ndarray, outputs: dict[str, np.ndarray], thresholds:
         "subgroups": subgroups,
         "fairness": fairness,
     }
+
+
+def add_perplexity(scorecard: dict, losses: dict[str, np.ndarray], settings: EvaluationSettings) -> None:
+    """Add ``perplexity`` with its bootstrap CI to each model in LOSSES ((N, 2): per-row summed NLL and tokens), and the
+    paired update - base difference: exp(sum NLL / sum tokens) of the same resampled rows (W: (b, N) counts)."""
+    def perplexity(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return np.exp((weights @ rows[:, 0]) / np.maximum(weights @ rows[:, 1], 1.0))
+
+    points = {name: {"perplexity": float(perplexity(rows, np.ones(len(rows))))} for name, rows in losses.items()}
+    resamplers = {name: (lambda W, rows=rows: {"perplexity": perplexity(rows, W)}) for name, rows in losses.items()}
+    samples = bootstrap_samples(resamplers, len(next(iter(losses.values()))), settings.resamples, settings.seed)
+    for name in losses:
+        scorecard["models"][name]["metrics"].update(estimates(points[name], samples[name], settings.confidence))
+    if {"base", "update"} <= set(losses) and scorecard.get("paired_differences") is not None:
+        scorecard["paired_differences"].update(paired_differences(points["update"], points["base"], samples["update"],
+                                                                  samples["base"], settings.confidence))

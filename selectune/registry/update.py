@@ -78,7 +78,7 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
     run_dir = target / "run"
     if not (run_dir / "metrics.json").is_file():
         columns = ColumnsConfig(label_col=task.label_col, text_col=options["text_col"], feature_cols=options["feature_cols"],
-                                task=options["task"])
+                                task=options["task"], prompt_col=options.get("prompt_col"), response_col=options.get("response_col"))
         train(str(files["train"]), out=str(run_dir), method=method, columns=columns,
               split=SplitConfig(validation=str(files["validation"]), test=str(files["test"])),
               base=ModelConfig(model=root, max_length=options["max_length"]), training=training, init_delta=parent_delta,

@@ -43,15 +43,23 @@ def task_from_metadata(data: dict[str, Any]) -> Task:
 
 
 def task_from_options(*, label_col: str, text_col: str | None = None, feature_cols: list[str] | None = None,
-                      task: str = "classification", max_length: int = 128) -> Task:
-    """The task the train/compare options describe: ``--text-col`` or ``--feature-cols``, and ``--task``.
+                      task: str = "classification", max_length: int = 128, prompt_col: str | None = None,
+                      response_col: str | None = None) -> Task:
+    """The task the train/compare options describe: ``--text-col``, ``--feature-cols`` or ``--prompt-col``/``--response-col``,
+    and ``--task``.
 
     Its labels are set from the data (``task.labels = splits.labels``) once the data are read."""
     if text_col and feature_cols:
         raise ValueError("give either --text-col (text) or --feature-cols (tabular), not both")
-    options = dict(label_col=label_col, text_col=text_col, feature_cols=list(feature_cols or []), task=task, max_length=max_length)
+    options = dict(label_col=label_col, text_col=text_col, feature_cols=list(feature_cols or []), task=task, max_length=max_length,
+                   prompt_col=prompt_col, response_col=response_col)
     for cls in TASKS.values():
-        found = cls.from_options(**options)
+        # A task takes the options its from_options names; one given an option (a column) it cannot read is not the task
+        # the options describe (--prompt-col is no tabular task).
+        wanted = inspect.signature(cls.from_options).parameters
+        if any(value for key, value in options.items() if key not in wanted):
+            continue
+        found = cls.from_options(**{k: v for k, v in options.items() if k in wanted})
         if found is not None:
             return found
     raise ValueError(f"--task must be classification or regression (regression only for tabular data), got {task!r}")
@@ -74,10 +82,12 @@ def load_base_model(path: str, n_outputs: int = 2, with_tokenizer: bool = True) 
 
 from selectune.tasks.tabular import TabularClassification, TabularRegression  # noqa: E402
 from selectune.tasks.text_classification import TextClassification  # noqa: E402
+from selectune.tasks.causal_lm import CausalLM  # noqa: E402
 
 register_task(TextClassification)
 register_task(TabularClassification)
 register_task(TabularRegression)
+register_task(CausalLM)
 
-__all__ = ["TASKS", "Task", "TextClassification", "TabularClassification", "TabularRegression", "LoadedModel", "Example", "ModelLoadError", "InputError", "InputLimits", "register_task",
+__all__ = ["TASKS", "Task", "TextClassification", "TabularClassification", "TabularRegression", "CausalLM", "LoadedModel", "Example", "ModelLoadError", "InputError", "InputLimits", "register_task",
            "get_task", "task_from_metadata", "task_from_options", "task_class_for_model_dir", "load_base_model"]

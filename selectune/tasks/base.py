@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -65,6 +66,8 @@ class Task(ABC):
     values). Handed to the generic metric, bootstrap, criteria and data-check functions."""
     outputs_probabilities: ClassVar[bool]
     """Whether outputs are (N, C) class probabilities (thresholds, AUROC, calibration apply) rather than values."""
+    served: ClassVar[bool] = True
+    """Whether ``selectune serve`` answers for it (a task without a serving endpoint yet sets False)."""
     label_col: str
     labels: list[str] | None
 
@@ -158,6 +161,27 @@ class Task(ABC):
     def subgroup_score(self, metric: str, y_true: np.ndarray, outputs: np.ndarray) -> float:
         """``metric`` on one subgroup's rows (``compare --group-cols``)."""
 
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What ``outputs`` reads for a batch without labels: the model's logits, unless the task scores otherwise."""
+        return model(**batch).logits
+
+    def loss_metrics(self, loss: float) -> dict[str, float]:
+        """Metrics that follow from the mean held-out loss (a language model's perplexity); none by default."""
+        return {}
+
+    def row_losses(self, model: nn.Module, frame: pd.DataFrame, batch_size: int) -> np.ndarray | None:
+        """(N, 2) per-row summed loss and token count on FRAME's labels, for loss metrics with CIs (``gate``); None where
+        the task has no such metric."""
+        return None
+
+    def method_defaults(self, method: str) -> dict[str, Any]:
+        """Options of ``method`` this task turns on unless the user sets them (causal-lm: BitFit inserts missing biases)."""
+        return {}
+
+    def generate_columns(self, model: nn.Module, frame: pd.DataFrame, max_new_tokens: int) -> dict[str, Any]:
+        """Columns ``predict`` adds by generating (a causal LM's answers); none by default."""
+        return {}
+
     def class_weights(self, label_ids: torch.Tensor, mode: str | None) -> torch.Tensor | None:
         """Loss weights per output for ``mode`` (``balanced``), or None where they do not apply."""
         return None
@@ -226,6 +250,35 @@ class Task(ABC):
     @abstractmethod
     def write_example(cls, folder: Path, seed: int = 0) -> Example:
         """A tiny base model and data files in ``folder`` that train in seconds (the conformance suite)."""
+
+
+# Short fake drug reviews the tasks' tiny examples (``write_example``) are made of: (good, bad).
+EXAMPLE_REVIEWS = (["great relief from pain", "worked well for me", "no side effects at all", "felt much better quickly"],
+                   ["terrible headaches after", "did not help at all", "made me dizzy and sick", "awful nausea every morning"])
+
+
+def write_example_splits(folder: Path, frame: Any) -> dict[str, str]:
+    """train/validation/test CSVs of 32/16/24 rows, ``frame(n, offset)`` making each (offsets keep their rows apart)."""
+    paths = {name: str(folder / f"{name}.csv") for name in ("train", "validation", "test")}
+    for (name, path), (n, offset) in zip(paths.items(), ((32, 0), (16, 100), (24, 200))):
+        frame(n, offset).to_csv(path, index=False)
+    return paths
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' load report and progress bars off while a task loads a model: the report is ours to give (new
+    parameters), not a wall of warnings."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 def read_model_type(path: str | os.PathLike) -> str | None:

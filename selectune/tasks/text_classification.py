@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from selectune.tasks.base import Example, LoadedModel, Task, read_model_type
+from selectune.tasks.base import EXAMPLE_REVIEWS, Example, LoadedModel, Task, quiet_transformers, read_model_type, write_example_splits
 from selectune.tasks.errors import InputError, InputLimits, ModelLoadError
 from selectune.tasks.outputs import ClassOutputs
 
@@ -55,26 +55,20 @@ class TextClassification(ClassOutputs, Task):
     def load_model(self, model: str, train_frame: pd.DataFrame | None = None, *, hidden: list[int] | None = None,
                    with_tokenizer: bool = True) -> LoadedModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
         if not Path(model).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ModelLoadError(f"model {model} is not a local directory and HF_HUB_OFFLINE=1; give a local HF model folder.")
         label2id = {label: i for i, label in enumerate(self.labels)}
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the load report is ours to give (new parameters), not a wall of warnings
-        hf_logging.disable_progress_bar()
         try:
-            if with_tokenizer:
-                self.tokenizer = AutoTokenizer.from_pretrained(model)
-            net, info = AutoModelForSequenceClassification.from_pretrained(
-                model, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)), label2id=label2id,
-                ignore_mismatched_sizes=True, output_loading_info=True)
+            with quiet_transformers():
+                if with_tokenizer:
+                    self.tokenizer = AutoTokenizer.from_pretrained(model)
+                net, info = AutoModelForSequenceClassification.from_pretrained(
+                    model, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)), label2id=label2id,
+                    ignore_mismatched_sizes=True, output_loading_info=True)
         except (OSError, ValueError) as err:
             raise ModelLoadError(f"cannot load a text model from {model}: {str(err).splitlines()[0]} "
                                  "Give a local Hugging Face model folder (config.json + weights + tokenizer).") from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
         mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys", [])]
         names = {n for n, _ in net.named_parameters()}
         # HF's missing keys: parameters the checkpoint lacked (the new classifier) were initialised at random.
@@ -160,17 +154,14 @@ class TextClassification(ClassOutputs, Task):
                             intermediate_size=64, max_position_embeddings=128)
         BertModel(config).save_pretrained(folder / "base")
         tok.save_pretrained(folder / "base")
-        good = ["great relief from pain", "worked well for me", "no side effects at all", "felt much better quickly"]
-        bad = ["terrible headaches after", "did not help at all", "made me dizzy and sick", "awful nausea every morning"]
+        good, bad = EXAMPLE_REVIEWS
 
         def frame(n: int, offset: int) -> pd.DataFrame:
             rows = [(f"{(good if i % 2 == 0 else bad)[(i // 2 + offset) % 4]} (review {i + offset})", "pos" if i % 2 == 0 else "neg")
                     for i in range(n)]
             return pd.DataFrame(rows, columns=["review", "rating"])
 
-        paths = {name: str(folder / f"{name}.csv") for name in ("train", "validation", "test")}
-        for (name, path), (n, offset) in zip(paths.items(), ((32, 0), (16, 100), (24, 200))):
-            frame(n, offset).to_csv(path, index=False)
+        paths = write_example_splits(folder, frame)
         test = pd.read_csv(paths["test"])
         return Example(train=paths["train"], validation=paths["validation"], test=paths["test"],
                        train_options={"model": str(folder / "base"), "text_col": "review", "label_col": "rating", "max_length": 32},

@@ -58,7 +58,7 @@ def predict(model: nn.Module, task: Task, loader: DataLoader, accelerator: Accel
                 loss, logits = task.loss(model, batch, None)
                 labels = batch["labels"]
             else:
-                logits = model(**batch).logits
+                logits = task.forward(model, batch)
             logits = accelerator.gather_for_metrics(logits)
             outputs.append(task.outputs(model, logits))
             if has_labels:
@@ -230,6 +230,7 @@ def _validate(run: _Prepared, task: Task, y_val: np.ndarray, config: TrainConfig
     outputs, val_loss = predict(run.model, task, run.val_loader, accelerator)
     metrics = score(task, outputs, y_val)
     metrics["loss"] = val_loss
+    metrics.update(task.loss_metrics(val_loss))
     if config.metric not in metrics:
         raise ValueError(f"metric {config.metric!r} is not computed for this task; choose from {sorted(metrics)}")
     row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in metrics.items()}}

@@ -73,6 +73,7 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
     training.validate()
     the_task = _task(columns, base.max_length)
     the_task.use_preprocessing(configs["preprocessing"], base.model)  # a saved base brings its own
+    method_options = {**the_task.method_defaults(method_name), **method_options}
     config = training.for_task(the_task.default_metric)
 
     # setup: data, task, model, selection
@@ -128,7 +129,8 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
 def _task(columns: ColumnsConfig, max_length: int) -> Task:
     """The task the column settings describe; its labels are set from the data once it is read."""
     return task_from_options(label_col=columns.label_col, text_col=columns.text_col, feature_cols=columns.feature_cols,
-                             task=columns.task, max_length=max_length)
+                             task=columns.task, max_length=max_length, prompt_col=columns.prompt_col,
+                             response_col=columns.response_col)
 
 
 def _split(train: str, the_task: Task, split: SplitConfig, seed: int):
@@ -190,7 +192,7 @@ def _test_metrics(net, the_task: Task, splits, config: TrainConfig, accelerator)
     loader = accelerator.prepare(DataLoader(the_task.examples(splits.test), batch_size=config.eval_batch_size, collate_fn=the_task.collate))
     outputs, test_loss = predict(net, the_task, loader, accelerator)
     y_test = the_task.label_ids(splits.test)
-    test_metrics = {**score(the_task, outputs, y_test), "loss": test_loss}
+    test_metrics = {**score(the_task, outputs, y_test), "loss": test_loss, **the_task.loss_metrics(test_loss)}
     return test_metrics, the_task.majority_baseline(the_task.label_ids(splits.train), y_test)
 
 
