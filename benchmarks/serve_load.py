@@ -29,6 +29,7 @@ import pandas as pd
 # `python benchmarks/serve_load.py` as the README writes it: the repo root (selectune, benchmarks) is importable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine_load import add_load_flags, check_machine, finished
 from benchmarks.serve_deltas import SYNTHETIC_NOTE, make_perturbed_deltas
 from selectune.data import export_bundled
 from selectune.io import atomic_write_json
@@ -61,7 +62,9 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--out", default="benchmarks/results/serve_load.json")
+    add_load_flags(parser)
     args = parser.parse_args()
+    load = check_machine(args)  # before anything is loaded or timed
     started = time.time()
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,7 +153,7 @@ def main() -> None:
                                "models": f"{args.deltas} bitfit (mixed path) + 1 random sparse mask (grouped path), one tenant key each",
                                "transport": "HTTP/1.1 on loopback, server in its own process (selectune serve), clients as threads"},
         "deltas": SYNTHETIC_NOTE,
-        "load_average_at_start": os.getloadavg()[0],
+        "load_average_at_start": load["load_average"]["1min"],
         "duration_s": round(load_seconds, 1),
         "requests": len(records),
         "errors": errors,
@@ -166,6 +169,7 @@ def main() -> None:
             "mean_deltas_per_mixed_batch": round(_metric(metrics, "selectune_batch_deltas_sum") / max(_metric(metrics, "selectune_batch_deltas_count"), 1), 2),
             "grouped_passes": int(_metric(metrics, "selectune_batch_examples_count", path="grouped")),
         },
+        "machine_load": finished(load),
         "environment": environment(),
         "wall_seconds": round(time.time() - started, 1),
     }
