@@ -88,7 +88,11 @@ class _Batch:
     """Per forward pass: which table row each example uses, and the examples of each row present."""
 
     rows: torch.Tensor  # (B,) int64
-    groups: list[tuple[int, torch.Tensor]]  # (row, (b,) example indices), rows in ascending order
+
+    @functools.cached_property
+    def groups(self) -> list[tuple[int, torch.Tensor]]:
+        """(row, (b,) example indices) per row present, rows ascending; only heads need them, once per pass."""
+        return [(int(r), (self.rows == r).nonzero().squeeze(1)) for r in torch.unique(self.rows).tolist()]
 
 
 class MixedBiasModel:
@@ -155,8 +159,7 @@ class MixedBiasModel:
 
         Heads of different widths are zero-padded to the widest: slice each example's own number of outputs.
         """
-        groups = [(int(r), (rows == r).nonzero().squeeze(1)) for r in torch.unique(rows).tolist()]
-        self._batch = _Batch(rows, groups)
+        self._batch = _Batch(rows)
         try:
             with torch.inference_mode():
                 return self.model(**inputs).logits
@@ -184,9 +187,14 @@ def _per_example(values: torch.Tensor, rows: torch.Tensor, x: torch.Tensor) -> t
 
 
 def _gathered_linear(module: nn.Linear, mixed: MixedBiasModel, table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    # (B, *, in) @ (in, out) + (B, 1.., out): the shared GEMM, then each example's own bias.
+    # (B, *, in) @ (in, out) + (B, 1.., out), the way F.linear(x, W, b) adds its one bias: each example's bias is
+    # written into the output, then the shared GEMM accumulates onto it in place (beta=1). No (B, *, out) temporary
+    # and no second pass over the output, and each example's answer is bit for bit its delta's merged Linear.
     batch = mixed.current(x)
-    return F.linear(x, module.weight).add_(_per_example(table, batch.rows, x))
+    out_features = table.shape[1]
+    out = _per_example(table, batch.rows, x).expand(*x.shape[:-1], out_features).contiguous()  # (B, *, out)
+    out.view(-1, out_features).addmm_(x.reshape(-1, x.shape[-1]), module.weight.t())
+    return out
 
 
 def _gathered_layer_norm(module: nn.LayerNorm, mixed: MixedBiasModel, weight_table: torch.Tensor | None,
