@@ -38,6 +38,8 @@ class MixedDelta:
 
     name: str
     tensors: dict[str, torch.Tensor]
+    """By parameter name. ``set_deltas`` swaps each tensor that went into a table for a view of its row (the same
+    values), so a server with many deltas holds each value once."""
     new_parameters: list[str] = field(default_factory=list)
     """Parameters absent from the base checkpoint (a new classifier): their shape may differ from the base's."""
 
@@ -113,6 +115,7 @@ class MixedBiasModel:
         """Build every table for ``deltas`` (row i = deltas[i]) and install the gathered forwards."""
         self.remove()
         modules = dict(self.model.named_modules())
+        tables: dict[str, torch.Tensor] = {}  # parameter name -> its (R, ...) table, row i = deltas[i]'s
         touched: dict[str, set[str]] = {}
         for delta in deltas:
             for name in delta.tensors:
@@ -129,16 +132,19 @@ class MixedBiasModel:
                 self._install(module, functools.partial(_grouped_linear, module, self, weights, biases, width))
             elif isinstance(module, nn.Linear):
                 base = module.bias.detach() if module.bias is not None else torch.zeros(module.out_features)
-                table = torch.stack([on(d.tensors.get(f"{path}.bias", base)) for d in deltas])  # (R, out)
+                table = tables[f"{path}.bias"] = torch.stack([on(d.tensors.get(f"{path}.bias", base)) for d in deltas])  # (R, out)
                 self._install(module, functools.partial(_gathered_linear, module, self, table))
             elif isinstance(module, nn.LayerNorm):
                 weight_table = None  # the base's scale for every row, applied fused
                 if "weight" in leaves:
-                    weight_table = torch.stack([on(d.tensors.get(f"{path}.weight", module.weight.detach())) for d in deltas])  # (R, H)
-                bias_table = torch.stack([on(d.tensors.get(f"{path}.bias", module.bias.detach())) for d in deltas])  # (R, H)
+                    weight_table = tables[f"{path}.weight"] = torch.stack(
+                        [on(d.tensors.get(f"{path}.weight", module.weight.detach())) for d in deltas])  # (R, H)
+                bias_table = tables[f"{path}.bias"] = torch.stack(
+                    [on(d.tensors.get(f"{path}.bias", module.bias.detach())) for d in deltas])  # (R, H)
                 self._install(module, functools.partial(_gathered_layer_norm, module, self, weight_table, bias_table))
             else:  # mixed_path_obstacle keeps such deltas off this path
                 raise ValueError(f"{path}: {type(module).__name__} cannot be gathered per example")
+        _share_rows(deltas, tables)
         self.names = [d.name for d in deltas]
 
     def _install(self, module: nn.Module, forward) -> None:
@@ -174,6 +180,16 @@ class MixedBiasModel:
             raise RuntimeError(f"a gathered layer got {x.shape[0]} rows for a batch of {batch.rows.shape[0]} examples: "
                                "this model reshapes the batch dimension, so its deltas must be served per delta")
         return batch
+
+
+def _share_rows(deltas: list[MixedDelta], tables: dict[str, torch.Tensor]) -> None:
+    # Each delta's tensor that a table copied becomes a view of its row: equal values, held once (the copy the delta
+    # file was read into is freed). One kept on another device or dtype than the table's stays as it is.
+    for name, table in tables.items():
+        for row, delta in enumerate(deltas):
+            value = delta.tensors.get(name)
+            if value is not None and value.dtype == table.dtype and value.device == table.device:
+                delta.tensors[name] = table[row]
 
 
 def _like(reference: torch.Tensor, value: torch.Tensor | None) -> torch.Tensor | None:
