@@ -43,3 +43,9 @@ def test_the_hostile_load_test_leaves_the_well_behaved_tenants_without_errors(tm
     start = result["machine_load"]["at_start"]
     assert start["busy_ok"] == "a test's smoke run on a shared machine" and start["load_average"]["1min"] >= 0
     assert result["load_average_at_start"] == start["load_average"]["1min"]
+    # The README's paragraph is rendered from this JSON (benchmarks/readme_table.py), never typed.
+    from benchmarks.serve_table import hostile_text
+
+    text = hostile_text(result)
+    assert f"**{result['requests']:,} requests with 0 errors**" in text and "refused with 422" in text
+    assert f"{flood['refused_429']:,} of its {flood['requests']:,} requests refused with 429" in text

@@ -27,3 +27,8 @@ def test_the_memory_benchmark_measures_both_servers(tmp_path):
     assert result["extra_rss_per_delta_kb"] == round(result["extra_rss_mb"] * 1000 / 3, 1)
     assert 10_000 < result["delta_files_bytes"] < 1_000_000  # a BitFit delta of MiniLM: biases and the classifier
     assert result["machine_load"]["at_start"]["busy_ok"].startswith("memory figures")
+    from benchmarks.serve_table import memory_text  # the README's paragraph, rendered from this JSON
+
+    text = memory_text(result)
+    assert text.startswith("Memory (`python benchmarks/serve_memory.py`): 4 BitFit deltas in one server hold ")
+    assert f"{one['rss_mb']:,.0f} MB → {many['rss_mb']:,.0f} MB VmRSS" in text
