@@ -13,7 +13,7 @@ and a hot reload of a served delta with new weights mid-load. Every other tenant
 must get 429s. ``--short`` is a few seconds with few deltas (tests run it).
 
     python benchmarks/serve_load.py                      # 60 s of load, ~2 min in all on 2 shared CPU cores
-    python benchmarks/serve_load.py --scenario hostile   # 64 deltas, 8 clients, 60 s of load, ~4 min in all
+    python benchmarks/serve_load.py --scenario hostile   # 64 deltas, 8 clients, 60 s of load, ~2 min in all
 """
 from __future__ import annotations
 

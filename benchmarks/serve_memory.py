@@ -5,7 +5,7 @@ one BitFit delta, and the one with ``--deltas`` of them (all on the mixed path).
 (so both have run a forward pass), then its resident set size is read from /proc/PID/status (VmRSS, and VmHWM, the
 peak). Reported: both, the difference, and the difference per delta.
 
-    python benchmarks/serve_memory.py                # 1,000 deltas: ~3 min to write them, ~2 min per server start
+    python benchmarks/serve_memory.py                # 1,000 deltas: ~1 min in all on 2 CPU cores
     python benchmarks/serve_memory.py --deltas 8     # a smoke run
 """
 from __future__ import annotations
