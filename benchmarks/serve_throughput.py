@@ -25,6 +25,7 @@ import torch
 # `python benchmarks/serve_throughput.py` as the README writes it: the repo root (selectune, benchmarks) is importable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine_load import add_load_flags, check_machine, finished
 from benchmarks.serve_deltas import SYNTHETIC_NOTE, make_perturbed_deltas
 from selectune.data import export_bundled
 from selectune.delta import load_delta
@@ -83,7 +84,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--out", default="benchmarks/results/serve_throughput.json")
+    add_load_flags(parser)
     args = parser.parse_args()
+    load = check_machine(args)  # before anything is loaded or timed
     torch.manual_seed(0)
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,11 +154,12 @@ def main() -> None:
         "deltas": SYNTHETIC_NOTE,
         "lora": f"peft LoraConfig(r={args.lora_r}, alpha={2 * args.lora_r}, target_modules=[query, value], "
                 "init_lora_weights=False), classifier in modules_to_save; mixed batch via forward(adapter_names=...)",
-        "load_average_at_start": os.getloadavg()[0],
+        "load_average_at_start": load["load_average"]["1min"],
         "rows": rows,
         "mixed16_vs_merged": round(median["selectune mixed, 16 bitfit deltas"] / merged_rate, 3),
         "mixed16_vs_lora16": round(median["selectune mixed, 16 bitfit deltas"] / median["peft lora mixed (adapter_names), 16 adapters"], 3),
         "max_abs_logit_diff_mixed16_vs_each_delta_alone": worst,
+        "machine_load": finished(load),
         "environment": environment(),
         "wall_seconds": round(time.time() - started, 1),
     }

@@ -26,6 +26,7 @@ import torch
 # `python benchmarks/step_time.py` as the README writes it: this repo's selectune, not another install
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.machine_load import add_load_flags, check_machine, finished
 from selectune.compare.contenders import parse_contenders, prepare
 from selectune.compare.cost import peak_rss_bytes, reset_peak_rss, rss_bytes
 from selectune.models import resolve_model
@@ -111,11 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "step_time.json"))
     parser.add_argument("--model", default=MODEL, help="model folder (default: the bundled MiniLM)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    add_load_flags(parser)
     args = parser.parse_args(argv)
     MODEL = args.model
     if args.memory_child:
         print(json.dumps(measure_memory(args.memory_child, args.batch, args.length, 2, args.device)))
         return
+    load = check_machine(args)  # before anything is loaded or timed (not in the memory children: they run inside)
 
     methods = [c.text for c in parse_contenders(args.methods)]
     if methods[0] != "full":
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         row["memory_ratio_to_full"] = row["peak_memory_beyond_weights_mb"] / full["peak_memory_beyond_weights_mb"]
     result = {"benchmark": Path(args.out).stem, "methods_measured": methods, "model": args.model, "batch": args.batch, "length": args.length,
               "rounds": args.rounds, "device": args.device, "torch_threads": torch.get_num_threads(), "methods": rows,
-              "environment": environment()}
+              "machine_load": finished(load), "environment": environment()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for method, row in rows.items():

@@ -158,3 +158,23 @@ def test_key_file_is_checked_and_keys_are_looked_up_by_hash(tmp_path):
         path.write_text(json.dumps({"keys": entries}))
         with pytest.raises(KeyFileError, match=phrase):
             KeyRing.from_file(path)
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 16), (5, 16), (5, 3, 2, 16)])
+def test_a_gathered_linear_gives_each_example_exactly_its_merged_linear(shape):
+    # The bias goes into the output before the shared GEMM accumulates onto it, as F.linear(x, W, b) does: bit for bit.
+    from selectune.serve.mixed_model import _Batch, _gathered_linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 24)
+    table = torch.randn(3, 24)  # (R, out): one bias per delta
+    rows = torch.tensor([2, 0, 1, 1, 2])
+    for x in (torch.randn(shape), torch.randn(*shape[:-1], 32)[..., ::2]):  # contiguous, and a strided view
+        mixed = MixedBiasModel(torch.nn.Sequential(linear))
+        mixed._batch = _Batch(rows)
+        got = _gathered_linear(linear, mixed, table, x)
+        assert got.shape == (*shape[:-1], 24)
+        for r in range(3):
+            merged = torch.nn.functional.linear(x, linear.weight, table[r])  # the delta's bias merged into the Linear
+            picked = (rows == r).nonzero().squeeze(1)
+            assert torch.equal(got[picked], merged[picked]), (shape, r, (got[picked] - merged[picked]).abs().max())

@@ -135,17 +135,30 @@ class ServerState:
         self.refused: dict[str, str] = {}
         self.tenant_slots = TenantSlots(config.max_in_flight_per_tenant)
         self.admin_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        shared: list[ServedDelta] = []  # deltas of a path that mixes them: its tables are built once, for all
         for name, source in find_deltas(config.deltas).items():
             try:
                 delta = self.store.prepare_delta(name, source)
-                self.store.commit(delta)
+                if self.store.path(delta.serving_path).mixes_deltas:
+                    shared.append(delta)
+                    continue
+                self.store.commit(delta)  # now: a grouped delta's tensors go into its base copy (a `full` one is base-sized)
             except Exception as err:  # any damage refuses this delta only; the others still start
                 self.refuse(name, source, err)
                 continue
-            self.routes[name] = delta
-            log.info("serving delta %r version %s (%s) on the %s path", name, delta.version, delta.selection.method, delta.serving_path)
+            self._route(delta)
+        failed = self.store.commit_new(shared)
+        for delta in shared:
+            if delta.name in failed:
+                self.refuse(delta.name, delta.path, failed[delta.name])
+            else:
+                self._route(delta)
         self._count_models()
         self.batcher = DynamicBatcher(self.run_batch, config.max_batch_size, config.max_wait_ms / 1000, config.max_queued)
+
+    def _route(self, delta: ServedDelta) -> None:
+        self.routes[delta.name] = delta
+        log.info("serving delta %r version %s (%s) on the %s path", delta.name, delta.version, delta.selection.method, delta.serving_path)
 
     def refuse(self, name: str, source: Any, err: Exception) -> None:
         self.refused[name] = str(err)

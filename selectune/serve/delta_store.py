@@ -258,6 +258,16 @@ class DeltaStore:
         if old is not None and old.serving_path != delta.serving_path:
             self.path(old.serving_path).remove(old)
 
+    def commit_new(self, deltas: list[ServedDelta]) -> dict[str, Exception]:
+        """``commit`` for deltas of names not yet served (a server's start), each path adding its share at once:
+        {name: error} of those refused, the others served."""
+        failed: dict[str, Exception] = {}
+        for path in self.paths:
+            mine = [d for d in deltas if d.serving_path == path.name and d.name not in self.deltas]
+            failed.update(path.add_many(mine))
+            self.deltas.update((d.name, d) for d in mine if d.name not in failed)
+        return failed
+
     def remove(self, name: str) -> None:
         """Stop serving ``name``. Batcher thread only."""
         delta = self.deltas.pop(name)

@@ -38,6 +38,8 @@ class MixedDelta:
 
     name: str
     tensors: dict[str, torch.Tensor]
+    """By parameter name. ``set_deltas`` swaps each tensor that went into a table for a view of its row (the same
+    values), so a server with many deltas holds each value once."""
     new_parameters: list[str] = field(default_factory=list)
     """Parameters absent from the base checkpoint (a new classifier): their shape may differ from the base's."""
 
@@ -88,7 +90,11 @@ class _Batch:
     """Per forward pass: which table row each example uses, and the examples of each row present."""
 
     rows: torch.Tensor  # (B,) int64
-    groups: list[tuple[int, torch.Tensor]]  # (row, (b,) example indices), rows in ascending order
+
+    @functools.cached_property
+    def groups(self) -> list[tuple[int, torch.Tensor]]:
+        """(row, (b,) example indices) per row present, rows ascending; only heads need them, once per pass."""
+        return [(int(r), (self.rows == r).nonzero().squeeze(1)) for r in torch.unique(self.rows).tolist()]
 
 
 class MixedBiasModel:
@@ -109,6 +115,7 @@ class MixedBiasModel:
         """Build every table for ``deltas`` (row i = deltas[i]) and install the gathered forwards."""
         self.remove()
         modules = dict(self.model.named_modules())
+        tables: dict[str, torch.Tensor] = {}  # parameter name -> its (R, ...) table, row i = deltas[i]'s
         touched: dict[str, set[str]] = {}
         for delta in deltas:
             for name in delta.tensors:
@@ -125,16 +132,19 @@ class MixedBiasModel:
                 self._install(module, functools.partial(_grouped_linear, module, self, weights, biases, width))
             elif isinstance(module, nn.Linear):
                 base = module.bias.detach() if module.bias is not None else torch.zeros(module.out_features)
-                table = torch.stack([on(d.tensors.get(f"{path}.bias", base)) for d in deltas])  # (R, out)
+                table = tables[f"{path}.bias"] = torch.stack([on(d.tensors.get(f"{path}.bias", base)) for d in deltas])  # (R, out)
                 self._install(module, functools.partial(_gathered_linear, module, self, table))
             elif isinstance(module, nn.LayerNorm):
                 weight_table = None  # the base's scale for every row, applied fused
                 if "weight" in leaves:
-                    weight_table = torch.stack([on(d.tensors.get(f"{path}.weight", module.weight.detach())) for d in deltas])  # (R, H)
-                bias_table = torch.stack([on(d.tensors.get(f"{path}.bias", module.bias.detach())) for d in deltas])  # (R, H)
+                    weight_table = tables[f"{path}.weight"] = torch.stack(
+                        [on(d.tensors.get(f"{path}.weight", module.weight.detach())) for d in deltas])  # (R, H)
+                bias_table = tables[f"{path}.bias"] = torch.stack(
+                    [on(d.tensors.get(f"{path}.bias", module.bias.detach())) for d in deltas])  # (R, H)
                 self._install(module, functools.partial(_gathered_layer_norm, module, self, weight_table, bias_table))
             else:  # mixed_path_obstacle keeps such deltas off this path
                 raise ValueError(f"{path}: {type(module).__name__} cannot be gathered per example")
+        _share_rows(deltas, tables)
         self.names = [d.name for d in deltas]
 
     def _install(self, module: nn.Module, forward) -> None:
@@ -155,8 +165,7 @@ class MixedBiasModel:
 
         Heads of different widths are zero-padded to the widest: slice each example's own number of outputs.
         """
-        groups = [(int(r), (rows == r).nonzero().squeeze(1)) for r in torch.unique(rows).tolist()]
-        self._batch = _Batch(rows, groups)
+        self._batch = _Batch(rows)
         try:
             with torch.inference_mode():
                 return self.model(**inputs).logits
@@ -173,6 +182,16 @@ class MixedBiasModel:
         return batch
 
 
+def _share_rows(deltas: list[MixedDelta], tables: dict[str, torch.Tensor]) -> None:
+    # Each delta's tensor that a table copied becomes a view of its row: equal values, held once (the copy the delta
+    # file was read into is freed). One kept on another device or dtype than the table's stays as it is.
+    for name, table in tables.items():
+        for row, delta in enumerate(deltas):
+            value = delta.tensors.get(name)
+            if value is not None and value.dtype == table.dtype and value.device == table.device:
+                delta.tensors[name] = table[row]
+
+
 def _like(reference: torch.Tensor, value: torch.Tensor | None) -> torch.Tensor | None:
     return None if value is None else value.to(reference.device, reference.dtype)
 
@@ -184,9 +203,14 @@ def _per_example(values: torch.Tensor, rows: torch.Tensor, x: torch.Tensor) -> t
 
 
 def _gathered_linear(module: nn.Linear, mixed: MixedBiasModel, table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    # (B, *, in) @ (in, out) + (B, 1.., out): the shared GEMM, then each example's own bias.
+    # (B, *, in) @ (in, out) + (B, 1.., out), the way F.linear(x, W, b) adds its one bias: each example's bias is
+    # written into the output, then the shared GEMM accumulates onto it in place (beta=1). No (B, *, out) temporary
+    # and no second pass over the output, and each example's answer is bit for bit its delta's merged Linear.
     batch = mixed.current(x)
-    return F.linear(x, module.weight).add_(_per_example(table, batch.rows, x))
+    out_features = table.shape[1]
+    out = _per_example(table, batch.rows, x).expand(*x.shape[:-1], out_features).contiguous()  # (B, *, out)
+    out.view(-1, out_features).addmm_(x.reshape(-1, x.shape[-1]), module.weight.t())
+    return out
 
 
 def _gathered_layer_norm(module: nn.LayerNorm, mixed: MixedBiasModel, weight_table: torch.Tensor | None,
