@@ -131,7 +131,9 @@ def test_a_chunked_body_without_length_is_refused_413_once_past_the_limit_before
 # ---- item 5: bounded queue, per-tenant cap, deadlines, clients that leave -------------------------------------------
 def test_a_flooding_tenant_gets_429_past_its_cap_and_a_full_queue_503_with_retry_after(limited):
     client, state = limited
-    with _batcher_held(state), concurrent.futures.ThreadPoolExecutor(4) as pool:
+    # The pool is entered first so that it exits last: the batcher is let go before the pool waits for the flood's
+    # answers (the other order waited on itself until the gate's own 60 s timeout raced the requests' deadlines).
+    with concurrent.futures.ThreadPoolExecutor(4) as pool, _batcher_held(state):
         flood = [pool.submit(_predict, client, "m1", "flood") for _ in range(2)]
         _until(lambda: state.batcher.queued == 2)
         over = _predict(client, "m1", "flood")  # a third request in flight for this tenant
