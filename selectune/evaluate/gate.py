@@ -59,19 +59,38 @@ ROLES = ("base", "update")
 
 @dataclass
 class ModelSource:
-    """What a user handed the gate: a training run folder, a delta folder, a merged model folder or a registry version."""
-    path: str
-    kind: str  # "run", "delta", "merged" or "registry" (the forms of ``selectune.refs.FORMS``)
-    delta: str | None
-    merged: str | None
-    run_dir: Path | None  # folder holding run_config.json / metrics.json, when known
+    """What a user handed the gate (a training run folder, a delta folder, a merged model folder or a registry
+    version, resolved by ``selectune.refs``) and the task it answers."""
+    trained: TrainedModel
     task: Task
-    trained: TrainedModel | None = None  # how it loads (a registry version: on the registry's copy of its base)
+
+    @property
+    def path(self) -> str:
+        given = self.trained.given
+        return given if self.trained.form == "registry" else str(Path(given))
+
+    @property
+    def kind(self) -> str:
+        """``run``, ``delta``, ``merged`` or ``registry`` (the forms of ``selectune.refs.FORMS``)."""
+        return self.trained.form
+
+    @property
+    def delta(self) -> str | None:
+        return self.trained.delta
+
+    @property
+    def merged(self) -> str | None:
+        return self.trained.merged
+
+    @property
+    def run_dir(self) -> Path | None:
+        """Folder holding run_config.json / metrics.json, when known."""
+        return self.trained.run_dir
 
     def load(self, force: bool = False) -> tuple[Any, Task]:
-        """(model, task); the loaded task carries the tokenizer that ``self.task`` (from metadata) lacks."""
-        trained = self.trained or TrainedModel(self.path, self.kind, self.delta, self.merged, run_dir=self.run_dir)
-        return load_trained(trained, force=force)
+        """(model, task); the loaded task carries the tokenizer that ``self.task`` (from metadata) lacks. A registry
+        version loads on the registry's copy of its base."""
+        return load_trained(self.trained, force=force)
 
 
 def resolve_source(path: str, role: str) -> ModelSource:
@@ -80,10 +99,7 @@ def resolve_source(path: str, role: str) -> ModelSource:
         _, config = read_delta(trained.delta)  # verifies the weights hash before anything runs
         if "task" not in config.get("metadata", {}):
             raise ModelLoadError(f"--{role} {trained.delta} has no task metadata; it was not written by `selectune train`.")
-    task = task_from_metadata(trained.task_metadata())
-    given = path if trained.form == "registry" else str(Path(path))
-    return ModelSource(path=given, kind=trained.form, delta=trained.delta, merged=trained.merged, run_dir=trained.run_dir, task=task,
-                       trained=trained)
+    return ModelSource(trained=trained, task=task_from_metadata(trained.task_metadata()))
 
 
 def _read_json(path: Path) -> dict | None:
