@@ -17,6 +17,7 @@ from selectune.delta import DELTA_CONFIG, read_delta, save_delta
 from selectune.evaluate.records import GateRecord, parse_record
 from selectune.fingerprint import base_fingerprint, file_sha256
 from selectune.models import BUNDLED_MODELS, TASK_FILE, load_with_delta, resolve_model
+from selectune.refs import resolve_trained_model
 from selectune.registry.store import IN_REGISTRY, Registry, RegistryError, Version
 from selectune.selection import Selection
 from selectune.tasks import ModelLoadError, Task, task_from_metadata
@@ -27,8 +28,6 @@ BASE_METHOD = "base"  # the method recorded for a base model registered as a ver
 def locate(path: str) -> tuple[str, Path, Path | None]:
     """(kind, folder, run folder): kind "delta" (a delta folder, from a run folder or given directly) or "model"
     (a selectune model folder: `merge` or `train --save-model` output), as ``selectune.refs`` names them."""
-    from selectune.refs import resolve_trained_model
-
     folder = Path(path)
     if not folder.exists():
         raise RegistryError(f"{path} not found; give a `selectune train --out` folder, its delta/ folder, or a model folder")

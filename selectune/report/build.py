@@ -11,6 +11,8 @@ from typing import Any
 from selectune.data import DataError
 from selectune.fingerprint import file_sha256
 from selectune.io import atomic_write_bytes, check_owned, staged_folder
+from selectune.refs import resolve_trained_model
+from selectune.tasks import ModelLoadError
 from selectune.report.change_record import hf_metadata, model_card_sections, pccp_section
 from selectune.report.collect import RunEvidence, read_run
 from selectune.report.document import FILL_MARK, Code, Fields, Notice, Paragraph, Section, Table, figures, to_html, to_markdown
@@ -104,9 +106,6 @@ def build(update: RunEvidence, base: RunEvidence | None, gate: GateEvidence | No
 def run_folder(given: str, option: str) -> str:
     """The training-run folder a report reads: GIVEN itself for a run folder (or anything that is no trained model,
     which ``read_run`` then refuses by name); for a delta/, merged folder or registry reference, the run it came from."""
-    from selectune.refs import resolve_trained_model
-    from selectune.tasks import ModelLoadError
-
     try:
         trained = resolve_trained_model(given, option=option)
     except ModelLoadError:

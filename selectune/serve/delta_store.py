@@ -24,6 +24,7 @@ from selectune.delta import DELTA_CONFIG, DeltaError, DeltaFingerprintMismatch, 
 from selectune.fingerprint import base_fingerprint
 from selectune.masks import SparseEntries
 from selectune.models import resolve_model
+from selectune.refs import resolve_trained_model
 from selectune.selection import Selection
 from selectune.serve.inputs import collate
 from selectune.serve.paths import GroupedPath, MixedPath, ServingPath
@@ -91,8 +92,6 @@ def named_deltas(deltas: str | Path) -> dict[str, str] | None:
 def _named_delta(name: str, given: str) -> Path:
     """The delta folder of MODEL in ``NAME=MODEL``: a run, its delta/, or a registry reference (re-read on every reload,
     so ``NAME@production`` follows promote and rollback)."""
-    from selectune.refs import resolve_trained_model
-
     try:
         trained = resolve_trained_model(given, option="deltas")
     except ValueError as err:  # not found, no such registry or version: a refusal the load route reports (422)
