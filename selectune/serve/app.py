@@ -60,30 +60,17 @@ class ServeLimits(_Lists):
     max_in_flight_per_tenant: int = option(32, "most requests one tenant (key) may have in flight; past it, 429 with Retry-After")
 
 
-@dataclass
-class ServeConfig:
+@dataclass(kw_only=True)
+class ServeConfig(ServeLimits):
+    """What ``create_app`` serves: the base, its deltas and key file, and the limits (``ServeLimits``: the flags)."""
     base: str
     """Base model: `minilm`, an HF model folder, or a selectune tabular model folder."""
     deltas: str
     """Folder with one sub-folder per delta (its name is the model name clients send)."""
     keys: str | None = None
     """JSON key file mapping sha256(API key) to tenants and their deltas; None: open model routes, no admin routes."""
-    max_batch_size: int = 32
-    """Most examples in one forward pass."""
-    max_wait_ms: float = 5.0
-    """Longest a request waits for others to share its batch."""
-    max_items: int = 32
-    """Most inputs per request (at most max_batch_size)."""
-    max_text_chars: int = 10_000
-    """Longest text accepted, in characters."""
     max_body_bytes: int = 1_000_000
     """Largest request body accepted."""
-    max_queued: int = 256
-    """Most requests waiting for the model; past it, 503 with Retry-After."""
-    request_timeout_s: float = 30.0
-    """Longest a request waits for its answer (queue and forward pass); past it, 504 and its job is dropped."""
-    max_in_flight_per_tenant: int = 32
-    """Most requests one tenant (key file entry) may have in flight; past it, 429 with Retry-After."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
