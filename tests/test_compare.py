@@ -288,3 +288,48 @@ def test_point_names_never_overlap_even_when_scores_tie():
     overlapping = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if boxes[a].overlaps(boxes[b])]
     assert overlapping == []
     plt.close(fig)
+
+
+# ---- tabular preprocessing: one fit, every method reads the same inputs -----------------------------------------
+
+def test_compare_prepares_a_clinical_table_once_for_every_method_peft_included(tmp_path):
+    from tests.test_clinical import FEATURES, clinical_table
+
+    train, validation, test = clinical_table(160, "a", 11), clinical_table(40, "a", 12), clinical_table(60, "a", 13)
+    for name, frame in (("train", train), ("validation", validation), ("test", test)):
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    files = [str(tmp_path / "train.csv"), "--validation", str(tmp_path / "validation.csv"), "--test", str(tmp_path / "test.csv")]
+    common = [*files, "--feature-cols", FEATURES, "--label-col", "outcome", "--epochs", "2", "--batch-size", "16", "--no-progress"]
+    flags = ["--impute", "median", "--missing-indicators", "--categorical-cols", "sex"]
+    compared = ["compare", *common, "--bootstrap", "100", "--keep-deltas"]
+    # Without the flags the missing labs stop the comparison before any training, naming the flag.
+    assert main([*compared, "--model", "mlp", "--methods", "full,bitfit", "--out", str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()
+
+    # a new base: the preprocessing is fitted once, on the training file only, and recorded once
+    assert main([*compared, "--model", "mlp", "--methods", "full,bitfit", *flags, "--out", str(tmp_path / "new")]) == 0
+    saved = json.loads((tmp_path / "new" / "compare.json").read_text())
+    prep = saved["config"]["preprocessing"]
+    assert prep["fill"]["crp"] == pytest.approx(float(train["crp"].median()))
+    assert prep["categories"] == {"sex": ["F", "M"]} and prep["indicators"] == ["crp", "hb"]
+    configs = [json.loads(p.read_text()) for p in sorted((tmp_path / "new" / "runs").glob("*/delta_config.json"))]
+    assert [c["selection"]["method"] for c in configs] == ["bitfit", "full"]
+    assert len({c["selection"]["base_fingerprint"] for c in configs}) == 1  # one base, its preprocessing (sha256 buffer) included
+
+    # PEFT wraps a saved base (on a new MLP every layer is new, so LoRA would have nothing to adapt): the base brings
+    # its preprocessing, the same flags are accepted, and LoRA reads the same 7 prepared inputs as BitFit
+    assert main(["train", *common, "--model", "mlp", "--method", "full", *flags, "--out", str(tmp_path / "base")]) == 0
+    assert main([*compared, "--model", str(tmp_path / "base" / "model"), "--methods", "bitfit,lora:r=2", *flags,
+                 "--out", str(tmp_path / "saved")]) == 0
+    saved = json.loads((tmp_path / "saved" / "compare.json").read_text())
+    base_prep = json.loads((tmp_path / "base" / "model" / "config.json").read_text())["preprocessing"]
+    assert saved["config"]["preprocessing"] == base_prep
+    width = 7  # age, crp, hb, sex=F, sex=M, crp_missing, hb_missing
+    for run in saved["runs"]:
+        assert run["test"]["n"] == 60 and 0.0 <= run["test"]["macro_f1"] <= 1.0
+    lora = load_file(str(next((tmp_path / "saved" / "runs").glob("lora-r-2-*/adapter_model.safetensors"))))
+    first = next(t for name, t in lora.items() if "layers.0.lora_A" in name)
+    assert first.shape == (2, width)  # (r, features)
+    # a different flag than the base's is refused: the base's preprocessing is not refitted per method
+    assert main([*compared, "--model", str(tmp_path / "base" / "model"), "--methods", "bitfit", "--impute", "mean",
+                 "--out", str(tmp_path / "other")]) == 2

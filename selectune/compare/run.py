@@ -29,7 +29,8 @@ from selectune.compare.contenders import Contender, parse_contenders, prepare
 from selectune.compare.cost import PeakMemory
 from selectune.compare.plots import plot_comparison
 from selectune.compare.recommend import COSTS, recommend
-from selectune.config import ColumnsConfig, ModelConfig, SplitConfig, TrainConfig, _Lists, option, with_settings, without
+from selectune.config import (ColumnsConfig, ModelConfig, PreprocessingConfig, SplitConfig, TrainConfig, _Lists, option, with_settings,
+                              without)
 from selectune.compare.summary import choose_lr, subgroup_scores, summarise
 from selectune.data import DataError
 from selectune.data.check_command import check_splits
@@ -76,7 +77,7 @@ CompareTraining = Annotated[TrainConfig, without("lr", "seed")]
 
 def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig(), columns: ColumnsConfig = ColumnsConfig(),
             split: SplitConfig = SplitConfig(), base: ModelConfig | None = None, training: CompareTraining = TrainConfig(),
-            overwrite: bool = False, **settings: Any) -> dict[str, Any]:
+            preprocessing: PreprocessingConfig = PreprocessingConfig(), overwrite: bool = False, **settings: Any) -> dict[str, Any]:
     """Compare methods (selective and PEFT LoRA/IA3/BEFT) on the same data, splits, seeds and epochs; recommend one.
 
     train: training data file (csv, tsv, jsonl, parquet)
@@ -84,15 +85,18 @@ def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig()
     overwrite: replace OUT if it exists
 
     Python callers may give any field of the configs flat: ``compare(path, model="minilm", out="cmp", seeds=[0, 1])``.
+    The tabular preprocessing flags (``--impute``, ``--categorical-cols``) of a new base are fitted once, on the
+    training split, and every method (PEFT baselines included) reads the same prepared inputs.
     """
     # ---- check every setting before reading data --------------------------------------------------------------
     configs = with_settings("compare", {"comparison": comparison, "columns": columns, "split": split, "base": base or ModelConfig,
-                                        "training": training}, settings)
+                                        "training": training, "preprocessing": preprocessing}, settings)
     comparison, columns, split, base, training = (configs[k] for k in ("comparison", "columns", "split", "base", "training"))
     target = Path(out)
     _check_settings(out, overwrite, comparison, columns, split, training)
     contenders = parse_contenders(",".join(comparison.methods))
     the_task = _task(columns, base.max_length)
+    the_task.use_preprocessing(configs["preprocessing"], base.model)  # a saved base brings its own
     config = training.for_task(the_task.default_metric)
     metric = config.metric
 
@@ -118,7 +122,7 @@ def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig()
                     "test_fraction": split.test_fraction, "group_col": split.group_col, "group_cols": comparison.group_cols,
                     "train_limit": comparison.train_limit, "seeds": comparison.seeds, "lr_sweep": comparison.lr_sweep,
                     "lr_sweep_factors": list(LR_SWEEP_FACTORS) if comparison.lr_sweep else None, "max_length": base.max_length,
-                    "hidden": base.hidden_text, "metric": metric, "tolerance": comparison.tolerance, "prefer": comparison.prefer,
+                    "hidden": base.hidden_text, "preprocessing": the_task.metadata().get("preprocessing"), "metric": metric, "tolerance": comparison.tolerance, "prefer": comparison.prefer,
                     "min_group_n": comparison.min_group_n, "bootstrap_resamples": comparison.bootstrap,
                     "train_config": {k: v for k, v in vars(bench.config).items() if k not in ("lr", "seed")}}
         data_files = {role: {"path": str(Path(p).resolve()), "sha256": file_sha256(p)}
