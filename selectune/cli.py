@@ -274,6 +274,7 @@ COMMANDS = {
     "registry show": Command("selectune.registry.commands:show"),
     "registry export": Command("selectune.registry.commands:export"),
     "registry verify": Command("selectune.registry.commands:verify", "selectune.registry.commands:render_verify", _problems),
+    "registry mirror": Command("selectune.registry.commands:mirror"),
     "serve": Command("selectune.serve.app:serve"),
     "compare": Command("selectune.compare.run:compare", "selectune.compare.render:render_comparison"),
     "gate": Command("selectune.evaluate.gate:gate", "selectune.evaluate.gate:render", _failed_gate),

@@ -1,4 +1,4 @@
-"""The settings of ``train``, ``compare``, ``update`` and ``check`` as dataclasses: declared once, validated once.
+"""The settings of ``train``, ``compare``, ``update``, ``gate`` and ``check`` as dataclasses: declared once, validated once.
 
 Each field carries its ``help`` in its metadata; ``selectune.cli`` expands a parameter annotated with one of
 these classes into one ``--flag`` per field, so no option is declared twice. A command that does not use a
@@ -127,6 +127,15 @@ class PreprocessingConfig(_Lists):
     @property
     def requested(self) -> bool:
         return bool(self.impute or self.missing_indicators or self.categorical_cols)
+
+
+@dataclass
+class TrackingConfig(_Lists):
+    """Where a finished command is logged besides its OUT folder: an MLflow tracking server (``selectune.tracking``;
+    the optional extra ``pip install 'selectune[mlflow]'``). Logged after the local outputs are complete."""
+    mlflow_uri: str | None = option(None, "also log the finished run to this MLflow tracking server, e.g. http://127.0.0.1:5000 "
+                                          "(settings, metrics with CIs, the delta, the gate result; needs pip install 'selectune[mlflow]')")
+    mlflow_experiment: str = option("selectune", "MLflow experiment the runs go into (with --mlflow-uri)")
 
 
 @dataclass

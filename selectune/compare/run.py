@@ -29,8 +29,8 @@ from selectune.compare.contenders import Contender, parse_contenders, prepare
 from selectune.compare.cost import PeakMemory
 from selectune.compare.plots import plot_comparison
 from selectune.compare.recommend import COSTS, recommend
-from selectune.config import (ColumnsConfig, ModelConfig, PreprocessingConfig, SplitConfig, TrainConfig, _Lists, option, with_settings,
-                              without)
+from selectune.config import (ColumnsConfig, ModelConfig, PreprocessingConfig, SplitConfig, TrackingConfig, TrainConfig, _Lists, option,
+                              with_settings, without)
 from selectune.compare.summary import choose_lr, subgroup_scores, summarise
 from selectune.data import DataError
 from selectune.data.check_command import check_splits
@@ -40,6 +40,8 @@ from selectune.models import resolve_model
 from selectune.train.loop import fit, make_accelerator, predict, score
 from selectune.train.run import _split, _task, environment
 from selectune.tasks import Task
+from selectune.tracking import check as check_tracking, log as log_to_mlflow
+from selectune.tracking.logs import compare_log
 
 DEFAULT_METHODS = "full,bitfit,bitfit:roles=query+mlp_in,layernorm,head,random,pafi,fish,lt_sft,lora,ia3,beft"
 LR_SWEEP_FACTORS = (1 / 3, 1.0, 3.0)  # times each method's default learning rate
@@ -77,7 +79,8 @@ CompareTraining = Annotated[TrainConfig, without("lr", "seed")]
 
 def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig(), columns: ColumnsConfig = ColumnsConfig(),
             split: SplitConfig = SplitConfig(), base: ModelConfig | None = None, training: CompareTraining = TrainConfig(),
-            preprocessing: PreprocessingConfig = PreprocessingConfig(), overwrite: bool = False, **settings: Any) -> dict[str, Any]:
+            preprocessing: PreprocessingConfig = PreprocessingConfig(), tracking: TrackingConfig = TrackingConfig(), overwrite: bool = False,
+            **settings: Any) -> dict[str, Any]:
     """Compare methods (selective and PEFT LoRA/IA3/BEFT) on the same data, splits, seeds and epochs; recommend one.
 
     train: training data file (csv, tsv, jsonl, parquet)
@@ -90,10 +93,11 @@ def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig()
     """
     # ---- check every setting before reading data --------------------------------------------------------------
     configs = with_settings("compare", {"comparison": comparison, "columns": columns, "split": split, "base": base or ModelConfig,
-                                        "training": training, "preprocessing": preprocessing}, settings)
+                                        "training": training, "preprocessing": preprocessing, "tracking": tracking}, settings)
     comparison, columns, split, base, training = (configs[k] for k in ("comparison", "columns", "split", "base", "training"))
     target = Path(out)
     _check_settings(out, overwrite, comparison, columns, split, training)
+    check_tracking(configs["tracking"])  # mlflow installed and its server answering, before any training
     contenders = parse_contenders(",".join(comparison.methods))
     the_task = _task(columns, base.max_length)
     the_task.use_preprocessing(configs["preprocessing"], base.model)  # a saved base brings its own
@@ -135,7 +139,8 @@ def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig()
         result["plots"] = [p.name for p in plots]
         atomic_write_json(partial / "compare.json", result)
     result["out"] = str(target)
-    return result
+    run_id = log_to_mlflow(configs["tracking"], compare_log, target)  # after OUT is complete: a logging failure leaves it whole
+    return {**result, "mlflow_run_id": run_id} if run_id else result
 
 
 def _check_settings(out: str, overwrite: bool, comparison: CompareConfig, columns: ColumnsConfig, split: SplitConfig,

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from selectune.config import with_settings
+from selectune.config import TrackingConfig, with_settings
 from selectune.data import DataError, load_splits, read_table
 from selectune.delta import DELTA_CONFIG, read_delta
 from selectune.fingerprint import file_sha256
@@ -53,6 +53,8 @@ from selectune.models import load_trained
 from selectune.refs import TrainedModel, resolve_trained_model
 from selectune.tasks import ModelLoadError, Task, task_from_metadata
 from selectune.text_table import table
+from selectune.tracking import check as check_tracking, log as log_to_mlflow
+from selectune.tracking.logs import gate_log
 
 ROLES = ("base", "update")
 
@@ -210,7 +212,7 @@ def _environment() -> dict[str, str]:
 
 def gate(*, base: str, update: str, criteria: str, test: str, out: str, validation: str | None = None,
          scoring: EvaluationSettings = EvaluationSettings(), batch_size: int = 64, overwrite: bool = False,
-         **flat: Any) -> dict[str, Any]:
+         tracking: TrackingConfig = TrackingConfig(), **flat: Any) -> dict[str, Any]:
     """Decide whether UPDATE may replace BASE: criteria fixed in advance, judged on a test file; exit 1 on fail.
 
     base: the model in use: a `selectune train --out` folder, its delta/ folder, a `selectune merge` folder, or a registry reference NAME@VERSION (NAME@production; REGISTRY_DIR/NAME@VERSION for a registry other than ./registry)
@@ -230,11 +232,13 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     if target.exists() and not overwrite:
         raise FileExistsError(f"output folder {out} already exists; choose another --out or pass --overwrite")
     # A copy: the positive label resolved below must not land in the caller's (or the default) settings.
-    settings = dataclasses.replace(with_settings("gate", {"scoring": scoring}, flat)["scoring"])
+    configs = with_settings("gate", {"scoring": scoring, "tracking": tracking}, flat)
+    settings, tracking = dataclasses.replace(configs["scoring"]), configs["tracking"]
     groups, positive_label = settings.group_cols, settings.positive_label
     settings.validate()
     parse_threshold_rule(settings.threshold_rule)
     rules = load_criteria(criteria)
+    check_tracking(tracking)  # mlflow installed and its server answering, before any model runs
 
     # setup: who is compared, on what; everything here is cheap and fails before any model runs
     sources = load_sources(base, update)
@@ -259,8 +263,9 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
                                task, settings, groups)
     _write(target, record, evaluation_bytes, rules, predictions)
     scores = evaluation.dump()
+    run_id = log_to_mlflow(tracking, gate_log, target)  # after OUT is complete: a logging failure leaves it whole
     return {**record.dump(), "out": str(target), "headline": {role: scores["models"][role]["metrics"] for role in ROLES},
-            "paired_differences": scores["paired_differences"]}
+            "paired_differences": scores["paired_differences"], **({"mlflow_run_id": run_id} if run_id else {})}
 
 
 def load_sources(base: str, update: str) -> dict[str, ModelSource]:

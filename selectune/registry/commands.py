@@ -1,4 +1,7 @@
-"""``selectune registry add | promote | rollback | history | show | export | verify``: thin over the store."""
+"""``selectune registry add | promote | rollback | history | show | export | verify | mirror``: thin over the store.
+
+With ``--mlflow-uri``, ``add``, ``promote`` and ``rollback`` mirror the name into that MLflow Model Registry after
+their own change (``selectune.tracking.mirror``); ``mirror`` catches up a name registered without it."""
 from __future__ import annotations
 
 import shutil
@@ -10,12 +13,14 @@ from selectune.io import atomic_write_json, check_owned, staged_folder
 from selectune.registry.register import check_request, register
 from selectune.registry.store import PRODUCTION, Registry, Version
 from selectune.text_table import table
+from selectune.config import TrackingConfig
+from selectune.tracking import check as check_tracking
 
 EXPORT_OWNER = "selectune registry export"
 
 
 def add(path: str, *, name: str, registry: str = "registry", parent: int | None = None, gate: str | None = None,
-        note: str | None = None) -> dict[str, Any]:
+        note: str | None = None, tracking: TrackingConfig = TrackingConfig()) -> dict[str, Any]:
     """Register a training run, a delta, or a base model folder as the next version of NAME.
 
     path: a `selectune train --out` folder, its delta/ folder, or a model folder (e.g. RUN/model of a base trained from scratch)
@@ -26,33 +31,61 @@ def add(path: str, *, name: str, registry: str = "registry", parent: int | None 
     note: free text recorded with the version
     """
     check_request(path, name, gate)  # a bad request must not leave a new, empty registry behind
+    check_tracking(tracking)
     with Registry(registry, create=True) as reg:
         version = register(reg, path, name, parent=parent, gate=gate, note=note)
-        return _summary(reg, version)
+        return _mirrored(reg, name, tracking, _summary(reg, version))
 
 
-def promote(ref: str, *, registry: str = "registry", override: str | None = None) -> dict[str, Any]:
+def promote(ref: str, *, registry: str = "registry", override: str | None = None, tracking: TrackingConfig = TrackingConfig()) -> dict[str, Any]:
     """Move NAME's production alias to a version; refused if its gate failed, unless --override "REASON" (recorded).
 
     ref: NAME@VERSION
     registry: registry folder
     override: promote although the gate failed; the reason is recorded in the history
     """
+    check_tracking(tracking)
     with Registry(registry) as reg:
         version = reg.promote(ref, override=override)
-        return _summary(reg, version)
+        return _mirrored(reg, version.name, tracking, _summary(reg, version))
 
 
-def rollback(name: str, *, registry: str = "registry", reason: str | None = None) -> dict[str, Any]:
+def rollback(name: str, *, registry: str = "registry", reason: str | None = None, tracking: TrackingConfig = TrackingConfig()) -> dict[str, Any]:
     """Move NAME's production alias back to the version that was in production before the current one.
 
     name: model name
     registry: registry folder
     reason: why (recorded in the history)
     """
+    check_tracking(tracking)
     with Registry(registry) as reg:
         version = reg.rollback(name, reason=reason)
-        return _summary(reg, version)
+        return _mirrored(reg, name, tracking, _summary(reg, version))
+
+
+def mirror(name: str, *, mlflow_uri: str, registry: str = "registry", mlflow_experiment: str = "selectune") -> dict[str, Any]:
+    """Mirror NAME into an MLflow Model Registry: one MLflow version per version (the delta as its artifacts, lineage,
+    fingerprint and gate outcome as tags), alias production where it is here. Idempotent: run it again any time.
+
+    name: model name
+    mlflow_uri: the MLflow tracking server, e.g. http://127.0.0.1:5000 (needs pip install 'selectune[mlflow]')
+    registry: registry folder
+    mlflow_experiment: MLflow experiment of the runs that hold each version's delta
+    """
+    from selectune.tracking.mirror import mirror_name
+
+    check_tracking(TrackingConfig(mlflow_uri=mlflow_uri))
+    with Registry(registry) as reg:
+        return mirror_name(reg, name, mlflow_uri, mlflow_experiment)
+
+
+def _mirrored(reg: Registry, name: str, tracking: TrackingConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """With --mlflow-uri: NAME mirrored into the MLflow Model Registry after the registry's own change."""
+    if not tracking.mlflow_uri:
+        return summary
+    from selectune.tracking.mirror import mirror_name
+
+    return {**summary, "mlflow_model": mirror_name(reg, name, tracking.mlflow_uri, tracking.mlflow_experiment)}
 
 
 def show(ref: str, *, registry: str = "registry") -> dict[str, Any]:

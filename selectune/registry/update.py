@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from selectune.config import ColumnsConfig, ModelConfig, SplitConfig, TrainConfig, as_list, with_settings
+from selectune.config import ColumnsConfig, ModelConfig, SplitConfig, TrackingConfig, TrainConfig, as_list, with_settings
 from selectune.data import load_splits
 from selectune.delta import DELTA_CONFIG
 from selectune.fingerprint import file_sha256
@@ -28,11 +28,14 @@ from selectune.refs import DEFAULT_REGISTRY, registry_reference
 from selectune.registry.store import Registry, RegistryError
 from selectune.text_table import table
 from selectune.tasks import Task, task_from_metadata
+from selectune.tracking import check as check_tracking, log as log_to_mlflow
+from selectune.tracking.logs import update_log
 
 
 def update(*, from_: str, data: str, out: str, registry: str = "registry", method: str = "bitfit",
            split: SplitConfig = SplitConfig(test_fraction=0.25), training: TrainConfig = TrainConfig(), criteria: str | None = None,
-           group_cols: list[str] | None = None, note: str | None = None, resume: bool = False, **settings: Any) -> dict[str, Any]:
+           group_cols: list[str] | None = None, note: str | None = None, resume: bool = False, tracking: TrackingConfig = TrackingConfig(),
+           **settings: Any) -> dict[str, Any]:
     """Train the next version of a registered model from version V's state on new DATA; compare, gate, register.
 
     from_: the registered version to start from: NAME@VERSION, NAME@production or NAME@latest in --registry (or REGISTRY_DIR/NAME@VERSION, the registry the new version is added to)
@@ -52,8 +55,8 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
     from selectune.models import merge
     from selectune.train.run import train
 
-    configs = with_settings("update", {"split": split, "training": training}, settings)
-    split, training = configs["split"], configs["training"]
+    configs = with_settings("update", {"split": split, "training": training, "tracking": tracking}, settings)
+    split, training, tracking = (configs[k] for k in ("split", "training", "tracking"))
     group_cols = as_list(group_cols, str, "--group-cols")
     target = Path(out)
     registry, from_ = _registry_of(from_, registry)
@@ -64,10 +67,7 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
         return json.loads((target / "update.json").read_text())  # finished before: nothing to redo
     if target.exists() and not resume:
         raise FileExistsError(f"output folder {out} already exists; choose another --out, or pass --resume to finish an interrupted update")
-    if criteria:
-        from selectune.evaluate.criteria import load_criteria
-
-        load_criteria(criteria)  # a missing or malformed criteria file stops the update before any training
+    _check_before_training(criteria, tracking)
     task = task_from_metadata(parent.record["task"])
     options = task.options()
 
@@ -109,7 +109,29 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
               "test": update_metrics, "parent_test": parent_metrics, "gate_passed": version.gate_passed,
               "gate": version.record.get("gate"), "out": str(target)}
     atomic_write_json(target / "update.json", result)
-    return result
+    return _logged(tracking, target, result, registry)
+
+
+def _check_before_training(criteria: str | None, tracking: TrackingConfig) -> None:
+    """A missing or malformed criteria file, or an MLflow server that does not answer, stops the update before any training."""
+    if criteria:
+        from selectune.evaluate.criteria import load_criteria
+
+        load_criteria(criteria)
+    check_tracking(tracking)
+
+
+def _logged(tracking: TrackingConfig, target: Path, result: dict[str, Any], registry: str) -> dict[str, Any]:
+    """With --mlflow-uri: the finished update logged as an MLflow run, and its registry name mirrored (the new version
+    added to the MLflow Model Registry). After update.json is written: a failure here leaves the update whole."""
+    run_id = log_to_mlflow(tracking, update_log, target)
+    if run_id is None:
+        return result
+    from selectune.tracking.mirror import mirror_name
+
+    with Registry(registry) as reg:
+        mirrored = mirror_name(reg, result["version"].partition("@")[0], tracking.mlflow_uri, tracking.mlflow_experiment)
+    return {**result, "mlflow_run_id": run_id, "mlflow_model": mirrored}
 
 
 def _registry_of(from_: str, registry: str) -> tuple[str, str]:

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 import selectune
-from selectune.config import ColumnsConfig, ModelConfig, OutputConfig, PreprocessingConfig, SplitConfig, TrainConfig, with_settings
+from selectune.config import (ColumnsConfig, ModelConfig, OutputConfig, PreprocessingConfig, SplitConfig, TrackingConfig, TrainConfig,
+                              with_settings)
 from selectune.data import load_splits
 from selectune.data.check_command import check_splits
 from selectune.delta import load_delta, read_delta, read_selection, save_delta, stack_selection
@@ -31,6 +32,8 @@ from selectune.models import TASK_FILE, resolve_model
 from selectune.selection import select, trainable_report
 from selectune.train.checkpoint import Checkpoints
 from selectune.text_table import table
+from selectune.tracking import check as check_tracking, log as log_to_mlflow
+from selectune.tracking.logs import train_log
 from selectune.train.loop import fit, make_accelerator, predict, score
 from selectune.tasks import Task, task_from_options
 from torch.utils.data import DataLoader
@@ -49,7 +52,7 @@ def environment() -> dict[str, str]:
 def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfig = ColumnsConfig(), split: SplitConfig = SplitConfig(),
           base: ModelConfig | None = None, training: TrainConfig = TrainConfig(), phi_policy: str = "warn",
           init_delta: str | None = None, output: OutputConfig = OutputConfig(),
-          preprocessing: PreprocessingConfig = PreprocessingConfig(), **settings: Any) -> dict[str, Any]:
+          preprocessing: PreprocessingConfig = PreprocessingConfig(), tracking: TrackingConfig = TrackingConfig(), **settings: Any) -> dict[str, Any]:
     """Fine-tune MODEL on TRAIN with a selective METHOD; write the delta, metrics and resolved config to OUT.
 
     train: training data file (csv, tsv, jsonl, parquet)
@@ -61,11 +64,12 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
     Python callers may give any field of the configs flat: ``train(path, model="mlp", out="runs/x", epochs=1, resume=True)``.
     """
     configs = with_settings("train", {"columns": columns, "split": split, "base": base or ModelConfig, "training": training,
-                                      "output": output, "preprocessing": preprocessing}, settings)
+                                      "output": output, "preprocessing": preprocessing, "tracking": tracking}, settings)
     columns, split, base, training, output = (configs[k] for k in ("columns", "split", "base", "training", "output"))
     target = Path(out)
     checkpoint_dir = target.with_name(f"{target.name}.checkpoints")
     _check_run_folders(out, checkpoint_dir, checkpoint=output.checkpoint, resume=output.resume, overwrite=output.overwrite)
+    check_tracking(configs["tracking"])  # mlflow installed and its server answering, before any work
     columns.validate()
     method_name, method_options = parse_method(method)
     spec = get_method(method_name)
@@ -123,7 +127,13 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
                      data_files=_data_files(train, split), summary=summary, history=result.history, splits=splits, checks=checks)
     _save(run, target, save_model=output.save_model or base.model == "mlp")
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete: nothing left to resume
-    return summary
+    return _logged(configs["tracking"], target, summary)
+
+
+def _logged(tracking: TrackingConfig, target: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """With --mlflow-uri, the complete OUT logged to MLflow (after it was written: a failure leaves OUT whole)."""
+    run_id = log_to_mlflow(tracking, train_log, target)
+    return {**summary, "mlflow_run_id": run_id} if run_id else summary
 
 
 def _task(columns: ColumnsConfig, max_length: int) -> Task:
