@@ -5,6 +5,8 @@ import contextlib
 import io
 import json
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -248,3 +250,38 @@ def test_without_mlflow_installed_the_flag_names_the_one_line_fix(clinic, tmp_pa
     assert not out.exists()
     # without the flag nothing needs mlflow
     assert run("train", clinic / "a_train.csv", "--model", "mlp", "--method", "full", "--epochs", "1", *PREP, *COMMON, "--out", out)[0] == 0
+
+
+# ---- the README's MLflow commands, exactly as written ------------------------------------------------------------
+
+def test_readme_mlflow_commands_run_as_written(tmp_path):
+    from tests.test_founding_uses import ROOT, run_line, walkthrough
+
+    server_line, *lines = walkthrough("MLflow: runs and the Model Registry")
+    command = shlex.split(server_line)
+    assert command[:2] == ["mlflow", "server"] and command[-1] == "&"
+    uri = "http://127.0.0.1:5000"
+    assert all(uri in line for line in lines if shlex.split(line)[1] not in ("data",)), "every selectune line names the server"
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", 5000)) != 0, "port 5000 (the README's MLflow server) is taken; free it to run this test"
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    process = start_server([str(Path(sys.executable).parent / "mlflow"), *command[1:-1]], tmp_path, uri)  # the `mlflow` of this venv
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(tmp_path)
+            outputs = [run_line(line) for line in lines]
+        client = MlflowClient(uri)
+        versions = {v.version: v for v in client.search_model_versions("name = 'pima-risk'")}
+        assert sorted(versions) == ["1", "2"] and versions["2"].tags["selectune.parent"] == "1"
+        assert versions["2"].tags["selectune.gate"] == "passed" and versions["1"].tags["selectune.gate"] == "none"
+        assert client.get_model_version_by_alias("pima-risk", "production").version == "1"  # promoted 1, then 2, rolled back
+        runs = client.search_runs([client.get_experiment_by_name("selectune").experiment_id])
+        commands = sorted(r.data.tags["selectune.command"] for r in runs)
+        assert commands == ["registry mirror", "registry mirror", "train", "update"]
+        update = next(r for r in runs if r.data.tags["selectune.command"] == "update").data.metrics
+        assert update["gate_passed"] == 1.0 and update["auroc_ci_low"] < update["auroc"] < update["auroc_ci_high"]
+        assert "parent_auroc" in update
+        assert (tmp_path / "mlflow.db").is_file() and any((tmp_path / "mlflow-artifacts").rglob("delta.safetensors"))
+        assert "gate PASSED" in outputs[4]
+    finally:
+        stop_server(process)

@@ -15,6 +15,7 @@ from selectune.registry.store import PRODUCTION, Registry, Version
 from selectune.text_table import table
 from selectune.config import TrackingConfig
 from selectune.tracking import check as check_tracking
+from selectune.tracking.mirror import mirror_name
 
 EXPORT_OWNER = "selectune registry export"
 
@@ -72,8 +73,6 @@ def mirror(name: str, *, mlflow_uri: str, registry: str = "registry", mlflow_exp
     registry: registry folder
     mlflow_experiment: MLflow experiment of the runs that hold each version's delta
     """
-    from selectune.tracking.mirror import mirror_name
-
     check_tracking(TrackingConfig(mlflow_uri=mlflow_uri))
     with Registry(registry) as reg:
         return mirror_name(reg, name, mlflow_uri, mlflow_experiment)
@@ -83,8 +82,6 @@ def _mirrored(reg: Registry, name: str, tracking: TrackingConfig, summary: dict[
     """With --mlflow-uri: NAME mirrored into the MLflow Model Registry after the registry's own change."""
     if not tracking.mlflow_uri:
         return summary
-    from selectune.tracking.mirror import mirror_name
-
     return {**summary, "mlflow_model": mirror_name(reg, name, tracking.mlflow_uri, tracking.mlflow_experiment)}
 
 

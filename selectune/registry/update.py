@@ -30,6 +30,7 @@ from selectune.text_table import table
 from selectune.tasks import Task, task_from_metadata
 from selectune.tracking import check as check_tracking, log as log_to_mlflow
 from selectune.tracking.logs import update_log
+from selectune.tracking.mirror import mirror_name
 
 
 def update(*, from_: str, data: str, out: str, registry: str = "registry", method: str = "bitfit",
@@ -127,8 +128,6 @@ def _logged(tracking: TrackingConfig, target: Path, result: dict[str, Any], regi
     run_id = log_to_mlflow(tracking, update_log, target)
     if run_id is None:
         return result
-    from selectune.tracking.mirror import mirror_name
-
     with Registry(registry) as reg:
         mirrored = mirror_name(reg, result["version"].partition("@")[0], tracking.mlflow_uri, tracking.mlflow_experiment)
     return {**result, "mlflow_run_id": run_id, "mlflow_model": mirrored}
