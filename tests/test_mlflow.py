@@ -227,6 +227,25 @@ def test_registry_mirror_catches_up_a_registry_used_without_mlflow(server, clini
     assert len(client.search_model_versions("name = 'catch-up'")) == 1
 
 
+def test_report_goes_into_the_run_of_the_update_it_reports_on(server, clinic, tmp_path):
+    uri = ["--mlflow-uri", server, "--mlflow-experiment", "report-test"]
+    assert run("train", clinic / "a_train.csv", "--model", "mlp", "--method", "full", "--epochs", "2", *PREP, *COMMON,
+               "--out", tmp_path / "update", *uri)[0] == 0
+    code, _, err = run("report", tmp_path / "update", "--out", tmp_path / "report", *uri)
+    assert code == 0, err
+    client = MlflowClient(server)
+    logged = only_run(client, "report-test")  # the training run, not a new one
+    assert logged.data.tags["selectune.command"] == "train" and logged.data.tags["selectune.report"] == str((tmp_path / "report").resolve())
+    assert {"report/report.html", "report/report.md"} <= artifact_paths(client, logged.info.run_id, "report")
+    html = client.download_artifacts(logged.info.run_id, "report/report.html", str(tmp_path))
+    assert Path(html).read_bytes() == (tmp_path / "report" / "report.html").read_bytes()
+    # a run that was never logged: the report becomes a run of its own
+    code, _, err = run("report", tmp_path / "update", "--out", tmp_path / "report2", "--mlflow-uri", server, "--mlflow-experiment", "report-alone")
+    assert code == 0, err
+    alone = only_run(client, "report-alone")
+    assert alone.data.tags["selectune.command"] == "report" and "report/report.html" in artifact_paths(client, alone.info.run_id, "report")
+
+
 # ---- failures: exit 2, one line naming the fix, nothing half-written --------------------------------------------
 
 def test_an_unreachable_server_stops_before_any_work(clinic, tmp_path):
@@ -285,3 +304,27 @@ def test_readme_mlflow_commands_run_as_written(tmp_path):
         assert "gate PASSED" in outputs[4]
     finally:
         stop_server(process)
+
+
+def test_a_server_that_fails_while_logging_leaves_out_complete_and_says_so(clinic, tmp_path):
+    """An HTTP server that answers /health but is no MLflow server: the check passes, the logging fails after OUT is written."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "health").write_text("OK")
+    port = free_port()
+    site = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=tmp_path / "site",
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        out = tmp_path / "run"
+        code, _, err = run("train", clinic / "a_train.csv", "--model", "mlp", "--method", "full", "--epochs", "1", *PREP, *COMMON,
+                           "--out", out, "--mlflow-uri", uri)
+        assert code == 2 and f"{out} is complete; logging it to MLflow at {uri} failed" in err and "Traceback" not in err, err
+        assert (out / "delta" / "delta.safetensors").is_file() and (out / "metrics.json").is_file()  # OUT whole
+    finally:
+        stop_server(site)

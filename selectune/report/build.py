@@ -11,7 +11,9 @@ from typing import Any
 from selectune.data import DataError
 from selectune.fingerprint import file_sha256
 from selectune.io import atomic_write_bytes, check_owned, staged_folder
+from selectune.config import TrackingConfig
 from selectune.refs import resolve_trained_model
+from selectune.tracking import check as check_tracking, log_report
 from selectune.tasks import ModelLoadError
 from selectune.report.change_record import hf_metadata, model_card_sections, pccp_section
 from selectune.report.collect import RunEvidence, read_run
@@ -118,7 +120,8 @@ def run_folder(given: str, option: str) -> str:
     return str(trained.run_dir)
 
 
-def report(run: str, *, out: str, gate: str | None = None, base: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+def report(run: str, *, out: str, gate: str | None = None, base: str | None = None, overwrite: bool = False,
+           tracking: TrackingConfig = TrackingConfig()) -> dict[str, Any]:
     """Write the update report of RUN (report.html, report.md, figures/) to OUT, built only from saved files.
 
     run: the update: its `selectune train --out` folder, or its delta/ folder, a `selectune merge` folder of it, or its registry reference NAME@VERSION (REGISTRY_DIR/NAME@VERSION), which name that run
@@ -131,6 +134,7 @@ def report(run: str, *, out: str, gate: str | None = None, base: str | None = No
     if target.exists() and not overwrite:
         raise FileExistsError(f"output directory {out} already exists; choose another --out or pass --overwrite")
     check_owned(target, REPORT_OWNER)  # --overwrite replaces only an earlier report, never e.g. the run folder
+    check_tracking(tracking)  # with --mlflow-uri: mlflow installed and its server answering, before anything is written
     update = read_run(run_folder(run, "run"), "update run")
     gate_evidence = read_gate(gate, update) if gate else None
     base_path = run_folder(base, "base") if base else (gate_evidence.base_run if gate_evidence else None)
@@ -152,8 +156,10 @@ def report(run: str, *, out: str, gate: str | None = None, base: str | None = No
         for name, png in figures(sections).items():
             atomic_write_bytes(partial / FIGURES / f"{name}.png", png)
     fill_ins = markdown.count(f"[{FILL_MARK}]")
+    verdict = None if gate_evidence is None else ("passed" if gate_evidence.passed else "failed")
+    run_id = log_report(tracking, target, update.path, verdict)  # after the report is complete: a failure leaves it whole
     return {"html": str(target / REPORT_HTML), "markdown": str(target / REPORT_MD), "figures": len(figures(sections)),
-            "gate": None if gate_evidence is None else ("passed" if gate_evidence.passed else "failed"), "fields_to_fill": fill_ins}
+            "gate": verdict, "fields_to_fill": fill_ins, **({"mlflow_run_id": run_id} if run_id else {})}
 
 
 def render(result: dict[str, Any]) -> str:

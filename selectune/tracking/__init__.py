@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 from selectune.config import TrackingConfig
-from selectune.tracking.mlflow_client import INSTALL_FIX, RunLog, TrackingError, connect, log_run
+from selectune.tracking.mlflow_client import INSTALL_FIX, RunLog, TrackingError, connect, log_beside, log_run
+from selectune.tracking.logs import report_log
 
-__all__ = ["INSTALL_FIX", "RunLog", "TrackingConfig", "TrackingError", "check", "log"]
+__all__ = ["INSTALL_FIX", "RunLog", "TrackingConfig", "TrackingError", "check", "log", "log_report"]
 
 
 def check(tracking: TrackingConfig) -> None:
@@ -29,3 +30,13 @@ def log(tracking: TrackingConfig, build: Callable[[Path], RunLog], out: str | Pa
     if not tracking.mlflow_uri:
         return None
     return log_run(tracking.mlflow_uri, tracking.mlflow_experiment, build(Path(out)), done=f"{out} is complete")
+
+
+def log_report(tracking: TrackingConfig, out: str | Path, run_folder: Path, gate: str | None) -> str | None:
+    """With ``--mlflow-uri``: the written report (``report.html`` and all) added to the MLflow run of the training run it
+    reports on, found by its ``selectune.run_folder`` tag, or logged as a run of its own; the run id."""
+    if not tracking.mlflow_uri:
+        return None
+    log = report_log(Path(out), run_folder, gate)
+    return log_beside(tracking.mlflow_uri, tracking.mlflow_experiment, log, ("selectune.run_folder", str(run_folder.resolve())),
+                      done=f"{out} is complete")

@@ -49,7 +49,7 @@ def train_log(out: Path) -> RunLog:
               **{k: metrics.get(k) for k in ("trainable_parameters", "trainable_percent", "best_epoch", "train_seconds")}}
     steps = [{k: v for k, v in row.items() if k != "epoch"} for row in metrics.get("history") or []]
     return RunLog(name=f"train {out.name}", params={k: v for k, v in config.items() if k not in NOT_SETTINGS}, metrics=values,
-                  steps=steps, tags=_tags("train", out, method=config.get("method"), task=config.get("task")),
+                  steps=steps, tags=_tags("train", out, method=config.get("method"), task=config.get("task"), run_folder=out.resolve()),
                   artifacts=[("delta", out / "delta"), ("", out / "metrics.json"), ("", out / "run_config.json"),
                              ("", out / "checks.json"), *([("model", out / "model")] if config.get("model") == "mlp" else [])])
 
@@ -108,3 +108,10 @@ def compare_log(out: Path) -> RunLog:
                   tags=_tags("compare", out, recommended=advice.get("recommended"), best=advice.get("best")),
                   artifacts=[("", out / "compare.json"), *(("plots", out / name) for name in result.get("plots", [])),
                              ("runs", out / "runs")])
+
+
+def report_log(out: Path, run_folder: Path, gate: str | None) -> RunLog:
+    """``selectune report --out OUT``: report.html, report.md and figures/, for the run of the update it reports on
+    (the training run's ``selectune.run_folder`` tag finds it) or, when that run was never logged, a run of its own."""
+    return RunLog(name=f"report {run_folder.name}", artifacts=[("report", out)],
+                  tags={**_tags("report", out, report_gate=gate), "selectune.report": str(out.resolve())})

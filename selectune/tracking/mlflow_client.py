@@ -140,16 +140,39 @@ def log_with(client: Any, experiment: str, log: RunLog, parent: str | None = Non
     metrics += [Metric(metric_key(k), float(v), now, step) for step, row in enumerate(log.steps, 1) for k, v in row.items() if _finite(v)]
     for start in range(0, max(len(params), len(metrics)), BATCH):
         client.log_batch(run_id, metrics=metrics[start:start + BATCH], params=params[start:start + BATCH])
-    for where, local in log.artifacts:
-        if local.is_dir():
-            client.log_artifacts(run_id, str(local), where or None)
-        elif local.is_file():
-            client.log_artifact(run_id, str(local), where or None)
+    upload(client, run_id, log.artifacts)
     for child in log.children:
         log_with(client, experiment, child, parent=run_id)
     with contextlib.redirect_stdout(sys.stderr):  # mlflow prints the run's URL: a note, not the command's output
         client.set_terminated(run_id)
     return run_id
+
+
+def upload(client: Any, run_id: str, artifacts: list[tuple[str, Path]]) -> None:
+    for where, local in artifacts:
+        if local.is_dir():
+            client.log_artifacts(run_id, str(local), where or None)
+        elif local.is_file():
+            client.log_artifact(run_id, str(local), where or None)
+
+
+def log_beside(uri: str, experiment: str, log: RunLog, tag: tuple[str, str], *, done: str) -> str:
+    """``log``'s artifacts and tags added to the latest run in EXPERIMENT whose tag ``tag[0]`` is ``tag[1]`` (the run a
+    report is about), or ``log`` as a run of its own when there is none; the run id."""
+    client = connect(uri)
+    with reporting(f"{done}; logging it to MLflow at {uri} failed"):
+        experiment = experiment_id(client, experiment)
+        value = tag[1].replace("\\", "\\\\").replace("'", "\\'")
+        found = client.search_runs([experiment], filter_string=f"tags.`{tag[0]}` = '{value}'", max_results=1,
+                                   order_by=["attributes.start_time DESC"])
+        if not found:
+            return log_with(client, experiment, log)
+        run_id = found[0].info.run_id
+        upload(client, run_id, log.artifacts)
+        for key, text in log.tags.items():
+            if key not in found[0].data.tags:  # the run's own command and OUT stay
+                client.set_tag(run_id, key, text)
+        return run_id
 
 
 def _finite(value: Any) -> bool:
