@@ -228,13 +228,18 @@ def test_registry_mirror_catches_up_a_registry_used_without_mlflow(server, clini
 
 
 def test_report_goes_into_the_run_of_the_update_it_reports_on(server, clinic, tmp_path):
+    from selectune.train.run import train
+
     uri = ["--mlflow-uri", server, "--mlflow-experiment", "report-test"]
-    assert run("train", clinic / "a_train.csv", "--model", "mlp", "--method", "full", "--epochs", "2", *PREP, *COMMON,
-               "--out", tmp_path / "update", *uri)[0] == 0
+    # the library call takes the same settings flat
+    summary = train(str(clinic / "a_train.csv"), out=str(tmp_path / "update"), model="mlp", method="full", epochs=2, impute="median",
+                    categorical_cols="sex", feature_cols=FEATURES, label_col="outcome", progress=False, mlflow_uri=server,
+                    mlflow_experiment="report-test")
     code, _, err = run("report", tmp_path / "update", "--out", tmp_path / "report", *uri)
     assert code == 0, err
     client = MlflowClient(server)
     logged = only_run(client, "report-test")  # the training run, not a new one
+    assert logged.info.run_id == summary["mlflow_run_id"]
     assert logged.data.tags["selectune.command"] == "train" and logged.data.tags["selectune.report"] == str((tmp_path / "report").resolve())
     assert {"report/report.html", "report/report.md"} <= artifact_paths(client, logged.info.run_id, "report")
     html = client.download_artifacts(logged.info.run_id, "report/report.html", str(tmp_path))

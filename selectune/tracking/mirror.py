@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from selectune.registry.store import PRODUCTION, Registry, Version
-from selectune.tracking.mlflow_client import RunLog, connect, experiment_id, log_with, reporting
+from selectune.tracking.mlflow_client import RunLog, connect, experiment_id, log_with, quoted, reporting
 from selectune.tracking.logs import with_ci
 
 VERSION_TAG = "selectune.version"
@@ -60,10 +60,10 @@ def mirror_name(reg: Registry, name: str, uri: str, experiment: str) -> dict[str
     client = connect(uri)
     with reporting(f"the registry change is recorded in {reg.root}; mirroring {name} to MLflow at {uri} failed (rerun "
                    f"`selectune registry mirror {name} --registry {reg.root} --mlflow-uri {uri}`)"):
-        if not client.search_registered_models(filter_string=f"name = '{_quoted(name)}'"):
+        if not client.search_registered_models(filter_string=f"name = '{quoted(name)}'"):
             client.create_registered_model(name, tags={"selectune.registry": str(reg.root.resolve())},
                                            description=f"mirrored from the selectune registry {reg.root.resolve()}")
-        mirrored = {v.tags.get(VERSION_TAG): str(v.version) for v in client.search_model_versions(f"name = '{_quoted(name)}'")}
+        mirrored = {v.tags.get(VERSION_TAG): str(v.version) for v in client.search_model_versions(f"name = '{quoted(name)}'")}
         added = []
         for version in versions:
             if str(version.version) not in mirrored:
@@ -77,7 +77,3 @@ def mirror_name(reg: Registry, name: str, uri: str, experiment: str) -> dict[str
     return {"registered_model": name, "mlflow_uri": uri, "added": added,
             "versions": {int(k): int(v) for k, v in mirrored.items() if k is not None},
             "production": int(mirrored[str(production)]) if production is not None else None}
-
-
-def _quoted(name: str) -> str:
-    return name.replace("\\", "\\\\").replace("'", "\\'")

@@ -162,8 +162,7 @@ def log_beside(uri: str, experiment: str, log: RunLog, tag: tuple[str, str], *, 
     client = connect(uri)
     with reporting(f"{done}; logging it to MLflow at {uri} failed"):
         experiment = experiment_id(client, experiment)
-        value = tag[1].replace("\\", "\\\\").replace("'", "\\'")
-        found = client.search_runs([experiment], filter_string=f"tags.`{tag[0]}` = '{value}'", max_results=1,
+        found = client.search_runs([experiment], filter_string=f"tags.`{tag[0]}` = '{quoted(tag[1])}'", max_results=1,
                                    order_by=["attributes.start_time DESC"])
         if not found:
             return log_with(client, experiment, log)
@@ -173,6 +172,11 @@ def log_beside(uri: str, experiment: str, log: RunLog, tag: tuple[str, str], *, 
             if key not in found[0].data.tags:  # the run's own command and OUT stay
                 client.set_tag(run_id, key, text)
         return run_id
+
+
+def quoted(text: str) -> str:
+    """TEXT inside '...' of an MLflow search filter."""
+    return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _finite(value: Any) -> bool:
