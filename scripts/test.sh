@@ -2,7 +2,7 @@
 # Set up, then run the whole test suite (under 15 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh mlflow
 # The report test renders HTML in a real headless browser: Debian's chromium.
 if ! command -v chromium >/dev/null; then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)

@@ -23,7 +23,7 @@ from selectune.registry import Registry
 from selectune.tracking import INSTALL_FIX
 from tests.test_clinical import FEATURES, clinical_table
 
-MlflowClient = mlflow.MlflowClient  # the mlflow extra, which scripts/setup.sh installs
+MlflowClient = mlflow.MlflowClient  # the mlflow extra, which scripts/test.sh installs (setup.sh mlflow)
 
 
 def free_port() -> int:
