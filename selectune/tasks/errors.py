@@ -22,3 +22,5 @@ class InputLimits:
     """Most inputs in one request."""
     max_text_chars: int = 10_000
     """Longest text accepted, in characters (texts are truncated to the model's max_length tokens anyway)."""
+    max_new_tokens: int = 256
+    """Most tokens one generation request may ask for (``/v1/generate``)."""
