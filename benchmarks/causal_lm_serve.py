@@ -49,20 +49,21 @@ SYNTHETIC = ("deltas are random-valued biases (BitFit with inserted biases, norm
              "adapters have random A and B (init_lora_weights=False): generation speed does not depend on training")
 
 
-def make_causal_deltas(base: str, outs: list[str | Path], *, seed: int, scale: float = 0.05, **options) -> list[Path]:
-    """BitFit deltas (``bitfit`` ``options``, inserted biases by default) of the causal LM at ``base``, each biases set
-    to normal noise (seed + i), with task metadata as `selectune train` writes it (label set ``LABELS``)."""
-    task = CausalLM(label_col="answer", labels=LABELS, prompt_col="question", max_length=256)
+def make_causal_deltas(base: str, outs: list[str | Path], *, seed: int, scale: float = 0.05, method: str = "bitfit",
+                       max_length: int = 256, **options) -> list[Path]:
+    """Deltas of ``method`` (BitFit with inserted biases by default) on the causal LM at ``base``: what it trains moved
+    by normal noise (seed + i), with task metadata as `selectune train` writes it (label set ``LABELS``)."""
+    task = CausalLM(label_col="answer", labels=LABELS, prompt_col="question", max_length=max_length)
     loaded = task.load_model(base)
-    selection = select(loaded.model, "bitfit", new_parameters=loaded.new_parameters,
-                       **{**task.method_defaults("bitfit"), **options})
+    selection = select(loaded.model, method, new_parameters=loaded.new_parameters, **{**task.method_defaults(method), **options})
     trainable = [p for p in loaded.model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in trainable]  # inserted biases start at zero
     written = []
     for i, out in enumerate(outs):
         generator = torch.Generator().manual_seed(seed + i)
         with torch.no_grad():
-            for param in trainable:
-                param.copy_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * scale)
+            for param, first in zip(trainable, start):
+                param.copy_(first + torch.randn(param.shape, generator=generator, dtype=param.dtype) * scale)
         written.append(save_delta(loaded.model, selection, out, metadata={"task": task.metadata(), "base_model": base}))
     return written
 

@@ -124,6 +124,12 @@ class Task(ABC):
         """Whether the folder holds a base model this task runs on (serving and ``inspect`` ask, with no data)."""
 
     @classmethod
+    def prefers_model_dir(cls, path: str | os.PathLike) -> bool:
+        """Whether the folder was saved as this task's own model class, so that this task, rather than another that can
+        also run on it, serves it; default: False."""
+        return False
+
+    @classmethod
     @abstractmethod
     def load_base(cls, path: str, n_outputs: int = 2, with_tokenizer: bool = True) -> LoadedModel:
         """A base model before any task settings are known (serving, ``inspect``), in eval mode; a fresh head gets

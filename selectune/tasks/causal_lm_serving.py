@@ -13,6 +13,8 @@ A prompt is a text (put through the chat template as a user turn, as in training
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -137,11 +139,25 @@ class CausalLMServing:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    @classmethod
+    def prefers_model_dir(cls, path: Any) -> bool:
+        """A folder saved as a causal LM (``architectures`` in its config.json: ``LlamaForCausalLM``, ``GPT2LMHeadModel``,
+        ...): `selectune serve` serves causal-lm deltas on it, though a sequence classifier could be built on it too."""
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        config = Path(path) / "config.json"
+        try:
+            architectures = json.loads(config.read_text()).get("architectures") or []
+        except (OSError, ValueError, AttributeError):
+            return False
+        return bool(set(architectures) & set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()))
+
     def limited_to(self, model: nn.Module, processor: Any) -> Any:
-        """This task with the base's tokenizer (it encodes requests) and position limit."""
-        task = dataclasses.replace(self, tokenizer=processor)
+        """This task with the base's tokenizer (it encodes requests) and position limit (``max_length`` clamped to it)."""
         positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        task.max_positions = positions if isinstance(positions, int) and positions > 0 else None
+        positions = positions if isinstance(positions, int) and positions > 0 else None
+        task = dataclasses.replace(self, tokenizer=processor, max_length=min(self.max_length, positions or self.max_length))
+        task.max_positions = positions
         return task
 
 
