@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.machine_load import add_load_flags, check_machine, finished
+from benchmarks.serve_throughput import with_lora_adapters
 from selectune import save_delta, select
 from selectune.data import export_bundled
 from selectune.delta import load_delta, read_delta
@@ -80,15 +81,7 @@ def review_prompts(tokenizer, n: int, max_review_tokens: int) -> list[list[int]]
 
 def lora_model(base: str, n_adapters: int, r: int):
     """PEFT LoRA (q_proj + v_proj, PEFT's default for LLaMA) with ``n_adapters`` random adapters on a fresh base."""
-    from peft import LoraConfig, get_peft_model
-
-    model = CausalLM.load_base(base, with_tokenizer=False).model
-    config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    torch.manual_seed(0)
-    model = get_peft_model(model, config, adapter_name="a0")
-    for i in range(1, n_adapters):
-        model.add_adapter(f"a{i}", config)
-    return model.eval()
+    return with_lora_adapters(CausalLM.load_base(base, with_tokenizer=False).model, "CAUSAL_LM", ["q_proj", "v_proj"], n_adapters, r)
 
 
 def hf_generate(model, prompts: list[list[int]], new_tokens: int, pad_id: int, **extra) -> list[list[int]]:

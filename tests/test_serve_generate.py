@@ -202,7 +202,7 @@ def test_score_gives_the_label_probabilities_of_constrained_scoring(setup, merge
     ("/v1/generate", {"model": "all", "prompt": "hi", "max_new_tokens": 13}, 422, "max_new_tokens must be a whole number from 1 to 12"),
     ("/v1/generate", {"model": "all", "prompt": "hi", "max_new_tokens": 0}, 422, "max_new_tokens"),
     ("/v1/generate", {"model": "all", "prompt": "hi", "max_new_tokens": "5"}, 422, "max_new_tokens"),
-    ("/v1/generate", {"model": "all", "prompt": 7}, 422, "prompt is int; send a text"),
+    ("/v1/generate", {"model": "all", "prompt": 7}, 422, "prompt is int; this model takes texts"),
     ("/v1/generate", {"model": "all", "prompt": "x" * 301}, 413, "the limit is 300"),
     ("/v1/generate", {"model": "all", "messages": [{"role": "robot", "content": "hi"}]}, 422, "messages[0] must be"),
     ("/v1/generate", {"model": "all", "messages": []}, 422, "messages must be a non-empty list"),

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from selectune.tasks.errors import InputError, InputLimits
+from selectune.tasks.errors import InputError, InputLimits, check_text
 
 IGNORE = -100  # as in causal_lm: positions that carry no score
 ROLES = ("system", "user", "assistant")
@@ -37,7 +37,7 @@ class CausalLMServing:
     def encode_request(self, inputs: list[Any], limits: InputLimits, processor: Any) -> list[dict[str, Any]]:
         """Prompts (texts) -> one example each: its prompt ids and the ids of every label of the delta."""
         for i, prompt in enumerate(inputs):
-            _check_text(prompt, f"inputs[{i}]", limits)
+            check_text(prompt, f"inputs[{i}]", limits, use="answer")
         return [self._scoring_example(ids, self.labels, f"inputs[{i}]")
                 for i, ids in enumerate(self.prompt_ids([str(p) for p in inputs]))]
 
@@ -97,7 +97,7 @@ class CausalLMServing:
                 raise InputError(f"labels must be a list of 2 to {limits.max_items} distinct non-empty strings (or left out: "
                                  f"the model's own labels {self.labels}).")
             for i, label in enumerate(labels):
-                _check_text(label, f"labels[{i}]", limits)
+                check_text(label, f"labels[{i}]", limits)
         task = self if labels is None else dataclasses.replace(self, labels=list(labels))
         task.max_positions = self.max_positions
         return task, task._scoring_example(self._prompt(prompt, messages, limits), task.labels, "prompt")
@@ -126,14 +126,14 @@ class CausalLMServing:
         if (prompt is None) == (messages is None):
             raise InputError('send exactly one of "prompt" (a text) or "messages" ([{"role": "user", "content": "..."}]).')
         if prompt is not None:
-            _check_text(prompt, "prompt", limits)
+            check_text(prompt, "prompt", limits, use="answer")
             return self.prompt_ids([prompt])[0]
         if not isinstance(messages, list) or not messages:
             raise InputError('messages must be a non-empty list like [{"role": "user", "content": "..."}].')
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or set(message) != {"role", "content"} or message["role"] not in ROLES:
                 raise InputError(f'messages[{i}] must be {{"role": one of {list(ROLES)}, "content": a text}}.')
-            _check_text(message["content"], f"messages[{i}].content", limits)
+            check_text(message["content"], f"messages[{i}].content", limits, use="answer")
         if not getattr(self.tokenizer, "chat_template", None):
             raise InputError('this model\'s tokenizer has no chat template, so it cannot read messages; send "prompt" (a text).')
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -160,11 +160,3 @@ class CausalLMServing:
         task.max_positions = positions
         return task
 
-
-def _check_text(text: Any, field: str, limits: InputLimits) -> None:
-    if not isinstance(text, str):
-        raise InputError(f"{field} is {type(text).__name__ if text is not None else 'null'}; send a text (a string).")
-    if not text.strip():
-        raise InputError(f"{field} is an empty text; send the text to answer.")
-    if len(text) > limits.max_text_chars:
-        raise InputError(f"{field} has {len(text)} characters; the limit is {limits.max_text_chars}. Shorten it.", 413)
