@@ -114,6 +114,21 @@ def test_a_row_that_emits_its_stop_token_leaves_the_batch_and_the_others_go_on(s
     assert got[2].token_ids == plain[2][:1] and got[2].finish_reason == "stop"
 
 
+def test_left_padded_decoding_of_a_gpt2_equals_each_prompt_alone():
+    # Absolute position embeddings: each row's positions count its own tokens, so left padding changes nothing.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=60, n_positions=64, n_embd=32, n_layer=2, n_head=2, initializer_range=0.3)).eval()
+    prompts = [[5, 9, 2, 44, 7, 1], [3], [8, 8, 30]]
+    with torch.inference_mode():
+        got = greedy_decode(BoundModel(model, lambda index: None), prompts, [6, 3, 8], [(), (), ()], pad_id=0, keep_logits=True)
+    for prompt, n, generation in zip(prompts, [6, 3, 8], got):
+        tokens, logits = _alone(model, prompt, n, eos=None)
+        assert generation.token_ids == tokens and (torch.stack(generation.step_logits) - logits).abs().max() < 1e-4
+    assert len({tuple(g.token_ids[:3]) for g in got}) > 1
+
+
 def test_tasks_that_do_not_generate_refuse_generate_and_score_naming_predict():
     task = TextClassification(label_col="label", labels=["a", "b"], text_col="text")
     for call in (lambda: task.encode_generation("hi", None, 4, InputLimits()), lambda: task.encode_scoring("hi", None, None, InputLimits())):
