@@ -11,7 +11,7 @@ rows on delta 0 are checked against the merged model (which is delta 0 merged): 
 
 Deltas are random-valued biases (and LoRA adapters random B): speed does not depend on training.
 
-    python benchmarks/causal_lm_serve.py             # ~4 min on 2 idle CPU cores (sized from 2-token runs)
+    python benchmarks/causal_lm_serve.py             # ~4-5 min on 2 idle CPU cores (sized from a 2-token run)
     python benchmarks/causal_lm_serve.py --quick --busy-ok "smoke run" --out /tmp/causal_lm_serve.json   # tiny LLaMA
 """
 from __future__ import annotations
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens generated per prompt")
     parser.add_argument("--deltas", type=int, default=16, help="BitFit deltas (and LoRA adapters) the prompts cycle over")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median reported)")
-    parser.add_argument("--max-review-tokens", type=int, default=48, help="each review cut to this many tokens")
+    parser.add_argument("--max-review-tokens", type=int, default=32, help="each review cut to this many tokens")
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--scale", type=float, default=0.05, help="std of the random bias values")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
