@@ -51,11 +51,16 @@ def review_batches(tokenizer, batch_size: int, n_batches: int, max_length: int) 
 
 def lora_model(n_adapters: int, r: int):
     """PEFT LoRA (query+value, PEFT's default for BERT) with ``n_adapters`` adapters on a fresh MiniLM base."""
+    base = TextClassification(label_col="rating", labels=LABELS).load_model(resolve_model("minilm")).model.eval()
+    return with_lora_adapters(base, "SEQ_CLS", ["query", "value"], n_adapters, r)
+
+
+def with_lora_adapters(base, task_type: str, targets: list[str], n_adapters: int, r: int):
+    """``base`` with ``n_adapters`` PEFT LoRA adapters (``a0``, ``a1``, ...) of rank ``r`` on ``targets``, in eval mode."""
     from peft import LoraConfig, get_peft_model
 
-    base = TextClassification(label_col="rating", labels=LABELS).load_model(resolve_model("minilm")).model.eval()
     # init_lora_weights=False: B is random, not zero, so every adapter really changes the output (as trained ones do).
-    config = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=2 * r, target_modules=["query", "value"], init_lora_weights=False)
+    config = LoraConfig(task_type=task_type, r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False)
     torch.manual_seed(0)
     model = get_peft_model(base, config, adapter_name="a0")
     for i in range(1, n_adapters):

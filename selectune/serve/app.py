@@ -3,6 +3,8 @@
 Routes (OpenAPI at ``/openapi.json``, interactive at ``/docs``)::
 
     POST /v1/predict                  {"model": NAME, "inputs": [...]} -> labels, probabilities, delta version
+    POST /v1/generate                 causal LM: {"model": NAME, "prompt" or "messages", "max_new_tokens"} -> greedy text
+    POST /v1/score                    causal LM: {"model": NAME, "prompt" or "messages", "labels"?} -> label probabilities
     GET  /v1/models                   the deltas this key may use, each with its serving path (mixed | grouped)
     GET  /v1/models/{name}
     POST /v1/models/{name}/load       admin: (re)load NAME from --deltas (or {"path": DIR} inside it) without a restart
@@ -25,7 +27,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -46,6 +48,7 @@ from selectune.serve.paths import ServingPath
 from selectune.serve.tenants import KeyEntry, KeyRing
 
 log = logging.getLogger("selectune.serve")
+DEFAULT_NEW_TOKENS = 64  # what /v1/generate generates when the request does not say (capped by --max-new-tokens)
 
 
 @dataclass
@@ -58,6 +61,7 @@ class ServeLimits(_Lists):
     max_queued: int = option(256, "most requests waiting for the model; past it, 503 with Retry-After")
     request_timeout_s: float = option(30.0, "longest a request waits for its answer; past it, 504 and its job is dropped")
     max_in_flight_per_tenant: int = option(32, "most requests one tenant (key) may have in flight; past it, 429 with Retry-After")
+    max_new_tokens: int = option(256, "most new tokens one POST /v1/generate request may ask for (causal LMs)")
 
 
 @dataclass(kw_only=True)
@@ -99,6 +103,41 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"model": "reviews", "prompt": "Review: no side effects at all. Positive or negative?", "max_new_tokens": 8}]})
+    model: StrictStr = Field(description="delta name (a causal LM's), as listed by GET /v1/models")
+    prompt: Any = Field(default=None, description="a text, read as one user turn through the chat template (or send messages)")
+    messages: Any = Field(default=None, description='chat turns [{"role": "user", "content": "..."}], through the chat template')
+    max_new_tokens: Any = Field(default=None, description="most tokens to generate, up to the server's --max-new-tokens "
+                                                          f"(default: {DEFAULT_NEW_TOKENS} or that limit if lower)")
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    version: str = Field(description="sha256 of the delta's weights that generated the text")
+    path: str = Field(description="mixed (decoded in a batch shared with other deltas) or grouped (per-delta passes)")
+    text: str = Field(description="the greedy continuation, special tokens left out")
+    tokens: int = Field(description="tokens generated (the end-of-sequence token included when it stopped on one)")
+    token_ids: list[int]
+    finish_reason: str = Field(description="stop (end-of-sequence token) or length (max_new_tokens reached)")
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"model": "reviews", "prompt": "Review: no side effects at all. Positive or negative?", "labels": ["positive", "negative"]}]})
+    model: StrictStr = Field(description="delta name (a causal LM's), as listed by GET /v1/models")
+    prompt: Any = Field(default=None, description="a text, read as one user turn through the chat template (or send messages)")
+    messages: Any = Field(default=None, description='chat turns [{"role": "user", "content": "..."}], through the chat template')
+    labels: Any = Field(default=None, description="the answers to rank (default: the labels the delta was trained on)")
+
+
+class ScoreResponse(Prediction):
+    model: str
+    version: str
+    path: str
+
+
 class LoadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     path: str | None = Field(default=None, description="delta folder to load, inside the --deltas folder; default: --deltas/NAME")
@@ -114,7 +153,8 @@ class ServerState:
         if config.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be > 0 (got {config.request_timeout_s})")
         self.config = config
-        self.limits = InputLimits(max_items=config.max_items, max_text_chars=config.max_text_chars)
+        self.limits = InputLimits(max_items=config.max_items, max_text_chars=config.max_text_chars,
+                                  max_new_tokens=config.max_new_tokens)
         self.keyring = KeyRing.from_file(config.keys) if config.keys else None
         self.metrics = ServeMetrics()
         self.store = DeltaStore(config.base)
@@ -172,10 +212,15 @@ class ServerState:
         for job in [j for j in jobs if j.name not in self.store.deltas]:  # never fail the batch for one gone delta
             job.future.set_exception(HTTPException(404, f"model {job.name!r} was unloaded before this request ran"))
         jobs = [j for j in jobs if j.name in self.store.deltas]
-        results = self.store.run([(j.name, j.examples) for j in jobs], on_pass=self._observe_pass)
+        predict = [j for j in jobs if j.operation == "predict"]
+        generate = [j for j in jobs if j.operation == "generate"]
+        results = self.store.run([(j.name, j.examples, j.task) for j in predict], on_pass=self._observe_pass) if predict else []
+        generations = self.store.generate([(j.name, j.examples) for j in generate], on_pass=self._observe_pass) if generate else []
         self.metrics.batch_seconds.observe(time.perf_counter() - start)
-        for job, result in zip(jobs, results):
+        for job, result in zip(predict + generate, results + generations):
             self.metrics.examples.labels(job.name).inc(len(job.examples))
+            if job.operation == "generate":
+                self.metrics.generated_tokens.labels(job.name).inc(sum(len(g.token_ids) for g in result[0]))
             job.future.set_result(result)
 
     def _observe_pass(self, path: ServingPath, deltas: list[ServedDelta], examples: int) -> None:
@@ -255,6 +300,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     caller, admin = _key_dependencies(state)
     _add_error_handlers(app)
     _add_model_routes(app, state, caller)
+    _add_generation_routes(app, state, caller)
     _add_admin_routes(app, state, admin)
     return app
 
@@ -350,18 +396,52 @@ def _add_model_routes(app: FastAPI, state: ServerState, caller) -> None:
     async def predict(body: PredictRequest, request: Request, entry: KeyEntry | None = Depends(caller)) -> dict[str, Any]:
         check_count(body.inputs, state.limits)
         delta = _routed(state, body.model, entry)
-        with state.tenant_slots.hold(entry.tenant if entry is not None else None):
-            # Tokenising runs on a worker thread: it waits for the tokenizer (which the batcher holds while it pads
-            # a batch) there, never on the event loop. A delta unloaded meanwhile answers 404 from the batcher.
-            examples = await run_in_threadpool(_encode, state, delta, body.inputs)
-            future = _submit(state, Job(delta.name, examples))
-            predictions, used = await _answer(state, future, request)
+        predictions, used = await _asked(state, request, entry, delta,
+                                         lambda: (encode_inputs(delta.task, state.store.tokenizer, body.inputs, state.limits), None))
         return {"model": used.name, "version": used.version, "path": used.serving_path, "predictions": predictions}
 
 
-def _encode(state: ServerState, delta: ServedDelta, inputs: list[Any]) -> list[dict[str, Any]]:
+def _add_generation_routes(app: FastAPI, state: ServerState, caller) -> None:
+    """/v1/generate and /v1/score (causal LMs; other tasks refuse them with a 400 naming /v1/predict)."""
+
+    @app.post("/v1/generate", response_model=GenerateResponse)
+    async def generate(body: GenerateRequest, request: Request, entry: KeyEntry | None = Depends(caller)) -> dict[str, Any]:
+        delta = _routed(state, body.model, entry)
+        budget = body.max_new_tokens if body.max_new_tokens is not None else min(DEFAULT_NEW_TOKENS, state.limits.max_new_tokens)
+        (generation,), used = await _asked(
+            state, request, entry, delta,
+            lambda: ([delta.task.encode_generation(body.prompt, body.messages, budget, state.limits)], None), operation="generate")
+        text = await run_in_threadpool(_locked, state, lambda: used.task.decode_generation(generation.token_ids))
+        return {"model": used.name, "version": used.version, "path": used.serving_path, "text": text,
+                "tokens": len(generation.token_ids), "token_ids": generation.token_ids, "finish_reason": generation.finish_reason}
+
+    @app.post("/v1/score", response_model=ScoreResponse, response_model_exclude_none=True)
+    async def score(body: ScoreRequest, request: Request, entry: KeyEntry | None = Depends(caller)) -> dict[str, Any]:
+        delta = _routed(state, body.model, entry)
+
+        def encode():
+            task, example = delta.task.encode_scoring(body.prompt, body.messages, body.labels, state.limits)
+            return [example], task
+
+        (prediction,), used = await _asked(state, request, entry, delta, encode)
+        return {"model": used.name, "version": used.version, "path": used.serving_path, **prediction}
+
+
+async def _asked(state: ServerState, request: Request, entry: KeyEntry | None, delta: ServedDelta,
+                 encode: Callable[[], tuple[list[Any], Any]], operation: str = "predict"):
+    """(answer, delta that answered) of one request: ``encode()`` -> (examples, the task formatting the answer or None)
+    runs under the tokenizer's lock, then the job waits for its batch, within the tenant's in-flight slots."""
+    with state.tenant_slots.hold(entry.tenant if entry is not None else None):
+        # Tokenising runs on a worker thread: it waits for the tokenizer (which the batcher holds while it pads
+        # a batch) there, never on the event loop. A delta unloaded meanwhile answers 404 from the batcher.
+        examples, task = await run_in_threadpool(_locked, state, encode)
+        future = _submit(state, Job(delta.name, examples, operation=operation, task=task))
+        return await _answer(state, future, request)
+
+
+def _locked(state: ServerState, work: Callable[[], Any]) -> Any:
     with state.store.tokenizer_lock:  # a fast tokenizer must not run on two threads at once
-        return encode_inputs(delta.task, state.store.tokenizer, inputs, state.limits)
+        return work()
 
 
 def _submit(state: ServerState, job: Job):

@@ -29,6 +29,10 @@ class Job:
 
     name: str
     examples: list[Any]
+    operation: str = "predict"
+    """``predict`` (one forward pass: labels, scores) or ``generate`` (greedy decoding, one forward per new token)."""
+    task: Any = None
+    """The task that formats the answer when not the delta's own (a ``/v1/score`` request naming its labels)."""
     future: Future = field(default_factory=Future)
     queued_at: float = field(default_factory=time.perf_counter)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from selectune.masks import SparseEntries
 from selectune.models import resolve_model
 from selectune.refs import resolve_trained_model
 from selectune.selection import Selection
+from selectune.serve.generation import Generation, greedy_decode
 from selectune.serve.inputs import collate
 from selectune.serve.paths import GroupedPath, MixedPath, ServingPath
 from selectune.tasks import LoadedModel, Task, load_base_model, task_from_metadata
@@ -277,29 +278,53 @@ class DeltaStore:
         return load_base(self.base, num_labels=n_outputs)[1].model
 
     # ---- serving -------------------------------------------------------------------------------
-    def run(self, jobs: list[tuple[str, list[dict[str, Any]]]],
+    def run(self, jobs: list[tuple[str, list[dict[str, Any]]] | tuple[str, list[dict[str, Any]], Task | None]],
             on_pass: Callable[[ServingPath, list[ServedDelta], int], None] | None = None,
             ) -> list[tuple[list[dict[str, Any]], ServedDelta]]:
-        """Predictions for each job (delta name, encoded examples), in order; each path runs its jobs in as
-        many forward passes as it needs (mixed: one for all its deltas; grouped: one per delta).
+        """Predictions for each job (delta name, encoded examples[, the task that formats its answer, None: the delta's;
+        a ``/v1/score`` request's own labels]), in order; each path runs its jobs in as many forward passes as it
+        needs (mixed: one for all its deltas; grouped: one per delta).
 
         Returns, per job, (one prediction per example, the delta that answered). ``on_pass(path, the pass's
         deltas, its number of examples)`` is called after each forward pass (metrics).
         """
         results: list[Any] = [None] * len(jobs)
+        for path, indices in self._passes(jobs):
+            examples = [e for i in indices for e in jobs[i][1]]
+            per_example = [self.deltas[jobs[i][0]] for i in indices for _ in jobs[i][1]]
+            logits, model = path.forward(per_example, self._collate(examples), run=self.task_class.forward_request)
+            self._split(jobs, indices, logits, model, results)
+            if on_pass is not None:
+                on_pass(path, [self.deltas[jobs[i][0]] for i in indices], len(examples))
+        return results
+
+    def generate(self, jobs: list[tuple[str, list[dict[str, Any]]]],
+                 on_pass: Callable[[ServingPath, list[ServedDelta], int], None] | None = None,
+                 ) -> list[tuple[list[Generation], ServedDelta]]:
+        """Greedy generations for each job (delta name, examples of ``Task.encode_generation``), in order: the jobs of
+        one pass (``_passes``: every mixed delta together) decode in one batch, one forward per step for all of them."""
+        results: list[Any] = [None] * len(jobs)
+        for path, indices in self._passes(jobs):
+            examples = [e for i in indices for e in jobs[i][1]]
+            per_example = [self.deltas[jobs[i][0]] for i in indices for _ in jobs[i][1]]
+            with path.bound(per_example) as bound:
+                generations = greedy_decode(bound, [e["prompt_ids"] for e in examples], [e["max_new_tokens"] for e in examples],
+                                            [e["stop_ids"] for e in examples], examples[0]["pad_id"])
+            for i in indices:
+                n = len(jobs[i][1])
+                results[i], generations = (generations[:n], self.deltas[jobs[i][0]]), generations[n:]
+            if on_pass is not None:
+                on_pass(path, [self.deltas[jobs[i][0]] for i in indices], len(examples))
+        return results
+
+    def _passes(self, jobs: list[tuple]) -> Iterator[tuple[ServingPath, list[int]]]:
+        """(path, the indices of the jobs one pass runs) for every pass ``jobs`` (delta name first) need, in run order."""
         for path in self.paths:
-            mine = [i for i, (name, _) in enumerate(jobs) if self.deltas[name].serving_path == path.name]
+            mine = [i for i, job in enumerate(jobs) if self.deltas[job[0]].serving_path == path.name]
             if not mine:
                 continue
             for group in path.passes([self.deltas[jobs[i][0]] for i in mine]):
-                indices = [mine[g] for g in group]
-                examples = [e for i in indices for e in jobs[i][1]]
-                per_example = [self.deltas[jobs[i][0]] for i in indices for _ in jobs[i][1]]
-                logits, model = path.forward(per_example, self._collate(examples))
-                self._split(jobs, indices, logits, model, results)
-                if on_pass is not None:
-                    on_pass(path, [self.deltas[jobs[i][0]] for i in indices], len(examples))
-        return results
+                yield path, [mine[g] for g in group]
 
     def _collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         with self.tokenizer_lock:
@@ -308,11 +333,12 @@ class DeltaStore:
     def _split(self, jobs, indices: list[int], logits: torch.Tensor, model: nn.Module, results: list) -> None:
         start = 0
         for i in indices:
-            name, examples = jobs[i]
+            name, examples, *asked = jobs[i]
             delta = self.deltas[name]
-            part = logits[start:start + len(examples), : delta.task.n_outputs].float()  # (n, C) of this delta's head
+            task = asked[0] if asked and asked[0] is not None else delta.task
+            part = logits[start:start + len(examples), : task.n_outputs].float()  # (n, C) of this delta's head
             start += len(examples)
-            results[i] = (format_predictions(delta.task, model, part), delta)
+            results[i] = (format_predictions(task, model, part), delta)
 
 
 def format_predictions(task: Task, model: nn.Module, logits: torch.Tensor) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ class ServeMetrics:
         self.requests = Counter("selectune_requests", "HTTP requests by route and status code", ["route", "method", "status"], registry=r)
         self.latency = Histogram("selectune_request_seconds", "HTTP request latency by route", ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.examples = Counter("selectune_examples", "Examples predicted, by delta", ["model"], registry=r)
+        self.generated_tokens = Counter("selectune_generated_tokens", "Tokens generated (POST /v1/generate), by delta", ["model"], registry=r)
         self.batch_examples = Histogram("selectune_batch_examples", "Examples per forward pass, by serving path", ["path"],
                                         buckets=SIZE_BUCKETS, registry=r)
         self.batch_deltas = Histogram("selectune_batch_deltas", "Distinct deltas per mixed forward pass", buckets=SIZE_BUCKETS, registry=r)

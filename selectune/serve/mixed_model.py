@@ -21,7 +21,9 @@ The model's parameters are never written: the gathered forwards are installed on
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -165,12 +167,28 @@ class MixedBiasModel:
 
         Heads of different widths are zero-padded to the widest: slice each example's own number of outputs.
         """
+        with self.using(rows) as model:
+            return model(**inputs).logits
+
+    @contextlib.contextmanager
+    def using(self, rows: torch.Tensor) -> Iterator[nn.Module]:
+        """The model, whose every forward inside the block runs example i with delta ``rows[i]`` (any number of calls:
+        a decoder's steps); ``keep`` narrows the batch between calls."""
         self._batch = _Batch(rows)
         try:
             with torch.inference_mode():
-                return self.model(**inputs).logits
+                yield self.model
         finally:
             self._batch = None
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Inside ``using``: only the examples at ``index`` (a (b,) index into the current rows) run from now on."""
+        self._batch = _Batch(self.current_rows().index_select(0, index))
+
+    def current_rows(self) -> torch.Tensor:
+        if self._batch is None:
+            raise RuntimeError("no mixed batch is running; call inside MixedBiasModel.using(rows)")
+        return self._batch.rows
 
     def current(self, x: torch.Tensor) -> _Batch:
         batch = self._batch

@@ -11,9 +11,11 @@ only) and runs its share of a batch (``passes`` splits it into forward passes, `
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -24,6 +26,21 @@ from selectune.serve.mixed_model import MixedBiasModel, MixedDelta, mixed_path_o
 
 if TYPE_CHECKING:
     from selectune.serve.delta_store import ServedDelta
+
+
+@dataclass
+class BoundModel:
+    """A path's model bound to one pass's examples: every call of ``model`` inside ``ServingPath.bound`` runs example i
+    with its own delta. A decoder calls it once per step and ``keep``s the rows still generating."""
+
+    model: nn.Module
+    keep: Callable[[torch.Tensor], None]
+    """(b,) index into the current examples: only those run in the calls that follow (finished rows stop)."""
+
+
+def model_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What a pass computes unless the task says otherwise: the model's logits."""
+    return model(**inputs).logits
 
 
 class ServingPath(ABC):
@@ -69,9 +86,15 @@ class ServingPath(ABC):
         """How jobs for ``deltas`` (one per job) split into forward passes: job indices per pass, in run order."""
 
     @abstractmethod
-    def forward(self, deltas: list[ServedDelta], inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, nn.Module]:
-        """One forward pass: (logits (B, C) with C at least each delta's outputs, the model that made them)
-        for ``inputs`` where example i is for ``deltas[i]``."""
+    def bound(self, deltas: list[ServedDelta]) -> contextlib.AbstractContextManager[BoundModel]:
+        """The model for one pass (``passes``) where example i is for ``deltas[i]``, in inference mode, for the block."""
+
+    def forward(self, deltas: list[ServedDelta], inputs: dict[str, torch.Tensor],
+                run: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor] = model_logits) -> tuple[torch.Tensor, nn.Module]:
+        """One forward pass: (outputs (B, C) with C at least each delta's outputs, the model that made them) for
+        ``inputs`` where example i is for ``deltas[i]``; ``run(model, inputs)`` computes them (default: the logits)."""
+        with self.bound(deltas) as bound:
+            return run(bound.model, inputs), bound.model
 
 
 class MixedPath(ServingPath):
@@ -127,10 +150,12 @@ class MixedPath(ServingPath):
     def passes(self, deltas: list[ServedDelta]) -> list[list[int]]:
         return [list(range(len(deltas)))]  # every delta's examples in one pass
 
-    def forward(self, deltas: list[ServedDelta], inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, nn.Module]:
+    @contextlib.contextmanager
+    def bound(self, deltas: list[ServedDelta]) -> Iterator[BoundModel]:
         row_of = {name: r for r, name in enumerate(self.model.names)}
         rows = torch.tensor([row_of[d.name] for d in deltas], dtype=torch.long)  # (B,) each example's table row
-        return self.model.forward(rows, **inputs), self.model.model
+        with self.model.using(rows) as model:
+            yield BoundModel(model, self.model.keep)
 
 
 class GroupedPath(ServingPath):
@@ -181,10 +206,11 @@ class GroupedPath(ServingPath):
             by_name.setdefault(delta.name, []).append(i)
         return list(by_name.values())
 
-    def forward(self, deltas: list[ServedDelta], inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, nn.Module]:
+    @contextlib.contextmanager
+    def bound(self, deltas: list[ServedDelta]) -> Iterator[BoundModel]:
         delta = deltas[0]  # one delta per pass (``passes``)
         deltas_set = self.sets[delta.task.n_outputs]
         if deltas_set.active != delta.key:
             deltas_set.activate(delta.key)
         with torch.inference_mode():
-            return deltas_set.model(**inputs).logits, deltas_set.model
+            yield BoundModel(deltas_set.model, lambda index: None)  # one delta: every row has the same weights

@@ -66,10 +66,15 @@ def task_from_options(*, label_col: str, text_col: str | None = None, feature_co
 
 
 def task_class_for_model_dir(path: str | os.PathLike) -> type[Task]:
-    """The first registered task that runs on the base model in ``path`` (serving, ``inspect``: no data yet)."""
-    for cls in TASKS.values():
-        if cls.claims_model_dir(path):
+    """The task that runs on the base model in ``path`` (serving, ``inspect``: no data yet): the first registered one
+    whose own model class the folder was saved as (``prefers_model_dir``: a LLaMA saved as a causal LM is one, though a
+    classifier could be put on it too), else the first that can run on it."""
+    claiming = [cls for cls in TASKS.values() if cls.claims_model_dir(path)]
+    for cls in claiming:
+        if cls.prefers_model_dir(path):
             return cls
+    if claiming:
+        return claiming[0]
     raise ModelLoadError(f"{path} holds no model a registered task ({', '.join(TASKS)}) runs on; give a Hugging Face "
                          "sequence-classification model folder or a tabular model folder written by `selectune train`.")
 

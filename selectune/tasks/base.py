@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from selectune.config import PreprocessingConfig
-from selectune.tasks.errors import InputLimits
+from selectune.tasks.errors import InputError, InputLimits
 
 
 @dataclass
@@ -124,6 +124,12 @@ class Task(ABC):
         """Whether the folder holds a base model this task runs on (serving and ``inspect`` ask, with no data)."""
 
     @classmethod
+    def prefers_model_dir(cls, path: str | os.PathLike) -> bool:
+        """Whether the folder was saved as this task's own model class, so that this task, rather than another that can
+        also run on it, serves it; default: False."""
+        return False
+
+    @classmethod
     @abstractmethod
     def load_base(cls, path: str, n_outputs: int = 2, with_tokenizer: bool = True) -> LoadedModel:
         """A base model before any task settings are known (serving, ``inspect``), in eval mode; a fresh head gets
@@ -211,6 +217,28 @@ class Task(ABC):
     @abstractmethod
     def collate_request(cls, examples: list[dict[str, Any]], processor: Any) -> dict[str, torch.Tensor]:
         """Encoded request items (possibly of several deltas on one base) -> one batch, as offline."""
+
+    @classmethod
+    def forward_request(cls, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, C) outputs of a batch of served requests (``collate_request``), which ``format_outputs`` reads; default:
+        the model's logits. A causal LM scores its labels here."""
+        return model(**batch).logits
+
+    def encode_scoring(self, prompt: Any, messages: Any, labels: Any, limits: InputLimits) -> tuple["Task", dict[str, Any]]:
+        """A ``/v1/score`` request -> (the task formatting its answer, over its own ``labels`` if given; the example);
+        refused with ``InputError`` by a task that does not score prompts (the default)."""
+        raise InputError(f"this is a {self.name} model; POST /v1/score scores the labels of causal-lm models only. "
+                         "Use POST /v1/predict.", 400)
+
+    def encode_generation(self, prompt: Any, messages: Any, max_new_tokens: Any, limits: InputLimits) -> dict[str, Any]:
+        """A ``/v1/generate`` request -> the example greedy decoding runs ({prompt_ids, max_new_tokens, stop_ids,
+        pad_id}); refused with ``InputError`` by a task that does not generate (the default)."""
+        raise InputError(f"this is a {self.name} model; POST /v1/generate answers causal-lm models only. "
+                         "Use POST /v1/predict.", 400)
+
+    def decode_generation(self, token_ids: list[int]) -> str:
+        """Generated token ids -> the answer's text (tasks that generate)."""
+        raise NotImplementedError(f"{self.name} does not generate")
 
     @abstractmethod
     def format_outputs(self, model: nn.Module, logits: torch.Tensor) -> list[dict[str, Any]]:

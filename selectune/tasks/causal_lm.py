@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from selectune.data import DataError
 from selectune.tasks.base import EXAMPLE_REVIEWS, Example, LoadedModel, Task, quiet_transformers, read_model_type, write_example_splits
-from selectune.tasks.errors import InputError, InputLimits, ModelLoadError
+from selectune.tasks.causal_lm_serving import CausalLMServing
+from selectune.tasks.errors import ModelLoadError
 from selectune.tasks.outputs import ClassOutputs
 
 IGNORE = -100  # cross_entropy's ignore_index: prompt and padding positions carry no loss
@@ -36,11 +37,10 @@ EXAMPLE_CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content
 
 
 @dataclass
-class CausalLM(ClassOutputs, Task):
+class CausalLM(CausalLMServing, ClassOutputs, Task):
+    """Serving (``/v1/predict``, ``/v1/score``, ``/v1/generate``): ``causal_lm_serving.CausalLMServing``."""
     name: ClassVar[str] = "causal-lm"
     hf_task_type: ClassVar[str] = "text-generation"
-    served: ClassVar[bool] = False
-    """``selectune serve`` has no generation endpoint yet (``/v1/generate`` is the next step of issue 16)."""
     label_col: str = "response"
     """The response column (``--response-col``)."""
     labels: list[str] | None = None
@@ -223,14 +223,6 @@ class CausalLM(ClassOutputs, Task):
                                      do_sample=False, pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id)
                 answers.append(self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip())
         return {"generated": answers}
-
-    # ---- serving (not yet: see ``served``) ----------------------------------------------------
-    def encode_request(self, inputs: list[Any], limits: InputLimits, processor: Any) -> list[dict[str, Any]]:
-        raise InputError("causal-lm models are not served yet (POST /v1/generate is not built); use `selectune predict`.", 400)
-
-    @classmethod
-    def collate_request(cls, examples: list[dict[str, Any]], processor: Any) -> dict[str, torch.Tensor]:
-        raise InputError("causal-lm models are not served yet; use `selectune predict`.", 400)
 
     def describe(self) -> dict[str, Any]:
         return {"prompt_col": self.prompt_col, "max_length": self.max_length, "labels": self.labels}

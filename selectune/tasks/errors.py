@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class ModelLoadError(ValueError):
@@ -22,3 +23,15 @@ class InputLimits:
     """Most inputs in one request."""
     max_text_chars: int = 10_000
     """Longest text accepted, in characters (texts are truncated to the model's max_length tokens anyway)."""
+    max_new_tokens: int = 256
+    """Most tokens one generation request may ask for (``/v1/generate``)."""
+
+
+def check_text(text: Any, field: str, limits: InputLimits, use: str = "classify") -> None:
+    """Refuse a request's ``field`` unless it is a non-empty text within ``limits.max_text_chars``."""
+    if not isinstance(text, str):
+        raise InputError(f"{field} is {type(text).__name__ if text is not None else 'null'}; this model takes texts (strings).")
+    if not text.strip():
+        raise InputError(f"{field} is an empty text; send the text to {use}.")
+    if len(text) > limits.max_text_chars:
+        raise InputError(f"{field} has {len(text)} characters; the limit is {limits.max_text_chars}. Shorten the text.", 413)

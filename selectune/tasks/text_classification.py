@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from selectune.tasks.base import EXAMPLE_REVIEWS, Example, LoadedModel, Task, quiet_transformers, read_model_type, write_example_splits
-from selectune.tasks.errors import InputError, InputLimits, ModelLoadError
+from selectune.tasks.errors import InputLimits, ModelLoadError, check_text
 from selectune.tasks.outputs import ClassOutputs
 
 
@@ -98,12 +98,7 @@ class TextClassification(ClassOutputs, Task):
     def encode_request(self, inputs: list[Any], limits: InputLimits, processor: Any) -> list[dict[str, Any]]:
         """Strings, tokenised here and truncated at the delta's ``max_length`` as in training."""
         for i, text in enumerate(inputs):
-            if not isinstance(text, str):
-                raise InputError(f"inputs[{i}] is {type(text).__name__ if text is not None else 'null'}; this model takes texts (strings).")
-            if not text.strip():
-                raise InputError(f"inputs[{i}] is an empty text; send the text to classify.")
-            if len(text) > limits.max_text_chars:
-                raise InputError(f"inputs[{i}] has {len(text)} characters; the limit is {limits.max_text_chars}. Shorten the text.", 413)
+            check_text(text, f"inputs[{i}]", limits)
         encoded = processor(list(inputs), truncation=True, max_length=self.max_length)
         return [{k: v[i] for k, v in encoded.items()} for i in range(len(inputs))]
 
