@@ -276,6 +276,7 @@ COMMANDS = {
     "registry verify": Command("selectune.registry.commands:verify", "selectune.registry.commands:render_verify", _problems),
     "serve": Command("selectune.serve.app:serve"),
     "compare": Command("selectune.compare.run:compare", "selectune.compare.render:render_comparison"),
+    "tune": Command("selectune.compare.tune:tune", "selectune.compare.render:render_tune"),
     "gate": Command("selectune.evaluate.gate:gate", "selectune.evaluate.gate:render", _failed_gate),
     "report": Command("selectune.report.build:report", "selectune.report.build:render"),
 }

@@ -35,6 +35,19 @@ def shortfall(metric: str, value: float, best: float) -> float:
     return best - value if HIGHER_IS_BETTER.get(metric, True) else value - best
 
 
+def scaled_tolerance(summaries: list[dict[str, Any]], metric: str, tolerance: float) -> dict[str, Any]:
+    """``--tolerance`` in the metric's units. On a 0-1 metric (macro-F1, accuracy, AUROC, R²) as given: 0.01 = 1 point.
+    On any other (RMSE, MAE: units of the target; loss) that fraction of the best validation value, so 0.01 means 1% of
+    the best RMSE: an absolute 0.01 on an RMSE of ~50 would call a 0.2 difference far inside the CIs decisive."""
+    if metric in POINT_METRICS or metric == "r2":
+        return {"absolute": tolerance, "relative": False, "rule": f"{gap_text(metric, tolerance)} (absolute on a 0-1 metric)"}
+    higher = HIGHER_IS_BETTER.get(metric, True)
+    best = max(s["validation"]["mean"] if higher else -s["validation"]["mean"] for s in summaries) * (1 if higher else -1)
+    absolute = tolerance * abs(best)
+    return {"absolute": absolute, "relative": True,
+            "rule": f"{100 * tolerance:g}% of the best validation {metric} ({best:.4g}): {absolute:.3g} {metric} units"}
+
+
 def recommend(summaries: list[dict[str, Any]], metric: str, tolerance: float, prefer: str = "parameters",
               subgroups: dict[str, dict[str, dict[str, dict[str, Any]]]] | None = None, min_group_n: int = 10) -> dict[str, Any]:
     """Pick from per-method summaries (each: method, validation.mean, and the cost fields of COSTS).

@@ -1,0 +1,123 @@
+"""`selectune tune` / `compare --cv K`: folds, grids, the choice made on training rows only, the refit scored once."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from selectune.cli import main
+from selectune.compare.contenders import parse_contenders
+from selectune.compare.tune import Grid, Setting, make_folds, method_grid, parse_grid, tune
+from selectune.data import DataError
+from tests.conftest import NEGATIVE, POSITIVE
+
+
+def reviews(n: int, offset: int = 0) -> pd.DataFrame:
+    return pd.DataFrame([(f"{(POSITIVE if i % 2 == 0 else NEGATIVE)[(i // 2 + offset) % 10]} (review {i})",
+                          "pos" if i % 2 == 0 else "neg", f"p{i // 3}") for i in range(n)], columns=["text", "label", "patient"])
+
+
+# ---- folds and grids -----------------------------------------------------------------------------------------
+
+def test_folds_are_stratified_seeded_and_keep_each_group_in_one_fold():
+    frame = pd.DataFrame({"label": ["a"] * 30 + ["b"] * 10, "patient": [f"p{i // 2}" for i in range(40)]})
+    folds = make_folds(frame, 5, "label", None, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(40))  # every row held out exactly once
+    assert [int((frame["label"].iloc[f] == "b").sum()) for f in folds] == [2, 2, 2, 2, 2]  # stratified: 10 b over 5 folds
+    again = make_folds(frame, 5, "label", None, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(folds, again))  # the same folds for every method
+    other = make_folds(frame, 5, "label", None, seed=1)
+    assert not all(np.array_equal(a, b) for a, b in zip(folds, other))
+    grouped = make_folds(frame, 4, "label", "patient", seed=0)
+    owners = [set(frame["patient"].iloc[f]) for f in grouped]
+    assert sum(len(o) for o in owners) == 20 and len(set().union(*owners)) == 20  # no patient in two folds
+    regression = make_folds(pd.DataFrame({"y": np.arange(10.0)}), 5, None, None, seed=0)
+    assert sorted(len(f) for f in regression) == [2] * 5
+    with pytest.raises(DataError, match="rarest class has 1"):
+        make_folds(pd.DataFrame({"label": ["a"] * 9 + ["b"]}), 2, "label", None, seed=0)
+    with pytest.raises(DataError, match="fewer than the 4 folds"):
+        make_folds(frame.head(12).assign(patient=[f"p{i // 4}" for i in range(12)]), 4, "label", "patient", seed=0)
+
+
+def test_grid_overrides_every_method_or_one_and_refuses_bad_items():
+    assert parse_grid(["lr=1e-3", "3e-3", "epochs=4", "8", "dropout=0", "0.1"]) == {
+        "*": {"lr": [1e-3, 3e-3], "epochs": [4, 8], "dropout": [0.0, 0.1]}}
+    grid = parse_grid(["epochs=2", "bitfit.lr=1e-2"])
+    bitfit, full = parse_contenders("bitfit,full")
+    assert method_grid(bitfit, grid) == Grid([1e-2], [2], [0.0, 0.1])
+    assert method_grid(full, grid) == Grid([1e-5, 3e-5, 9e-5], [2], [0.0, 0.1])  # default lr 3e-5 x 1/3, 1, 3
+    assert method_grid(full, {}).epochs == [3, 5, 8]
+    assert Grid([1e-3], [1, 2], [0.0]).settings() == [Setting(1e-3, 1, 0.0), Setting(1e-3, 2, 0.0)]
+    with pytest.raises(ValueError, match="give lr, epochs or dropout"):
+        parse_grid(["momentum=0.9"])
+    with pytest.raises(ValueError, match="has no key"):
+        parse_grid(["1e-3"])
+    with pytest.raises(ValueError, match="not a whole number"):
+        parse_grid(["epochs=2.5"])
+    with pytest.raises(ValueError, match="dropout in"):
+        parse_grid(["dropout=1.5"])
+
+
+# ---- the whole command on a tiny BERT ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tune_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune-data")
+    reviews(36).to_csv(out / "train.csv", index=False)
+    reviews(16, 3).to_csv(out / "test.csv", index=False)
+    flipped = reviews(16, 3)
+    flipped["label"] = flipped["label"].map({"pos": "neg", "neg": "pos"})  # every test label wrong for a good model
+    flipped.to_csv(out / "test-flipped.csv", index=False)
+    return out
+
+
+def run_tune(tiny_bert_dir, data, out, test="test.csv"):
+    return tune(str(data / "train.csv"), test=str(data / test), model=tiny_bert_dir, text_col="text", out=str(out),
+                methods=["bitfit", "head"], cv=3, grid=["lr=1e-2", "3e-2", "epochs=1", "2", "dropout=0"], seeds=[0],
+                batch_size=8, max_length=16, bootstrap=200, progress=False)
+
+
+def test_tune_chooses_by_cross_validation_and_the_test_file_never_changes_a_choice(tiny_bert_dir, tune_data, tmp_path):
+    result = run_tune(tiny_bert_dir, tune_data, tmp_path / "a")
+    saved = json.loads((tmp_path / "a" / "tune.json").read_text())
+    assert [f["held_out"] for f in saved["folds"]] == [12, 12, 12]
+    for row in saved["methods"]:
+        assert len(row["grid"]) == 4  # 2 lr x 2 epoch counts x 1 dropout
+        best = max(row["grid"], key=lambda g: g["mean"])
+        assert (row["lr"], row["epochs"], row["dropout"]) == (best["lr"], best["epochs"], best["dropout"])
+        assert row["validation"]["folds"] == best["folds"] and len(best["folds"]) == 3
+        assert row["validation"]["mean"] == pytest.approx(np.mean(best["folds"]))
+        f1 = row["test"]["macro_f1"]
+        assert 0 <= f1["ci_low"] <= f1["mean"] <= f1["ci_high"] <= 1
+    refits = saved["runs"]
+    assert [(r["method"], r["train_config"]["epochs"]) for r in refits] == [(s["method"], s["epochs"]) for s in saved["methods"]]
+    assert all(r["steps"] == 5 * r["epochs"] for r in refits)  # all 36 training rows, batch 8: 5 steps per epoch
+    assert saved["recommendation"]["split"] == "3-fold cross-validation of the training rows"
+    assert saved["plots"] and all((tmp_path / "a" / p).is_file() for p in saved["plots"])
+    assert result["out"] == str(tmp_path / "a")
+    # Every label of the test file flipped: the test scores change, no choice and no fold score does.
+    flipped = run_tune(tiny_bert_dir, tune_data, tmp_path / "b", test="test-flipped.csv")
+    for a, b in zip(result["methods"], flipped["methods"]):
+        assert a["grid"] == b["grid"] and a["setting"] == b["setting"]
+        assert a["test"]["loss"]["mean"] != pytest.approx(b["test"]["loss"]["mean"], abs=1e-6)  # it read the other file
+    assert result["recommendation"]["recommended"] == flipped["recommendation"]["recommended"]
+
+
+def test_compare_cv_runs_tune_from_the_command_line(tiny_bert_dir, tune_data, tmp_path, capsys):
+    out = tmp_path / "cv"
+    code = main(["compare", str(tune_data / "train.csv"), "--test", str(tune_data / "test.csv"), "--model", tiny_bert_dir,
+                 "--text-col", "text", "--methods", "head", "--cv", "2", "--grid", "lr=1e-2", "epochs=1", "dropout=0",
+                 "--batch-size", "8", "--max-length", "16", "--bootstrap", "100", "--no-progress", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    saved = json.loads((out / "tune.json").read_text())
+    assert saved["config"]["cv"] == 2 and saved["methods"][0]["setting"] == "lr 0.01, 1 epochs, dropout 0"
+    assert "chosen by 2-fold cross-validation" in printed and "CV folds" in printed
+    folds = saved["methods"][0]["validation"]["folds"]
+    assert " ".join(f"{v:.3f}" for v in folds) in printed
+    code = main(["compare", str(tune_data / "train.csv"), "--test", str(tune_data / "test.csv"), "--model", tiny_bert_dir,
+                 "--text-col", "text", "--methods", "head", "--cv", "2", "--lr-sweep", "--out", str(tmp_path / "x")])
+    assert code == 2 and "drop --lr-sweep" in capsys.readouterr().err
+    code = main(["tune", str(tune_data / "train.csv"), "--test", str(tune_data / "test.csv"), "--model", tiny_bert_dir,
+                 "--text-col", "text", "--grid", "epochs=0", "--out", str(tmp_path / "y")])
+    assert code == 2 and "epochs must be >= 1" in capsys.readouterr().err
