@@ -7,6 +7,7 @@ import pytest
 
 from selectune.cli import main
 from selectune.compare.contenders import parse_contenders
+from selectune.compare.render import render_comparison
 from selectune.compare.tune import Grid, Setting, make_folds, method_grid, parse_grid, tune
 from selectune.data import DataError
 from tests.conftest import NEGATIVE, POSITIVE
@@ -121,3 +122,43 @@ def test_compare_cv_runs_tune_from_the_command_line(tiny_bert_dir, tune_data, tm
     code = main(["tune", str(tune_data / "train.csv"), "--test", str(tune_data / "test.csv"), "--model", tiny_bert_dir,
                  "--text-col", "text", "--grid", "epochs=0", "--out", str(tmp_path / "y")])
     assert code == 2 and "epochs must be >= 1" in capsys.readouterr().err
+
+
+# ---- the recommendation's tolerance on a regression metric ----------------------------------------------------
+
+def test_regression_tolerance_is_relative_so_a_tiny_rmse_difference_picks_nothing():
+    from selectune.compare.recommend import recommend, scaled_tolerance
+
+    # The case: RMSE ~52 on sklearn diabetes, LoRA 0.18 below full; an absolute 0.01 picked LoRA on that.
+    rows = [{"method": m, "validation": {"mean": v}, "trainable_parameters": p, "median_step_seconds": 1.0, "peak_memory_mb": 1.0}
+            for m, v, p in (("full", 52.00, 5000), ("bitfit", 52.10, 130), ("head", 52.30, 65), ("lora", 51.82, 900))]
+    assert recommend(rows, "rmse", 0.01)["recommended"] == "lora"  # absolute units: the old behaviour
+    tolerance = scaled_tolerance(rows, "rmse", 0.01)
+    assert tolerance["absolute"] == pytest.approx(0.5182) and tolerance["relative"]
+    assert "1% of the best validation rmse (51.82)" in tolerance["rule"]
+    advice = recommend(rows, "rmse", tolerance["absolute"])
+    assert advice["recommended"] == "head" and advice["within_tolerance"] == ["full", "bitfit", "head", "lora"]
+    # On a 0-1 metric the tolerance stays in points.
+    assert scaled_tolerance([{"validation": {"mean": 0.4}}], "macro_f1", 0.01) == {
+        "absolute": 0.01, "relative": False, "rule": "1.0 pt (absolute on a 0-1 metric)"}
+
+
+def test_compare_on_sklearn_diabetes_regression_applies_the_relative_tolerance(tmp_path):
+    from sklearn.datasets import load_diabetes
+
+    from selectune.compare.run import compare
+
+    frame = load_diabetes(as_frame=True).frame  # 442 patients, target ~25-346 (RMSE ~55)
+    frame.iloc[:350].to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[350:].to_csv(tmp_path / "test.csv", index=False)
+    features = [c for c in frame.columns if c != "target"]
+    result = compare(str(tmp_path / "train.csv"), test=str(tmp_path / "test.csv"), model="mlp", feature_cols=features,
+                     label_col="target", task="regression", out=str(tmp_path / "cmp"), methods="full,bitfit,head", epochs=3,
+                     hidden=[16], progress=False, bootstrap=100)
+    advice, rows = result["recommendation"], result["methods"]
+    best = min(s["validation"]["mean"] for s in rows)
+    assert best > 20  # RMSE in the target's units
+    assert advice["tolerance"] == pytest.approx(0.01 * best)
+    assert advice["within_tolerance"] == [s["method"] for s in rows if s["validation"]["mean"] <= best * 1.01 + 1e-12]
+    assert "1% of the best validation rmse" in advice["tolerance_rule"]
+    assert f"tolerance: {advice['tolerance_rule']}" in render_comparison(result)
