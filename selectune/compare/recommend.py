@@ -102,3 +102,18 @@ def recommend(summaries: list[dict[str, Any]], metric: str, tolerance: float, pr
     return {"recommended": chosen["method"], "best": best["method"], "metric": metric, "split": "validation",
             "tolerance": tolerance, "prefer": prefer, "within_tolerance": [s["method"] for s in within],
             "reasoning": reasoning, "warnings": warnings, "notes": notes}
+
+
+def reference_recommendation(reference: dict[str, Any], tolerance: float = 0.01) -> dict[str, Any] | None:
+    """What ``compare`` would recommend from a benchmark JSON's chosen rows (``benchmarks/drug_reviews.py``): the same
+    rule on their validation macro-F1 (mean over seeds where recorded), cheapest by trainable share. None without rows."""
+    rows = []
+    for method, r in reference.get("chosen", {}).items():
+        value = r.get("val_macro_f1_mean", r.get("val_macro_f1"))
+        if value is None or r.get("trainable_percent") is None:
+            return None
+        rows.append({"method": method, "validation": {"mean": value}, "trainable_parameters": r["trainable_percent"],
+                     "median_step_seconds": None, "peak_memory_mb": None})
+    if not rows:
+        return None
+    return recommend(rows, "macro_f1", scaled_tolerance(rows, "macro_f1", tolerance)["absolute"])
