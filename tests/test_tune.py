@@ -96,6 +96,9 @@ def test_tune_chooses_by_cross_validation_and_the_test_file_never_changes_a_choi
     assert saved["recommendation"]["split"] == "3-fold cross-validation of the training rows"
     assert saved["plots"] and all((tmp_path / "a" / p).is_file() for p in saved["plots"])
     assert result["out"] == str(tmp_path / "a")
+    with np.load(tmp_path / "a" / "test_outputs.npz") as saved_outputs:
+        assert sorted(saved_outputs.files) == ["bitfit|seed0", "head|seed0", "y"]
+        assert saved_outputs["head|seed0"].shape == (16, 2) and list(saved_outputs["y"]) == [1, 0] * 8  # neg=0, pos=1
     # Every label of the test file flipped: the test scores change, no choice and no fold score does.
     flipped = run_tune(tiny_bert_dir, tune_data, tmp_path / "b", test="test-flipped.csv")
     for a, b in zip(result["methods"], flipped["methods"]):
@@ -162,3 +165,25 @@ def test_compare_on_sklearn_diabetes_regression_applies_the_relative_tolerance(t
     assert advice["within_tolerance"] == [s["method"] for s in rows if s["validation"]["mean"] <= best * 1.01 + 1e-12]
     assert "1% of the best validation rmse" in advice["tolerance_rule"]
     assert f"tolerance: {advice['tolerance_rule']}" in render_comparison(result)
+
+
+def test_paired_seed_mean_differences_share_resamples_and_match_the_point():
+    from selectune.compare.bootstrap import paired_seed_mean_differences, seed_mean_cis
+    from selectune.evaluate.metrics import classification_scores
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=200)
+    good = [np.eye(3)[np.where(rng.random(200) < 0.8, y, rng.integers(0, 3, 200))] * 0.9 + 0.1 / 3 for _ in range(2)]
+    bad = [np.eye(3)[np.where(rng.random(200) < 0.5, y, rng.integers(0, 3, 200))] * 0.9 + 0.1 / 3 for _ in range(2)]
+    same = [g.copy() for g in good]
+    diffs = paired_seed_mean_differences(y, {"bitfit": good, "lora": bad, "twin": same}, "bitfit", ["macro_f1", "accuracy"],
+                                         classification=True, resamples=400, seed=1)
+    assert set(diffs) == {"lora", "twin"}
+    point = np.mean([classification_scores(y, g, 2, 0.5)["macro_f1"] for g in good]) - \
+        np.mean([classification_scores(y, b, 2, 0.5)["macro_f1"] for b in bad])
+    lora = diffs["lora"]["macro_f1"]
+    assert lora["value"] == pytest.approx(point) and 0 < lora["ci_low"] < lora["value"] < lora["ci_high"]
+    # Identical predictions: every paired resample differs by exactly 0 (unpaired CIs would not show that).
+    assert diffs["twin"]["accuracy"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "valid_resamples": 400}
+    separate = seed_mean_cis(y, good, ["macro_f1"], classification=True, resamples=400, seed=1)["macro_f1"]
+    assert lora["ci_high"] - lora["ci_low"] < 2 * (separate[1] - separate[0])

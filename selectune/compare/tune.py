@@ -222,7 +222,7 @@ def tune(train: str, *, out: str, tuning: TuneConfig = TuneConfig(), columns: Co
     """Choose each method's learning rate, epochs and dropout by K-fold cross-validation on the training rows; refit; test once.
 
     train: training data file (csv, tsv, jsonl, parquet): every row takes part in the folds
-    out: output directory (tune.json, PNG plots); refused if it exists unless --overwrite
+    out: output directory (tune.json, test_outputs.npz, PNG plots); refused if it exists unless --overwrite
     overwrite: replace OUT if it exists
     """
     configs = with_settings("tune", {"tuning": tuning, "columns": columns, "split": split, "base": base or ModelConfig,
@@ -260,6 +260,8 @@ def tune(train: str, *, out: str, tuning: TuneConfig = TuneConfig(), columns: Co
         floor = (result["majority_baseline"] or {}).get(metric)
         result["plots"] = [p.name for p in plot_comparison(summaries, metric, partial, title, floor=floor)]
         atomic_write_json(partial / "tune.json", result)
+        # Each refit's test outputs, for paired comparisons later ("METHOD|seedS": (N, C) or (N,); "y": the labels)
+        np.savez(partial / "test_outputs.npz", y=bench.y["test"], **{f"{m}|seed{seed}": o["test"] for (m, _, seed), o in outputs.items()})
     result["out"] = str(target)
     return result
 
