@@ -41,7 +41,7 @@ from selectune.data import export_bundled
 from selectune.io import atomic_write_json
 from selectune.train.run import environment
 
-from compare_drug_reviews import condition_files  # benchmarks/, beside this script
+from compare_drug_reviews import task_files as drug_review_task  # benchmarks/, beside this script
 from reuse import data_sha256, reusable
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,13 +57,7 @@ PEFT_RIVALS = ("lora:r=8", "beft", "ia3")
 
 def task_files(task: str, files: dict[str, str], work: Path, quick: bool) -> tuple[str, str, str, str]:
     """(train path, test path, label column, description) of ``task``; --quick keeps a few rows per class."""
-    if task == "rating":
-        train, test, label, note = files["train"], files["test"], "rating", "rating (negative/neutral/positive)"
-    elif task == "condition":
-        train, test, top = condition_files(files, work)
-        label, note = "condition", f"condition, the 10 most frequent in train: {', '.join(top)}"
-    else:
-        raise SystemExit(f"unknown task {task!r}; use rating or condition")
+    train, test, label, note = drug_review_task(task, files, work)
     if not quick:
         return train, test, label, note
     paths, keep = [], pd.read_csv(train)[label].value_counts().index[:3]  # the training file's three largest classes

@@ -35,6 +35,18 @@ def shortfall(metric: str, value: float, best: float) -> float:
     return best - value if HIGHER_IS_BETTER.get(metric, True) else value - best
 
 
+def check_choice_settings(settings: Any) -> None:
+    """The fields ``compare`` and ``tune`` share: ``prefer``, ``tolerance``, ``bootstrap`` and ``seeds``."""
+    if settings.prefer not in COSTS:
+        raise ValueError(f"--prefer must be one of {', '.join(COSTS)}, got {settings.prefer!r}")
+    if settings.tolerance < 0:
+        raise ValueError(f"--tolerance must be >= 0 (0.01 = 1 point), got {settings.tolerance}")
+    if settings.bootstrap < 100:
+        raise ValueError(f"--bootstrap must be at least 100 resamples, got {settings.bootstrap}")
+    if not settings.seeds or len(set(settings.seeds)) != len(settings.seeds):
+        raise ValueError(f"--seeds must list distinct integers such as 0,1,2; got {','.join(map(str, settings.seeds))!r}")
+
+
 def scaled_tolerance(summaries: list[dict[str, Any]], metric: str, tolerance: float) -> dict[str, Any]:
     """``--tolerance`` in the metric's units. On a 0-1 metric (macro-F1, accuracy, AUROC, R²) as given: 0.01 = 1 point.
     On any other (RMSE, MAE: units of the target; loss) that fraction of the best validation value, so 0.01 means 1% of

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from selectune.compare.bench import Bench, train_contender
 from selectune.compare.contenders import Contender, parse_contenders, prepare
 from selectune.compare.plots import plot_comparison
-from selectune.compare.recommend import COSTS, recommend, scaled_tolerance
+from selectune.compare.recommend import check_choice_settings, recommend, scaled_tolerance
 from selectune.config import ColumnsConfig, ModelConfig, SplitConfig, TrainConfig, _Lists, option, with_settings, without
 from selectune.compare.summary import choose_lr, subgroup_scores, summarise
 from selectune.compare.tune import TuneConfig, tune
@@ -63,14 +63,7 @@ class CompareConfig(_Lists):
     grid: list[str] = option([], "with --cv: grid overrides, e.g. lr=1e-3,3e-3 epochs=4,8 dropout=0,0.1 (see `selectune tune`)")
 
     def validate(self) -> None:
-        if self.prefer not in COSTS:
-            raise ValueError(f"--prefer must be one of {', '.join(COSTS)}, got {self.prefer!r}")
-        if self.tolerance < 0:
-            raise ValueError(f"--tolerance must be >= 0 (0.01 = 1 point), got {self.tolerance}")
-        if self.bootstrap < 100:
-            raise ValueError(f"--bootstrap must be at least 100 resamples, got {self.bootstrap}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"--seeds must list distinct integers such as 0,1,2; got {','.join(map(str, self.seeds))!r}")
+        check_choice_settings(self)
 
 
 # compare sets each run's learning rate (the method's default, or the sweep) and seed (--seeds) itself.

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from selectune.compare.bench import Bench, train_contender
 from selectune.compare.contenders import Contender, parse_contenders
 from selectune.compare.plots import plot_comparison
-from selectune.compare.recommend import COSTS, recommend, scaled_tolerance
+from selectune.compare.recommend import check_choice_settings, recommend, scaled_tolerance
 from selectune.compare.summary import summarise
 from selectune.config import ColumnsConfig, ModelConfig, SplitConfig, TrainConfig, _Lists, option, with_settings, without
 from selectune.data import DataError, load_splits
@@ -199,14 +199,7 @@ class TuneConfig(_Lists):
     bootstrap: int = option(1000, "bootstrap resamples of the test rows for the confidence intervals")
 
     def validate(self) -> None:
-        if self.prefer not in COSTS:
-            raise ValueError(f"--prefer must be one of {', '.join(COSTS)}, got {self.prefer!r}")
-        if self.tolerance < 0:
-            raise ValueError(f"--tolerance must be >= 0 (0.01 = 1 point), got {self.tolerance}")
-        if self.bootstrap < 100:
-            raise ValueError(f"--bootstrap must be at least 100 resamples, got {self.bootstrap}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"--seeds must list distinct integers such as 0,1,2; got {','.join(map(str, self.seeds))!r}")
+        check_choice_settings(self)
         if self.cv < 2:
             raise ValueError(f"--cv must be at least 2 folds, got {self.cv}")
         parse_grid(self.grid)
