@@ -187,3 +187,22 @@ def test_paired_seed_mean_differences_share_resamples_and_match_the_point():
     assert diffs["twin"]["accuracy"] == {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "valid_resamples": 400}
     separate = seed_mean_cis(y, good, ["macro_f1"], classification=True, resamples=400, seed=1)["macro_f1"]
     assert lora["ci_high"] - lora["ci_low"] < 2 * (separate[1] - separate[0])
+
+
+def test_tune_on_regression_picks_the_lowest_mean_rmse_over_plain_folds(tmp_path):
+    from sklearn.datasets import load_diabetes
+
+    frame = load_diabetes(as_frame=True).frame
+    frame.iloc[:300].to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[300:].to_csv(tmp_path / "test.csv", index=False)
+    result = tune(str(tmp_path / "train.csv"), test=str(tmp_path / "test.csv"), model="mlp", task="regression",
+                  feature_cols=[c for c in frame.columns if c != "target"], label_col="target", methods=["full", "bitfit"],
+                  cv=3, grid=["lr=1e-3", "1e-2", "epochs=2", "4", "dropout=0"], hidden=[16], bootstrap=100,
+                  out=str(tmp_path / "t"), progress=False)
+    assert result["metric"] == "rmse" and [f["held_out"] for f in result["folds"]] == [100, 100, 100]
+    for row in result["methods"]:
+        best = min(row["grid"], key=lambda g: g["mean"])  # lower is better
+        assert (row["lr"], row["epochs"]) == (best["lr"], best["epochs"])
+        assert row["test"]["rmse"]["ci_low"] < row["test"]["rmse"]["mean"] < row["test"]["rmse"]["ci_high"]
+    best_cv = min(s["validation"]["mean"] for s in result["methods"])
+    assert result["recommendation"]["tolerance"] == pytest.approx(0.01 * best_cv)
