@@ -2,7 +2,6 @@
 import io
 
 import numpy as np
-import pytest
 
 from selectune.compare.plots import comparison_figures, finish_layout, plot_comparison
 
