@@ -129,7 +129,12 @@ def main() -> None:
     load = check_machine(args)  # before anything is loaded or timed
     recipe = dict(QUICK if args.quick else RECIPE)
     recipe["model"] = args.model or recipe["model"]
-    work = Path(tempfile.mkdtemp(prefix="recipe-"))
+    with tempfile.TemporaryDirectory(prefix="recipe-", ignore_cleanup_errors=True) as scratch:
+        run_tasks(args, recipe, Path(scratch), load)
+
+
+def run_tasks(args: argparse.Namespace, recipe: dict, work: Path, load: dict) -> None:
+    """Each task, each method not yet in the JSON for this recipe and data; the JSON rewritten after every method."""
     files = export_bundled("drug-reviews", str(work / "data"))
     out, data = Path(args.out), data_sha256(files)
     tasks = reusable(out, {**recipe, "quick": args.quick}, data).get("tasks", {})
