@@ -50,6 +50,16 @@ def condition_files(files: dict[str, str], out: Path) -> tuple[str, str, list[st
     return paths[0], paths[1], top
 
 
+def task_files(task: str, files: dict[str, str], work: Path) -> tuple[str, str, str, str]:
+    """(train path, test path, label column, description) of the task named ``rating`` or ``condition``."""
+    if task == "rating":
+        return files["train"], files["test"], "rating", "rating (negative/neutral/positive)"
+    if task == "condition":
+        train, test, top = condition_files(files, work)
+        return train, test, "condition", f"condition, the {TOP_CONDITIONS} most frequent in train: {', '.join(top)}"
+    raise SystemExit(f"unknown task {task!r}; use rating or condition")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="rating,condition")
@@ -64,13 +74,7 @@ def main() -> None:
     recipe, data = dict(RECIPE), data_sha256(files)
     tasks = reusable(out, recipe, data).get("tasks", {})
     for task in args.tasks.split(","):
-        if task == "rating":
-            train, test, label, note = files["train"], files["test"], "rating", "rating (negative/neutral/positive)"
-        elif task == "condition":
-            train, test, top = condition_files(files, work)
-            label, note = "condition", f"condition, the {TOP_CONDITIONS} most frequent in train: {', '.join(top)}"
-        else:
-            raise SystemExit(f"unknown task {task!r}; use rating or condition")
+        train, test, label, note = task_files(task, files, work)
         result = compare(train, test=test, model="minilm", text_col="review", label_col=label, methods=args.methods,
                          group_cols="period", out=str(work / f"out-{task}"), progress=False, **RECIPE)
         tasks[task] = {"task": note, "sizes": result["split_protocol"]["sizes"], "majority_baseline": result["majority_baseline"],

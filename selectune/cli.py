@@ -164,13 +164,15 @@ def data(name: str, out: str) -> dict[str, str]:
     return export_bundled(name, out)
 
 
-def summary(runs: list[str], *, reference: str | None = None) -> list[dict[str, Any]]:
-    """Compare the test metrics of training RUNS side by side, with the majority-class floor.
+def summary(runs: list[str], *, reference: str | None = None) -> dict[str, Any]:
+    """Compare the test metrics of training RUNS side by side, with the majority-class floor; say so when BitFit is not the best.
 
     runs: output folders of `selectune train`
     reference: a benchmark JSON (benchmarks/results/*.json) whose chosen run per method is added as a row
     """
     from pathlib import Path
+
+    from selectune.compare.recommend import reference_recommendation
 
     def dropout(value: float | None) -> str:  # None: the model's own dropout
         return "model" if value is None else f"{value:g}"
@@ -196,7 +198,29 @@ def summary(runs: list[str], *, reference: str | None = None) -> list[dict[str, 
                          "epochs": ref.get("recipe", {}).get("epochs", ""), "lr": f"{r['lr']:g}",
                          "dropout": dropout(r.get("dropout")),
                          "trainable %": f"{r['trainable_percent']:.3f}", "delta KB": f"{r['delta_bytes'] / 1000:.0f}"})
-    return rows
+    advice = reference_recommendation(json.loads(Path(reference).read_text())) if reference else None
+    return {"rows": rows, "notes": flagship_notes(rows, advice), "reference_recommendation": advice}
+
+
+def flagship_notes(rows: list[dict[str, Any]], advice: dict[str, Any] | None) -> list[str]:
+    """A line when BitFit is not the best row by test macro-F1 (RMSE for regression), and what compare recommends."""
+    from selectune.evaluate.metrics import HIGHER_IS_BETTER
+
+    scored = [r for r in rows if r["source"] != "train labels"]
+    metric = next((m for m in ("macro_f1", "rmse") if any(isinstance(r.get(m), float) for r in scored)), None)
+    bitfit = [r for r in scored if r["model"] == "bitfit" and isinstance(r.get(metric), float)]
+    if metric is None or not bitfit:
+        return []
+    sign = 1 if HIGHER_IS_BETTER.get(metric, True) else -1
+    best = max((r for r in scored if isinstance(r.get(metric), float)), key=lambda r: sign * r[metric])
+    if best["model"] == "bitfit":
+        return []
+    mine = max(bitfit, key=lambda r: sign * r[metric])
+    notes = [f"BitFit is not the best here: {best['model']} ({best['source']}, {best['epochs']} epochs) has test {metric} "
+             f"{best[metric]:.3f}, BitFit {mine[metric]:.3f} ({mine['source']}, {mine['epochs']} epochs)."]
+    if advice:
+        notes.append(f"selectune compare on the reference rows would recommend {advice['recommended']}: {advice['reasoning']}")
+    return notes
 
 
 def render_methods(result: list[dict[str, Any]]) -> str:
@@ -222,8 +246,11 @@ def render_inspect(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_summary(result: list[dict[str, Any]]) -> str:
-    return table(result, ["model", "accuracy", "macro_f1", "auroc", "epochs", "lr", "dropout", "trainable %", "delta KB", "train s", "source"])
+def render_summary(result: dict[str, Any]) -> str:
+    """The table (its `epochs` column: each row's epoch budget), then a blank line and the notes, if any."""
+    text = table(result["rows"], ["model", "accuracy", "macro_f1", "auroc", "epochs", "lr", "dropout", "trainable %", "delta KB",
+                                  "train s", "source"])
+    return "\n".join([text, "", *result["notes"]]) if result["notes"] else text
 
 
 def render_json(result: Any) -> str | None:
@@ -277,6 +304,7 @@ COMMANDS = {
     "registry mirror": Command("selectune.registry.commands:mirror"),
     "serve": Command("selectune.serve.app:serve"),
     "compare": Command("selectune.compare.run:compare", "selectune.compare.render:render_comparison"),
+    "tune": Command("selectune.compare.tune:tune", "selectune.compare.render:render_tune"),
     "gate": Command("selectune.evaluate.gate:gate", "selectune.evaluate.gate:render", _failed_gate),
     "report": Command("selectune.report.build:report", "selectune.report.build:render"),
 }

@@ -47,7 +47,8 @@ def test_readme_gate_example_runs(tmp_path, monkeypatch, tiny_bert_dir, capsys):
         capsys.readouterr()
         reference = ROOT / "benchmarks" / "results" / "drug_reviews.json"
         assert main(["summary", "runs/drug-reviews/bitfit", "runs/drug-reviews/head", "--reference", str(reference)]) == 0
-        table = capsys.readouterr().out.splitlines()
+        printed = capsys.readouterr().out.splitlines()
+        table = printed[:printed.index("")] if "" in printed else printed  # the notes follow the table after a blank line
         assert table[0].split()[:7] == ["model", "accuracy", "macro_f1", "auroc", "epochs", "lr", "dropout"]
         rows = [line.split() for line in table[2:]]
         assert [r[0] for r in rows[:3]] == ["majority", "bitfit", "head"]
@@ -56,6 +57,10 @@ def test_readme_gate_example_runs(tmp_path, monkeypatch, tiny_bert_dir, capsys):
         for row, (method, c) in zip(rows[3:], chosen.items(), strict=True):
             assert row[0] == method and row[1] == f"{c['test_accuracy']:.4f}" and row[2] == f"{c['test_macro_f1']:.4f}"
             assert row[4:6] == [f"{c['lr']:g}", "model" if c["dropout"] is None else f"{c['dropout']:g}"]
+        # The tiny 1-epoch BitFit is not the best row: the printout says so, and what compare recommends from the reference.
+        notes = printed[len(table) + 1:]
+        assert notes[0].startswith("BitFit is not the best here: full (drug_reviews.json, 8 epochs) has test macro_f1 0.442")
+        assert notes[1].startswith("selectune compare on the reference rows would recommend full: ")
         argv = readme_gate_command()
         out = Path(argv[argv.index("--out") + 1])
         code = main(argv)

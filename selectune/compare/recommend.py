@@ -35,6 +35,31 @@ def shortfall(metric: str, value: float, best: float) -> float:
     return best - value if HIGHER_IS_BETTER.get(metric, True) else value - best
 
 
+def check_choice_settings(settings: Any) -> None:
+    """The fields ``compare`` and ``tune`` share: ``prefer``, ``tolerance``, ``bootstrap`` and ``seeds``."""
+    if settings.prefer not in COSTS:
+        raise ValueError(f"--prefer must be one of {', '.join(COSTS)}, got {settings.prefer!r}")
+    if settings.tolerance < 0:
+        raise ValueError(f"--tolerance must be >= 0 (0.01 = 1 point), got {settings.tolerance}")
+    if settings.bootstrap < 100:
+        raise ValueError(f"--bootstrap must be at least 100 resamples, got {settings.bootstrap}")
+    if not settings.seeds or len(set(settings.seeds)) != len(settings.seeds):
+        raise ValueError(f"--seeds must list distinct integers such as 0,1,2; got {','.join(map(str, settings.seeds))!r}")
+
+
+def scaled_tolerance(summaries: list[dict[str, Any]], metric: str, tolerance: float) -> dict[str, Any]:
+    """``--tolerance`` in the metric's units. On a 0-1 metric (macro-F1, accuracy, AUROC, R²) as given: 0.01 = 1 point.
+    On any other (RMSE, MAE: units of the target; loss) that fraction of the best validation value, so 0.01 means 1% of
+    the best RMSE: an absolute 0.01 on an RMSE of ~50 would call a 0.2 difference far inside the CIs decisive."""
+    if metric in POINT_METRICS or metric == "r2":
+        return {"absolute": tolerance, "relative": False, "rule": f"{gap_text(metric, tolerance)} (absolute on a 0-1 metric)"}
+    higher = HIGHER_IS_BETTER.get(metric, True)
+    best = max(s["validation"]["mean"] if higher else -s["validation"]["mean"] for s in summaries) * (1 if higher else -1)
+    absolute = tolerance * abs(best)
+    return {"absolute": absolute, "relative": True,
+            "rule": f"{100 * tolerance:g}% of the best validation {metric} ({best:.4g}): {absolute:.3g} {metric} units"}
+
+
 def recommend(summaries: list[dict[str, Any]], metric: str, tolerance: float, prefer: str = "parameters",
               subgroups: dict[str, dict[str, dict[str, dict[str, Any]]]] | None = None, min_group_n: int = 10) -> dict[str, Any]:
     """Pick from per-method summaries (each: method, validation.mean, and the cost fields of COSTS).
@@ -89,3 +114,18 @@ def recommend(summaries: list[dict[str, Any]], metric: str, tolerance: float, pr
     return {"recommended": chosen["method"], "best": best["method"], "metric": metric, "split": "validation",
             "tolerance": tolerance, "prefer": prefer, "within_tolerance": [s["method"] for s in within],
             "reasoning": reasoning, "warnings": warnings, "notes": notes}
+
+
+def reference_recommendation(reference: dict[str, Any], tolerance: float = 0.01) -> dict[str, Any] | None:
+    """What ``compare`` would recommend from a benchmark JSON's chosen rows (``benchmarks/drug_reviews.py``): the same
+    rule on their validation macro-F1 (mean over seeds where recorded), cheapest by trainable share. None without rows."""
+    rows = []
+    for method, r in reference.get("chosen", {}).items():
+        value = r.get("val_macro_f1_mean", r.get("val_macro_f1"))
+        if value is None or r.get("trainable_percent") is None:
+            return None
+        rows.append({"method": method, "validation": {"mean": value}, "trainable_parameters": r["trainable_percent"],
+                     "median_step_seconds": None, "peak_memory_mb": None})
+    if not rows:
+        return None
+    return recommend(rows, "macro_f1", scaled_tolerance(rows, "macro_f1", tolerance)["absolute"])

@@ -19,6 +19,8 @@ def _ci(stat: dict[str, Any] | None) -> str:
 
 
 def render_comparison(result: dict[str, Any]) -> str:
+    if "folds" in result:  # compare --cv K: the settings were chosen by cross-validation
+        return render_tune(result)
     metric = result["metric"]
     second = "accuracy" if "accuracy" in result["methods"][0]["test"] else "mae"
     rows = []
@@ -51,7 +53,37 @@ def render_comparison(result: dict[str, Any]) -> str:
         f"{advice['recommended']}",
         f"  {advice['reasoning']}",
     ]
-    lines += [f"  {w}" for w in advice["warnings"]]
-    lines += [f"  note: {n}" for n in advice["notes"]]
+    lines += _advice_tail(advice)
     lines.append(f"wrote {result['out']}/compare.json and " + ", ".join(result["plots"]))
+    return "\n".join(lines)
+
+
+def _advice_tail(advice: dict[str, Any]) -> list[str]:
+    lines = [f"  {w}" for w in advice["warnings"]]
+    lines += [f"  note: {n}" for n in advice["notes"]]
+    if advice.get("tolerance_rule"):
+        lines.append(f"  tolerance: {advice['tolerance_rule']}")
+    return lines
+
+
+def render_tune(result: dict[str, Any]) -> str:
+    """``selectune tune``: per method the chosen setting, its score on each fold and their mean, then the test score."""
+    metric, config, advice = result["metric"], result["config"], result["recommendation"]
+    rows = []
+    for s in result["methods"]:
+        folds = s["validation"]["folds"]
+        rows.append({"method": s["method"], "lr": f"{s['lr']:g}", "epochs": str(s["epochs"]), "dropout": f"{s['dropout']:g}",
+                     "CV folds": " ".join(f"{v:.3f}" for v in folds), f"CV {metric}": _pm(s["validation"]),
+                     f"test {metric}": _pm(s["test"].get(metric)), "95% CI": _ci(s["test"].get(metric)),
+                     "trainable": f"{s['trainable_parameters']:,}", "train s": f"{s['train_seconds']:.0f}"})
+    columns = ["method", "lr", "epochs", "dropout", "CV folds", f"CV {metric}", f"test {metric}", "95% CI", "trainable", "train s"]
+    lines = [f"{len(result['methods'])} methods; lr, epochs and dropout chosen by {config['cv']}-fold cross-validation of the "
+             f"{result['split_protocol']['sizes']['train']} training rows (the same folds for every method), refitted on all of "
+             f"them with seeds {config['seeds']}, scored once on {result['split_protocol']['sizes']['test']} test rows; "
+             f"95% CI: bootstrap over test rows of the seed mean",
+             table(rows, columns), "",
+             f"Recommendation ({advice['metric']} on {advice['split']}, cheapest by {advice['prefer']}): {advice['recommended']}",
+             f"  {advice['reasoning']}"]
+    lines += _advice_tail(advice)
+    lines.append(f"wrote {result['out']}/tune.json and " + ", ".join(result["plots"]))
     return "\n".join(lines)

@@ -15,29 +15,28 @@ import statistics
 import sys
 import tempfile
 import time
-from itertools import islice
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
-import torch
 from torch.utils.data import DataLoader
 
+from selectune.compare.bench import Bench, train_contender
 from selectune.compare.contenders import Contender, parse_contenders, prepare
-from selectune.compare.cost import PeakMemory
 from selectune.compare.plots import plot_comparison
-from selectune.compare.recommend import COSTS, recommend
+from selectune.compare.recommend import check_choice_settings, recommend, scaled_tolerance
 from selectune.config import (ColumnsConfig, ModelConfig, PreprocessingConfig, SplitConfig, TrackingConfig, TrainConfig, _Lists, option,
                               with_settings, without)
 from selectune.compare.summary import choose_lr, subgroup_scores, summarise
+from selectune.compare.tune import TuneConfig, tune
 from selectune.data import DataError
 from selectune.data.check_command import check_splits
 from selectune.fingerprint import file_sha256
 from selectune.io import atomic_write_json, staged_folder
 from selectune.models import resolve_model
-from selectune.train.loop import fit, make_accelerator, predict, score
+from selectune.train.loop import predict, score
 from selectune.train.run import _split, _task, environment
 from selectune.tasks import Task
 from selectune.tracking import check as check_tracking, log as log_to_mlflow
@@ -56,21 +55,18 @@ class CompareConfig(_Lists):
     lr_sweep: bool = option(False, "try each method's default learning rate x 1/3, 1, 3 and keep the best on validation (3x the runs)")
     train_limit: int | None = option(None, "train on a stratified random subset of this many training rows (validation and test unchanged)")
     group_cols: list[str] = option([], "columns whose subgroups the recommendation checks (on validation) and the JSON reports")
-    tolerance: float = option(0.01, "recommend the cheapest method whose validation metric is within this of the best (0.01 = 1 point)")
+    tolerance: float = option(0.01, "recommend the cheapest method whose validation metric is within this of the best (0.01 = 1 "
+                              "point on a 0-1 metric such as macro_f1; on RMSE/MAE 1%% of the best value)")
     prefer: str = option("parameters", "what \"cheapest\" means: parameters (trainable), time (median step) or memory (peak beyond weights)")
     min_group_n: int = option(10, "subgroups with fewer validation rows are listed but not judged")
     bootstrap: int = option(1000, "bootstrap resamples of the test rows for the confidence intervals")
     keep_deltas: bool = option(False, "keep every run's delta/adapter under OUT/runs/ (default: measured, then deleted)")
+    cv: int | None = option(None, "choose each method's lr, epochs and dropout by K-fold cross-validation of the training rows "
+                            "instead of a validation split (as `selectune tune`; --epochs and --dropout are then the grid's)")
+    grid: list[str] = option([], "with --cv: grid overrides, e.g. lr=1e-3,3e-3 epochs=4,8 dropout=0,0.1 (see `selectune tune`)")
 
     def validate(self) -> None:
-        if self.prefer not in COSTS:
-            raise ValueError(f"--prefer must be one of {', '.join(COSTS)}, got {self.prefer!r}")
-        if self.tolerance < 0:
-            raise ValueError(f"--tolerance must be >= 0 (0.01 = 1 point), got {self.tolerance}")
-        if self.bootstrap < 100:
-            raise ValueError(f"--bootstrap must be at least 100 resamples, got {self.bootstrap}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"--seeds must list distinct integers such as 0,1,2; got {','.join(map(str, self.seeds))!r}")
+        check_choice_settings(self)
 
 
 # compare sets each run's learning rate (the method's default, or the sweep) and seed (--seeds) itself.
@@ -98,6 +94,10 @@ def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig()
     target = Path(out)
     _check_settings(out, overwrite, comparison, columns, split, training)
     check_tracking(configs["tracking"])  # mlflow installed and its server answering, before any training
+    if comparison.cv is not None:
+        _check_cv_takes(configs["preprocessing"], configs["tracking"])
+        return tune(train, out=out, tuning=_tuning(comparison, split), columns=columns, split=split, base=base, training=training,
+                    overwrite=overwrite)
     contenders = parse_contenders(",".join(comparison.methods))
     the_task = _task(columns, base.max_length)
     the_task.use_preprocessing(configs["preprocessing"], base.model)  # a saved base brings its own
@@ -158,6 +158,27 @@ def _check_settings(out: str, overwrite: bool, comparison: CompareConfig, column
     training.validate()
 
 
+def _check_cv_takes(preprocessing: PreprocessingConfig, tracking: TrackingConfig) -> None:
+    """``compare --cv`` runs ``tune``, which does not fit tabular preprocessing or log to MLflow yet: refuse those flags
+    rather than drop them silently."""
+    if preprocessing.requested:
+        raise ValueError("compare --cv does not take --impute/--missing-indicators/--categorical-cols yet: run compare "
+                         "without --cv, or train a base with those flags and compare on it (--model RUN/model)")
+    if tracking.mlflow_uri:
+        raise ValueError("compare --cv does not log to MLflow yet: drop --mlflow-uri, or run compare without --cv")
+
+
+def _tuning(comparison: CompareConfig, split: SplitConfig) -> TuneConfig:
+    """``compare --cv K`` as ``tune``'s settings; the options that only mean something with a validation split are refused."""
+    given = [flag for flag, on in (("--validation", split.validation), ("--lr-sweep", comparison.lr_sweep),
+                                   ("--train-limit", comparison.train_limit is not None), ("--group-cols", comparison.group_cols),
+                                   ("--keep-deltas", comparison.keep_deltas)) if on]
+    if given:
+        raise ValueError(f"--cv chooses every setting by cross-validation of the training rows; drop {', '.join(given)}")
+    return TuneConfig(methods=comparison.methods, cv=comparison.cv, grid=comparison.grid, seeds=comparison.seeds,
+                      tolerance=comparison.tolerance, prefer=comparison.prefer, bootstrap=comparison.bootstrap)
+
+
 def _prepare_each(contenders: list[Contender], task: Task, model_path: str, splits, hidden: list[int]) -> None:
     """Prepare every method once on a fresh base before any training, so a method that cannot apply to this model
     (a role it lacks, a PEFT target it lacks) stops the comparison now, not an hour in."""
@@ -166,18 +187,6 @@ def _prepare_each(contenders: list[Contender], task: Task, model_path: str, spli
             loaded = task.load_model(model_path, splits.train, hidden=hidden)
             if not contender.needs_data:
                 prepare(loaded.model, contender, new_parameters=loaded.new_parameters)
-
-
-@dataclass
-class Bench:
-    """What every run shares: the task, the base, the same rows and labels, the settings (lr and seed set per run)."""
-    task: Task
-    model_path: str
-    splits: Any
-    rows: dict[str, list[dict]]
-    y: dict[str, np.ndarray]
-    config: TrainConfig
-    hidden: list[int]
 
 
 def _run_all(contenders: list[Contender], comparison: CompareConfig, bench: Bench, runs_dir: Path):
@@ -209,28 +218,18 @@ def _summarise_all(contenders: list[Contender], comparison: CompareConfig, bench
     subgroups = {role: {s["method"]: subgroup_scores([outputs[(s["method"], s["lr"], seed)][role] for seed in seeds],
                                                      y[role], groups[role], bench.task, metric) for s in summaries}
                  for role in ("validation", "test")} if comparison.group_cols else {}
-    advice = recommend(summaries, metric, comparison.tolerance, comparison.prefer, subgroups.get("validation"), comparison.min_group_n)
+    tolerance = scaled_tolerance(summaries, metric, comparison.tolerance)
+    advice = recommend(summaries, metric, tolerance["absolute"], comparison.prefer, subgroups.get("validation"), comparison.min_group_n)
+    advice["tolerance_rule"] = tolerance["rule"]
     return summaries, subgroups, advice
 
 
 def _run_one(contender: Contender, lr: float, seed: int, bench: Bench, where: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """One training run; returns its JSON record and its (validation, test) outputs."""
-    task, model_path, splits, rows, y, base_config, hidden = (bench.task, bench.model_path, bench.splits, bench.rows, bench.y,
-                                                                bench.config, bench.hidden)
+    task, rows, y = bench.task, bench.rows, bench.y
     started = time.perf_counter()
-    config = TrainConfig(**{**vars(base_config), "lr": lr, "seed": seed})
-    torch.manual_seed(seed)  # the new classifier's initialisation
-    loaded = task.load_model(model_path, splits.train, hidden=hidden)
-    batches = None
-    if contender.needs_data:
-        # Data-driven masks (fish, lt_sft) are fitted on the first training batches, as `selectune train` does.
-        loader = DataLoader(rows["train"], batch_size=config.batch_size, shuffle=False, collate_fn=task.collate)
-        batches = list(islice(loader, 32))
-    prepared = prepare(loaded.model, contender, batches, new_parameters=loaded.new_parameters)
-    accelerator = make_accelerator(config)
-    with PeakMemory(accelerator.device) as peak:
-        fitted = fit(prepared.model, task, rows["train"], rows["validation"], config, lr, accelerator, new_parameters=prepared.new_parameters)
-    trained = accelerator.unwrap_model(prepared.model)
+    config = TrainConfig(**{**vars(bench.config), "lr": lr, "seed": seed})
+    trained, prepared, fitted, accelerator, peak = train_contender(contender, bench, rows["train"], rows["validation"], config)
     outputs, metrics = {}, {}
     for role in ("validation", "test"):
         loader = accelerator.prepare(DataLoader(rows[role], batch_size=config.eval_batch_size, collate_fn=task.collate))

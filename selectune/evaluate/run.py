@@ -1,17 +1,19 @@
 """``selectune evaluate`` and ``predict``: a delta on its base (or a merged model) applied to a data file."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from selectune.config import PreprocessingConfig
+from selectune.config import PreprocessingConfig, with_settings, without
 from selectune.data import DataError, read_table
 from selectune.data.splits import check_frame, prepare
+from selectune.evaluate.scorecard import EvaluationSettings, score_predictions
 from selectune.io import atomic_write_bytes, atomic_write_json
 from selectune.models import load_for_inference
 from selectune.train.loop import make_accelerator, predict as predict_outputs, score, TrainConfig
@@ -54,9 +56,13 @@ def outputs_and_loss(model, task, frame: pd.DataFrame, batch_size: int = 64, wit
     return predict_outputs(model, task, loader, accelerator)
 
 
+# evaluate has no validation rows to choose a threshold on: P(positive) >= 0.5 flags a row.
+EvaluateScoring = Annotated[EvaluationSettings, without("threshold_rule")]
+
+
 def evaluate(data: str, *, delta: str | None = None, model: str | None = None, out: str | None = None,
-             batch_size: int = 64, force: bool = False) -> dict[str, Any]:
-    """Score a trained model (a delta on its base, or a merged model) on a labelled DATA file.
+             batch_size: int = 64, force: bool = False, scoring: EvaluateScoring = EvaluationSettings(), **flat: Any) -> dict[str, Any]:
+    """Score a trained model (a delta on its base, or a merged model) on a labelled DATA file, with bootstrap CIs and subgroups.
 
     data: labelled data file (csv, tsv, jsonl, parquet) with the columns used in training
     delta: the trained model: a `selectune train --out` folder, its delta/ folder, a `selectune merge` folder, or a registry reference NAME@VERSION (NAME@production; REGISTRY_DIR/NAME@VERSION for a registry other than ./registry)
@@ -64,15 +70,41 @@ def evaluate(data: str, *, delta: str | None = None, model: str | None = None, o
     out: write metrics JSON here
     batch_size: examples per forward pass
     force: apply the delta even if the base fingerprint differs
+
+    ``metrics`` are the point estimates; ``confidence_intervals`` (percentile bootstrap over DATA's rows, as ``gate``
+    computes them: ``--resamples``, ``--seed``, ``--confidence``) and ``subgroups`` (one table per ``--group-cols``
+    column) come from the gate's scorecard. Positive-class metrics (sensitivity, PPV, ...) read ``--positive-label``
+    (default: the second of two labels, the last of more) flagged at P >= 0.5.
     """
+    settings = dataclasses.replace(with_settings("evaluate", {"scoring": scoring}, flat)["scoring"], threshold_rule="fixed=0.5")
+    settings.validate()
     net, task = load_for_inference(model, delta, force)
     frame = read_frame(task, data, need_labels=True)
+    missing = [c for c in settings.group_cols if c not in frame.columns]
+    if missing:
+        raise DataError(f"--group-cols {missing} not found in {data}; it has columns {list(frame.columns)[:15]}")
     outputs, loss = outputs_and_loss(net, task, frame, batch_size)
-    metrics = {**score(task, outputs, task.label_ids(frame)), **task.loss_metrics(loss)}
-    result = {"data": str(Path(data).resolve()), "delta": delta, "model": model, "metrics": metrics}
+    y = task.label_ids(frame)
+    metrics = {**score(task, outputs, y), **task.loss_metrics(loss)}
+    result = {"data": str(Path(data).resolve()), "delta": delta, "model": model, "metrics": metrics,
+              **_with_cis(task, y, outputs, settings, frame)}
     if out:
         atomic_write_json(Path(out), result)
     return result
+
+
+def _with_cis(task, y: np.ndarray, outputs: np.ndarray, settings: EvaluationSettings, frame: pd.DataFrame) -> dict[str, Any]:
+    """The gate's scorecard of one model: metric -> {value, ci_low, ci_high}, the subgroup tables, the settings."""
+    labels = task.labels if task.outputs_probabilities else None
+    if labels is not None:
+        settings.positive_label = settings.positive_label or labels[-1]
+        task.positive_label(settings.positive_label)  # refuses a label the model does not have
+    card = score_predictions(y, {"model": outputs}, {"model": 0.5 if labels is not None else None}, labels, settings,
+                             frame[settings.group_cols] if settings.group_cols else None)
+    subgroups = {column: [{**{k: v for k, v in row.items() if k not in ("metrics", "difference")}, "metrics": row["metrics"]["model"]}
+                          for row in rows] for column, rows in card["subgroups"].items()}
+    return {"confidence_intervals": card["models"]["model"]["metrics"], "subgroups": subgroups,
+            "evaluation_settings": {**card["settings"], "threshold": 0.5 if labels is not None else None}}
 
 
 def predict(data: str, *, out: str, delta: str | None = None, model: str | None = None, batch_size: int = 64,
