@@ -125,6 +125,10 @@ def test_compare_cv_runs_tune_from_the_command_line(tiny_bert_dir, tune_data, tm
     code = main(["tune", str(tune_data / "train.csv"), "--test", str(tune_data / "test.csv"), "--model", tiny_bert_dir,
                  "--text-col", "text", "--grid", "epochs=0", "--out", str(tmp_path / "y")])
     assert code == 2 and "epochs must be >= 1" in capsys.readouterr().err
+    for flags, fix in ((["--impute", "median"], "without --cv"), (["--mlflow-uri", "http://127.0.0.1:9"], "drop --mlflow-uri")):
+        code = main(["compare", str(tune_data / "train.csv"), "--test", str(tune_data / "test.csv"), "--model", tiny_bert_dir,
+                     "--text-col", "text", "--methods", "head", "--cv", "2", *flags, "--out", str(tmp_path / "z")])
+        assert code == 2 and fix in capsys.readouterr().err and not (tmp_path / "z").exists()
 
 
 # ---- the recommendation's tolerance on a regression metric ----------------------------------------------------

@@ -93,9 +93,10 @@ def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig()
     comparison, columns, split, base, training = (configs[k] for k in ("comparison", "columns", "split", "base", "training"))
     target = Path(out)
     _check_settings(out, overwrite, comparison, columns, split, training)
-    check_tracking(configs["tracking"])  # mlflow installed and its server answering, before any training
     if comparison.cv is not None:
         _check_cv_takes(configs["preprocessing"], configs["tracking"])
+    check_tracking(configs["tracking"])  # mlflow installed and its server answering, before any training
+    if comparison.cv is not None:
         return tune(train, out=out, tuning=_tuning(comparison, split), columns=columns, split=split, base=base, training=training,
                     overwrite=overwrite)
     contenders = parse_contenders(",".join(comparison.methods))
