@@ -91,8 +91,8 @@ def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig()
     comparison, columns, split, base, training = (configs[k] for k in ("comparison", "columns", "split", "base", "training"))
     target = Path(out)
     _check_settings(out, overwrite, comparison, columns, split, training)
-    contenders = parse_contenders(",".join(comparison.methods))
     the_task = _task(columns, base.max_length)
+    contenders = parse_contenders(",".join(comparison.methods), the_task.method_defaults)
     config = training.for_task(the_task.default_metric)
     metric = config.metric
 

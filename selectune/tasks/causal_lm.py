@@ -29,6 +29,7 @@ from selectune.tasks.base import EXAMPLE_REVIEWS, Example, LoadedModel, Task, qu
 from selectune.tasks.errors import InputError, InputLimits, ModelLoadError
 from selectune.tasks.outputs import ClassOutputs
 
+MAX_LABELS = 50  # more distinct responses than this are free text (--task generation), not a label set
 IGNORE = -100  # cross_entropy's ignore_index: prompt and padding positions carry no loss
 # A chat template for tokenizers without one (the conformance example's BERT tokenizer), in the ChatML shape SmolLM2 uses.
 EXAMPLE_CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </{{ m['role'] }}> {% endfor %}"
@@ -132,7 +133,15 @@ class CausalLM(ClassOutputs, Task):
                                  "Give a local Hugging Face decoder model folder (config.json + weights + tokenizer), or `smollm2`.") from None
         names = {n for n, _ in net.named_parameters()}
         new = sorted(n for n in info.get("missing_keys", []) if n in names)
+        self.check_label_set()
         return LoadedModel(net, new, self.tokenizer)
+
+    def check_label_set(self) -> None:
+        """The responses must be a small label set (each scored per prompt): more than MAX_LABELS distinct ones are free text."""
+        if self.labels is not None and len(self.labels) > MAX_LABELS:
+            raise DataError(f"the training responses (--response-col {self.label_col}) hold {len(self.labels)} distinct values, more "
+                            f"than the {MAX_LABELS} a label set may have (each is scored for every prompt); free-form responses train "
+                            "with --task generation (perplexity, greedy answers; no accuracy).")
 
     def save_model(self, model: nn.Module, out_dir: str | os.PathLike) -> None:
         model.save_pretrained(out_dir)
@@ -151,7 +160,8 @@ class CausalLM(ClassOutputs, Task):
         loaded.model.eval()
         return loaded
 
-    def method_defaults(self, method: str) -> dict[str, Any]:
+    @classmethod
+    def method_defaults(cls, method: str) -> dict[str, Any]:
         # A decoder LLM (LLaMA, SmolLM2) has no biases: BitFit inserts zero ones, which merge into plain config flags.
         return {"add_missing_biases": True} if method == "bitfit" else {}
 
@@ -211,12 +221,16 @@ class CausalLM(ClassOutputs, Task):
             raise ValueError("--class-weight does not apply to causal-lm (its loss is per response token); drop it")
         return None
 
+    def generation_prompts(self, frame: pd.DataFrame) -> list[list[int]]:
+        """Token ids each greedy answer continues: the prompts as the model reads them."""
+        return self.prompt_ids(frame[self.prompt_col].astype(str).tolist())
+
     def generate_columns(self, model: nn.Module, frame: pd.DataFrame, max_new_tokens: int) -> dict[str, Any]:
         """``generated``: the greedy answer to each prompt (one row at a time, so no padding can change it)."""
         model.eval()
         answers = []
         with torch.no_grad():
-            for ids in self.prompt_ids(frame[self.prompt_col].astype(str).tolist()):
+            for ids in self.generation_prompts(frame):
                 device = next(model.parameters()).device
                 prompt = torch.tensor([ids], device=device)
                 out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
@@ -251,7 +265,7 @@ class CausalLM(ClassOutputs, Task):
     @classmethod
     def from_options(cls, *, label_col: str, text_col: str | None, feature_cols: list[str], task: str, max_length: int,
                      prompt_col: str | None = None, response_col: str | None = None) -> "CausalLM | None":
-        if not prompt_col:
+        if not prompt_col or task != "classification":  # --task generation: free-form responses (TextGeneration)
             return None
         return cls(label_col=response_col or label_col, prompt_col=prompt_col, max_length=max_length)
 
