@@ -183,6 +183,11 @@ class Task(ABC):
         """Columns ``predict`` adds by generating (a causal LM's answers); none by default."""
         return {}
 
+    def answer_samples(self, model: nn.Module, frame: pd.DataFrame) -> list[dict[str, str]] | None:
+        """A fixed few rows of FRAME answered by ``model`` ({"prompt", "answer"} each) for ``gate`` to save and ``report`` to
+        show base and update side by side (a generative task's answers); None where the task has no free answers."""
+        return None
+
     def class_weights(self, label_ids: torch.Tensor, mode: str | None) -> torch.Tensor | None:
         """Loss weights per output for ``mode`` (``balanced``), or None where they do not apply."""
         return None

@@ -30,6 +30,7 @@ from selectune.tasks.errors import InputError, InputLimits, ModelLoadError
 from selectune.tasks.outputs import ClassOutputs
 
 MAX_LABELS = 50  # more distinct responses than this are free text (--task generation), not a label set
+SAMPLE_PROMPTS, SAMPLE_NEW_TOKENS = 5, 32  # the report's base-vs-update answers: the first 5 test prompts, up to 32 greedy tokens
 IGNORE = -100  # cross_entropy's ignore_index: prompt and padding positions carry no loss
 # A chat template for tokenizers without one (the conformance example's BERT tokenizer), in the ChatML shape SmolLM2 uses.
 EXAMPLE_CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </{{ m['role'] }}> {% endfor %}"
@@ -237,6 +238,14 @@ class CausalLM(ClassOutputs, Task):
                                      do_sample=False, pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id)
                 answers.append(self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip())
         return {"generated": answers}
+
+    def answer_samples(self, model: nn.Module, frame: pd.DataFrame) -> list[dict[str, str]] | None:
+        """The first ``SAMPLE_PROMPTS`` rows' prompts and greedy answers (up to ``SAMPLE_NEW_TOKENS`` tokens): the same rows
+        for every model, so ``report`` can set base and update side by side."""
+        rows = frame.iloc[:SAMPLE_PROMPTS]
+        answers = self.generate_columns(model, rows, SAMPLE_NEW_TOKENS)
+        prompts = rows[self.input_columns[0]].astype(str).tolist()
+        return [{"prompt": p, "answer": a} for p, a in zip(prompts, next(iter(answers.values())))]
 
     # ---- serving (not yet: see ``served``) ----------------------------------------------------
     def encode_request(self, inputs: list[Any], limits: InputLimits, processor: Any) -> list[dict[str, Any]]:
