@@ -247,3 +247,23 @@ def test_gate_saves_and_report_shows_base_and_update_answers_to_the_first_test_p
     assert "| 2 | Review from \\[email\\], \\[id_number\\]: Review: terrible headaches after (review 201)." in section  # replaced by type
     html = (tmp_path / "report" / "report.html").read_text()
     assert "Answers to fixed prompts" in html and "jane.doe@example.org" not in html
+
+
+def test_constrained_scores_with_ragged_prompts_and_a_label_cut_by_max_length(example):
+    """The shared prompt cache (left-padded prompts) scores each row as alone; a label past --max-length counts its first tokens only."""
+    _, ex = example
+    frame = pd.read_csv(ex.test).iloc[:3].copy()
+    frame.loc[1, "question"] = "A much longer question with many more words in it: " + frame.loc[1, "question"]
+    task = _task(ex)
+    lengths = [len(p) for p in task.prompt_ids(frame.question.tolist())]
+    task.max_length = lengths[1] + 1  # row 1: one answer token fits (the label, not its end of sequence)
+    model = AutoModelForCausalLM.from_pretrained(ex.train_options["model"]).eval()
+    with torch.no_grad():
+        scores = task.forward(model, task.collate(task.examples(frame, with_labels=False)))
+        for i, prompt in enumerate(task.prompt_ids(frame.question.tolist())):
+            for c, label in enumerate(task.labels):
+                answer = task.response_ids([label])[0][: task.max_length - len(prompt)]
+                logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + answer])).logits[0].float(), -1)
+                expected = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(answer))
+                assert float(scores[i, c]) == pytest.approx(expected, abs=1e-4), (i, c)
+    assert len(set(lengths)) > 1 and len(task.response_ids(["negative"])[0]) > 1

@@ -197,18 +197,43 @@ class CausalLM(ClassOutputs, Task):
         return torch.cat(out).numpy()
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, C): summed log-likelihood of each label's tokens (end-of-sequence included) after each prompt."""
-        prompts = [row[:n].tolist() for row, n in zip(batch["prompt_ids"], batch["prompt_lengths"])]
-        device = batch["prompt_ids"].device
+        """(B, C): summed log-likelihood of each label's tokens (end-of-sequence included) after each prompt.
+
+        One forward over the prompts (left-padded, so every row's last position is its last prompt token) fills a KV cache
+        that every label continues from: the cost is about one forward per prompt, not one per label. A label's tokens
+        past ``max_length`` (a prompt close to it) are not scored, as in training."""
+        prompt_ids, mask, positions = self._left_padded(batch)  # (B, P) each
+        out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        first = torch.log_softmax(out.logits[:, -1].float(), -1)  # (B, V): the distribution of the answer's first token
+        cache = out.cache
+        room = self.max_length - batch["prompt_lengths"].to(prompt_ids.device)  # (B,) answer tokens that fit
         columns = []
         for label_ids in self.response_ids(self.labels):
-            rows = [{"prompt_ids": p, "response_ids": label_ids[: self.max_length - len(p)]} for p in prompts]
-            cand = {k: v.to(device) for k, v in self.collate(rows).items()}
-            logits = model(input_ids=cand["input_ids"], attention_mask=cand["attention_mask"]).logits[:, :-1].float()
-            targets = cand["lm_targets"][:, 1:]  # (B, T-1)
-            token_lp = torch.log_softmax(logits, -1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-            columns.append((token_lp * (targets != IGNORE)).sum(1))
+            label = torch.tensor(label_ids, device=prompt_ids.device)  # (L,)
+            token_lp = first[:, label[0]].unsqueeze(1)  # (B, 1)
+            if len(label_ids) > 1:
+                steps = label[:-1].expand(len(prompt_ids), -1)  # (B, L-1): each fed token predicts the next label token
+                step_mask = torch.cat([mask, torch.ones_like(steps)], 1)
+                step_positions = positions[:, -1:] + 1 + torch.arange(steps.shape[1], device=steps.device)
+                logits = model(input_ids=steps, attention_mask=step_mask, position_ids=step_positions, cache=cache,
+                               use_cache=True).logits.float()  # (B, L-1, V)
+                cache.crop(-steps.shape[1])  # back to the prompts alone for the next label
+                rest = torch.log_softmax(logits, -1).gather(-1, label[1:].expand(len(prompt_ids), -1).unsqueeze(-1)).squeeze(-1)
+                token_lp = torch.cat([token_lp, rest], 1)  # (B, L)
+            scored = torch.arange(len(label_ids), device=room.device) < room.unsqueeze(1)  # (B, L)
+            columns.append((token_lp * scored).sum(1))
         return torch.stack(columns, 1)
+
+    def _left_padded(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's right-padded prompts left-padded: (B, P) ids, attention mask and positions (0 from each row's first token)."""
+        lengths = batch["prompt_lengths"]
+        width = int(lengths.max())
+        ids = torch.full((len(lengths), width), self.pad_id, dtype=batch["prompt_ids"].dtype, device=batch["prompt_ids"].device)
+        mask = torch.zeros_like(ids)
+        for row, n in enumerate(lengths.tolist()):
+            ids[row, width - n:] = batch["prompt_ids"][row, :n]
+            mask[row, width - n:] = 1
+        return ids, mask, (mask.cumsum(1) - 1).clamp_min(0)
 
     def outputs(self, model: nn.Module, logits: torch.Tensor) -> np.ndarray:
         """(N, C) label log-likelihoods -> probabilities over the label set."""
