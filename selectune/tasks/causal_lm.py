@@ -169,12 +169,15 @@ class CausalLM(ClassOutputs, Task):
     # ---- loss, outputs, metrics ---------------------------------------------------------------
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], class_weights: torch.Tensor | None):
         """(mean NLL per response token, (B, C) label log-likelihoods): the scores only in eval mode, where
-        ``predict`` reads them; training needs the loss alone."""
-        nll, tokens = self.response_nll(model, batch)
-        loss = nll.sum() / tokens.sum().clamp_min(1)
+        ``predict`` reads them; training needs the loss alone. In eval mode each row's response is one of the labels, so
+        its NLL is minus its label's score: one forward gives both."""
         if model.training:
-            return loss, nll.new_zeros(len(nll), 0)
-        return loss, self.forward(model, batch)
+            nll, tokens = self.response_nll(model, batch)
+            return nll.sum() / tokens.sum().clamp_min(1), nll.new_zeros(len(nll), 0)
+        scores = self.forward(model, batch)  # (B, C)
+        nll = -scores.gather(1, batch["labels"].unsqueeze(1)).squeeze(1)  # (B,) summed NLL of each row's response tokens
+        tokens = (batch["lm_targets"] != IGNORE).sum(1)
+        return nll.sum() / tokens.sum().clamp_min(1), scores
 
     @staticmethod
     def response_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
