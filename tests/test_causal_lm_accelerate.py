@@ -38,33 +38,29 @@ LAUNCH = ["-m", "accelerate.commands.launch", "--num_processes", "2", "--num_mac
 
 
 @pytest.fixture(scope="module")
-def example(tmp_path_factory):
+def one_process(tmp_path_factory):
+    """(folder, the tiny example, the run folder of one process at batch 8)."""
     folder = tmp_path_factory.mktemp("causal-accelerate")
-    return folder, CausalLM.write_example(folder)
-
-
-@pytest.fixture(scope="module")
-def one_process(example):
-    folder, ex = example
+    ex = CausalLM.write_example(folder)
     _launch(_train_argv(ex, folder / "one", batch_size=8))
-    return folder / "one"
+    return folder, ex, folder / "one"
 
 
 @pytest.mark.parametrize("launcher", [["--multi_gpu"], ["--use_fsdp", "--fsdp_version", "2", "--fsdp_sync_module_states", "false",
                                                         "--fsdp_auto_wrap_policy", "NO_WRAP"]], ids=["ddp", "fsdp2"])
-def test_two_processes_train_the_same_delta_as_one(example, one_process, launcher):
-    folder, ex = example
+def test_two_processes_train_the_same_delta_as_one(one_process, launcher):
+    folder, ex, single = one_process
     out = folder / launcher[0].strip("-")
     _launch([*LAUNCH, *launcher, *_train_argv(ex, out, batch_size=4)])
     assert json.loads((out / "run_config.json").read_text())["num_processes"] == 2
-    one, _ = read_delta(one_process / "delta")
+    one, _ = read_delta(single / "delta")
     ddp, config = read_delta(out / "delta")
     assert config["selection"]["options"]["add_missing_biases"] is True and set(one) == set(ddp)
     moved = max(float(t.abs().max()) for t in one.values())
     assert moved > 1e-3  # the biases trained (they start at zero)
     for name in one:
         assert torch.allclose(one[name], ddp[name], atol=1e-5, rtol=1e-4), name
-    test_one = json.loads((one_process / "metrics.json").read_text())["test"]
+    test_one = json.loads((single / "metrics.json").read_text())["test"]
     test_ddp = json.loads((out / "metrics.json").read_text())["test"]
     assert test_ddp["n"] == test_one["n"] == 24  # gather_for_metrics drops the padding duplicates
     assert test_ddp["perplexity"] == pytest.approx(test_one["perplexity"], rel=1e-4)

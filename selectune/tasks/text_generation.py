@@ -30,6 +30,7 @@ from selectune.tasks.causal_lm import CausalLM
 from selectune.tasks.errors import InputError, InputLimits
 
 TASK_OPTION = "generation"  # the --task value that picks this task
+NOT_SERVED = "text-generation models are not served yet; use `selectune predict`."
 
 
 @dataclass
@@ -134,14 +135,14 @@ class TextGeneration(CausalLM):
         return {"prediction": super().generate_columns(model, frame, max_new_tokens)["generated"]}
 
     def format_outputs(self, model: nn.Module, logits: torch.Tensor) -> list[dict[str, Any]]:
-        raise InputError("text-generation models are not served yet; use `selectune predict`.", 400)
+        raise InputError(NOT_SERVED, 400)
 
     def encode_request(self, inputs: list[Any], limits: InputLimits, processor: Any) -> list[dict[str, Any]]:
-        raise InputError("text-generation models are not served yet; use `selectune predict`.", 400)
+        raise InputError(NOT_SERVED, 400)
 
     @classmethod
     def collate_request(cls, examples: list[dict[str, Any]], processor: Any) -> dict[str, torch.Tensor]:
-        raise InputError("text-generation models are not served yet; use `selectune predict`.", 400)
+        raise InputError(NOT_SERVED, 400)
 
     def describe(self) -> dict[str, Any]:
         return {"prompt_col": self.prompt_col, "text_col": None if self.prompt_col else self.label_col, "max_length": self.max_length}
