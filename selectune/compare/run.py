@@ -226,7 +226,7 @@ def _run_one(contender: Contender, lr: float, seed: int, bench: Bench, where: Pa
     for role in ("validation", "test"):
         loader = accelerator.prepare(DataLoader(rows[role], batch_size=config.eval_batch_size, collate_fn=task.collate))
         outputs[role], loss = predict(trained, task, loader, accelerator)
-        metrics[role] = {**score(task, outputs[role], y[role]), "loss": loss}
+        metrics[role] = {**score(task, outputs[role], y[role]), "loss": loss, **task.loss_metrics(loss)}
     weights = prepared.save(where)
     record = {
         "method": contender.text, "kind": contender.kind, "name": contender.name, "options": prepared.options,
