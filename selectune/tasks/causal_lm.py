@@ -9,6 +9,9 @@ The responses of this session's task come from a fixed label set (a classificati
 of constrained scoring (each label's summed token log-likelihood after the prompt, softmaxed over the labels), so
 accuracy, macro-F1, AUROC, calibration, bootstrap CIs, subgroups and the gate apply as for any classifier. The held-out
 loss (mean NLL per response token) gives the perplexity. ``predict`` also writes a greedy generation per row.
+Free-form responses (no label set) and plain language modelling are the sibling task ``text-generation``
+(``text_generation.py``, ``--task generation``); the user picks one, and a "label set" of more than ``MAX_LABELS``
+responses is refused here with that fix.
 """
 from __future__ import annotations
 
