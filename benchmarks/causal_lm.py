@@ -23,15 +23,18 @@ not the base weights loaded before; both as ratios to full fine-tuning's. Delta 
 (selectune) or adapter_model.safetensors (PEFT).
 
 Sizing (the lead runs this on an idle 2-core machine, <= 35 minutes): one training step of 8 x 128 tokens takes ~4.5 s
-with BitFit and ~8 s with full fine-tuning there (issue 16); scoring 64 test prompts took the time of ~3 BitFit steps
-when measured here (117 s vs 36-62 s per step on a machine at load average 10), so ~80 s per scoring of the 379 test
-reviews on an idle machine (one forward per batch: the prompts fill a KV cache every label continues from, and the
-eval loss comes from the gold label's score). Training subset: 8 validation reviews per class, then up to 50 per class
-for training (all 46 remaining neutral reviews): 146 rows, 19 steps of 8, one epoch. Estimate: 9 training runs x 19 steps
-(BitFit 3 x 4.5 s, LoRA 3 x ~5 s, layernorm ~4.5 s, BEFT ~4.5 s, full 8 s: ~46 s per step of all runs) ~ 870 s; 10
-test scorings x ~80 s ~ 800 s; validation (24 rows) and model loads ~ 120 s: ~1,800 s = ~30 min. BitFit's learning
-rate is high (5e-3) because it gets 19 steps; a balanced training subset gives the rare neutral class a fair share,
-which macro-F1 (the goal: >= 0.40) rewards.
+with BitFit and ~8 s with full fine-tuning there (issue 16). Label scoring is one forward per batch of prompts (they
+fill a KV cache that every label continues from; the LM head runs on the last prompt position only; the eval loss is
+read off the gold label's score), about a third of a BitFit step per 8 prompts, so ~48 x 1.5 s ~ 75 s per scoring of
+the 379 test reviews. Measured here on a busy machine (load average ~6 on 2 cores, so absolute times several times
+idle): scoring 32 prompts took 59 s against 23-71 s per BitFit step of 8 x 126 tokens (1-2.5 steps; too noisy to be
+sharper). Training subset: 8 validation reviews per class, then up to 50 per class for training (all 46 remaining
+neutral reviews): 146 rows, 19 steps of 8, one epoch. Estimate: 9 training runs x 19 steps (BitFit 3 x 4.5 s, LoRA
+3 x ~5 s, layernorm ~4.5 s, BEFT ~4.5 s, full 8 s: ~46 s per step of all runs) ~ 870 s; 10 test scorings x ~75 s ~
+750 s; validation (24 rows each) and model loads ~ 120 s: ~1,750 s = ~30 min. BitFit's learning rate is high (5e-3)
+because it gets 19 steps; a balanced training subset gives the rare neutral class a fair share, which macro-F1 (the
+goal: >= 0.40) rewards. These settings were not tuned on the real model (no idle machine here): the JSON records
+whatever they give.
 """
 from __future__ import annotations
 

@@ -209,7 +209,8 @@ class CausalLM(ClassOutputs, Task):
         that every label continues from: the cost is about one forward per prompt, not one per label. A label's tokens
         past ``max_length`` (a prompt close to it) are not scored, as in training."""
         prompt_ids, mask, positions = self._left_padded(batch)  # (B, P) each
-        out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        # logits_to_keep=1: the LM head runs on the last position only ((B, 1, V), not (B, P, V))
+        out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), -1)  # (B, V): the distribution of the answer's first token
         cache = out.cache
         room = self.max_length - batch["prompt_lengths"].to(prompt_ids.device)  # (B,) answer tokens that fit
