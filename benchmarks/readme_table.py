@@ -280,7 +280,58 @@ def render_serve() -> str:
     return "\n".join([begin, render_body(), end])
 
 
-BLOCKS = {"results": render, "compare": render_compare, "serve-results": render_serve}
+# ---- causal LM (benchmarks/causal_lm.py) ---------------------------------------------------------------------------
+
+CAUSAL_LM_COMMAND = "python benchmarks/causal_lm.py"
+
+
+def _ci_cell(stat: dict) -> str:
+    """``0.412 [0.370, 0.455]`` (the mean over seeds and the 95% CI of that mean), ``± sd`` with several seeds."""
+    text = f"{stat['mean']:.3f}" + (f" ± {stat['sd']:.3f}" if stat.get("sd") else "")
+    return text + (f" [{stat['ci_low']:.3f}, {stat['ci_high']:.3f}]" if stat.get("ci_low") is not None else "")
+
+
+def causal_lm_tables(result: dict) -> str:
+    """The methods table and the goals table of one causal_lm.json."""
+    recipe, sizes = result["recipe"], result["sizes"]
+    load = result["machine_load"]["at_start"]
+    head = (f"SmolLM2-135M-Instruct rating drug reviews asked as an instruction (`{CAUSAL_LM_COMMAND}`): {sizes['train']} training "
+            f"reviews (up to {recipe['train_per_class']} per class), {recipe['epochs']} epoch(s) of batch {recipe['batch_size']}, max "
+            f"length {recipe['max_length']}; test accuracy and macro-F1 on all {sizes['test']} test reviews by label scoring, mean over "
+            f"seeds with the 95% bootstrap CI of that mean. Step time and peak training memory (optimizer state included: "
+            f"{result['memory_how']}) as ratios to full fine-tuning, runs interleaved in one process; load average "
+            f"{load['load_average']['1min']:.2f} on {load['cores']} cores at the start" + (f" (busy: {load['busy_ok']})" if load.get("busy_ok") else "") + ".")
+    rows = ["| method | lr | seeds | test macro-F1 | test accuracy | step time / full | peak memory / full | delta bytes |",
+            "|---|---|---|---|---|---|---|---|"]
+    zero = result["zero_shot"]["test"]
+    rows.append(f"| zero-shot (deterministic) | – | – | {_ci_cell(zero['macro_f1'])} | {_ci_cell(zero['accuracy'])} | – | – | – |")
+    for method, s in result["methods"].items():
+        memory = s.get("peak_memory_ratio_to_full")
+        rows.append(f"| {method} ({'peft' if s['kind'] == 'peft' else 'selectune'}) | {s['lr']:g} | {len(s['seeds'])} | "
+                    f"{_ci_cell(s['test']['macro_f1'])} | {_ci_cell(s['test']['accuracy'])} | {s['step_time_ratio_to_full']:.2f}× | "
+                    + ("–" if memory is None else f"{memory:.2f}×") + f" | {s['delta_bytes']:,} |")
+    goals = ["| goal (issue 16) | measured | met |", "|---|---|---|"]
+    for goal in result["goals"]:
+        measured = goal["measured"]
+        text = " vs ".join(f"{m:.3f}" for m in measured) if isinstance(measured, list) else (
+            f"{measured:,}" if isinstance(measured, int) else f"{measured:.3f}" if measured is not None else "–")
+        goals.append(f"| {goal['goal']} | {text} | {'yes' if goal['met'] else 'no'} |")
+    return "\n\n".join([head, "\n".join(rows), "\n".join(goals)])
+
+
+def render_causal_lm(path: Path | None = None) -> str:
+    """The causal-LM results and goals, or (before the first run) what to run to get them."""
+    path = path or RESULTS / "causal_lm.json"
+    begin, end = markers("causal-lm-results")
+    if not path.is_file():
+        body = (f"Not measured yet: `{CAUSAL_LM_COMMAND}` writes benchmarks/results/causal_lm.json (about 30 minutes on an idle 2-core "
+                "CPU), then `python benchmarks/readme_table.py --write` puts its methods and goals tables here.")
+    else:
+        body = causal_lm_tables(json.loads(path.read_text()))
+    return "\n\n".join([begin, body, end])
+
+
+BLOCKS = {"results": render, "compare": render_compare, "serve-results": render_serve, "causal-lm-results": render_causal_lm}
 
 
 def markers(name: str) -> tuple[str, str]:

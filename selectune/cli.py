@@ -133,7 +133,7 @@ def methods() -> list[dict[str, Any]]:
 def inspect(model: str, *, method: str = "bitfit", num_labels: int = 2) -> dict[str, Any]:
     """Show what METHOD would train on MODEL, per role, without training.
 
-    model: HF model folder, `minilm`, or a tabular model folder
+    model: HF model folder (a decoder saved with its LM head, e.g. LlamaForCausalLM, is read as causal-lm), `minilm`, `smollm2`, or a tabular model folder
     method: method with options, e.g. bitfit:roles=query+mlp_in
     num_labels: labels for the new classifier head (text models)
     """
@@ -143,9 +143,10 @@ def inspect(model: str, *, method: str = "bitfit", num_labels: int = 2) -> dict[
     from selectune.tasks import load_base_model
 
     path = resolve_model(model)
-    _, loaded = load_base_model(path, n_outputs=num_labels, with_tokenizer=False)
+    task_class, loaded = load_base_model(path, n_outputs=num_labels, with_tokenizer=False)
     net = loaded.model
     name, options = parse_method(method)
+    options = {**task_class.method_defaults(name), **options}  # as train does (causal-lm: BitFit inserts missing biases)
     selection = select(net, name, new_parameters=loaded.new_parameters, **options)
     return {"model": path, "method": name, "options": selection.options, "new_parameters": selection.new_parameters,
             "inserted_parameters": selection.inserted_parameters,

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "generation")
 ITEM_NAMES = {int: "integers", float: "numbers", str: "names"}
 
 
@@ -71,7 +71,8 @@ class ColumnsConfig(_Lists):
     label_col: str = option("label", "column with the label")
     text_col: str | None = option(None, "column with the text (text classification)")
     feature_cols: list[str] = option([], "numeric feature columns (tabular): a b c or a,b,c")
-    task: str = option("classification", "classification or regression (tabular)")
+    task: str = option("classification", "classification, regression (tabular) or generation (free text: --prompt-col/--response-col "
+                                          "with free-form responses, or --text-col for plain language modelling)")
     prompt_col: str | None = option(None, "column with the prompt (causal-lm: a decoder LM learns to answer it)")
     response_col: str | None = option(None, "column with the response the model learns to give (causal-lm; replaces --label-col)")
 
@@ -82,8 +83,9 @@ class ColumnsConfig(_Lists):
             raise ValueError("give either --prompt-col (causal-lm) or --text-col / --feature-cols, not both")
         if bool(self.prompt_col) != bool(self.response_col):
             raise ValueError("causal-lm needs both --prompt-col (what the model reads) and --response-col (what it learns to answer)")
-        if self.task not in TASKS or (self.text_col and self.task != "classification"):
-            raise ValueError(f"--task must be classification or regression (regression only for tabular data), got {self.task!r}")
+        if self.task not in TASKS or (self.text_col and self.task == "regression") or (self.feature_cols and self.task == "generation"):
+            raise ValueError(f"--task must be classification or regression (regression only for tabular data), or generation (free text with "
+                             f"--prompt-col/--response-col or --text-col), got {self.task!r}")
 
 
 @dataclass

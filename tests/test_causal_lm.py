@@ -215,3 +215,55 @@ def test_registry_add_and_update_retrain_a_causal_lm_version(example, run, tmp_p
     recorded = json.loads((tmp_path / "v2" / "run" / "metrics.json").read_text())["test"]
     again = evaluate(ex.test, delta=str(delta), model=base)["metrics"]
     assert again["accuracy"] == recorded["accuracy"] and again["perplexity"] == pytest.approx(recorded["perplexity"], rel=1e-5)
+
+
+def test_gate_saves_and_report_shows_base_and_update_answers_to_the_first_test_prompts(example, run, tmp_path):
+    from selectune.evaluate.gate import gate
+    from selectune.report.build import report
+    from selectune.tasks.causal_lm import SAMPLE_NEW_TOKENS, SAMPLE_PROMPTS
+
+    folder, ex = example
+    test = pd.read_csv(ex.test)
+    test.loc[1, "question"] = "Review from jane.doe@example.org, MRN: 00482913: " + test.loc[1, "question"]
+    test.to_csv(tmp_path / "test.csv", index=False)
+    base = tmp_path / "base_run"
+    train(ex.train, validation=ex.validation, out=str(base), epochs=1, seed=0, lr=1e-6, checkpoint=False, progress=False,
+          **ex.train_options)
+    criteria = tmp_path / "criteria.yaml"
+    criteria.write_text("criteria:\n  - {metric: perplexity, rule: max_worsening, value: 100.0}\n")
+    gate(base=str(base), update=str(run[0]), criteria=str(criteria), test=str(tmp_path / "test.csv"), out=str(tmp_path / "gate"),
+         resamples=50)
+    saved = json.loads((tmp_path / "gate" / "answers.json").read_text())
+    assert [a["prompt"] for a in saved["update"]] == [a["prompt"] for a in saved["base"]] == test.question.tolist()[:SAMPLE_PROMPTS]
+    for role, source in (("base", base), ("update", run[0])):
+        model, task, _ = load_with_delta(str(source / "delta"))
+        expected = task.generate_columns(model, test.iloc[:SAMPLE_PROMPTS], SAMPLE_NEW_TOKENS)["generated"]
+        assert [a["answer"] for a in saved[role]] == expected, role
+    report(str(run[0]), out=str(tmp_path / "report"), gate=str(tmp_path / "gate"))
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    section = markdown.split("Answers to fixed prompts", 1)[1]
+    assert f"The first {SAMPLE_PROMPTS} prompts of the test file" in section
+    assert "jane.doe@example.org" not in markdown and "00482913" not in markdown
+    assert "| 2 | Review from \\[email\\], \\[id_number\\]: Review: terrible headaches after (review 201)." in section  # replaced by type
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "Answers to fixed prompts" in html and "jane.doe@example.org" not in html
+
+
+def test_constrained_scores_with_ragged_prompts_and_a_label_cut_by_max_length(example):
+    """The shared prompt cache (left-padded prompts) scores each row as alone; a label past --max-length counts its first tokens only."""
+    _, ex = example
+    frame = pd.read_csv(ex.test).iloc[:3].copy()
+    frame.loc[1, "question"] = "A much longer question with many more words in it: " + frame.loc[1, "question"]
+    task = _task(ex)
+    lengths = [len(p) for p in task.prompt_ids(frame.question.tolist())]
+    task.max_length = lengths[1] + 1  # row 1: one answer token fits (the label, not its end of sequence)
+    model = AutoModelForCausalLM.from_pretrained(ex.train_options["model"]).eval()
+    with torch.no_grad():
+        scores = task.forward(model, task.collate(task.examples(frame, with_labels=False)))
+        for i, prompt in enumerate(task.prompt_ids(frame.question.tolist())):
+            for c, label in enumerate(task.labels):
+                answer = task.response_ids([label])[0][: task.max_length - len(prompt)]
+                logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + answer])).logits[0].float(), -1)
+                expected = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(answer))
+                assert float(scores[i, c]) == pytest.approx(expected, abs=1e-4), (i, c)
+    assert len(set(lengths)) > 1 and len(task.response_ids(["negative"])[0]) > 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch.nn as nn
 
@@ -62,11 +62,12 @@ class PreparedRun:
         return out / PEFT_WEIGHTS
 
 
-def parse_contenders(text: str) -> list[Contender]:
+def parse_contenders(text: str, method_defaults: Callable[[str], dict[str, Any]] = lambda name: {}) -> list[Contender]:
     """``"full,bitfit:roles=query+mlp_in,include_key_bias=true,lora:r=16,ia3"`` -> contenders.
 
     Commas separate methods, and also a method's options: a piece with ``=`` but no ``:`` continues the
     options of the method before it. ``;`` separates methods too (then commas are options only).
+    ``method_defaults``: the task's defaults of a selective method (``Task.method_defaults``), under the options given.
     """
     pieces = [p.strip() for p in (text.split(";") if ";" in text else _split_commas(text)) if p.strip()]
     if not pieces:
@@ -79,7 +80,8 @@ def parse_contenders(text: str) -> list[Contender]:
             contender = Contender(piece, name, baseline.resolve_options(options), "peft", baseline.default_lr)
         elif name in METHODS:
             spec = get_method(name)
-            contender = Contender(piece, name, spec.resolve_options(options), "selective", spec.default_lr, spec.needs_data)
+            contender = Contender(piece, name, spec.resolve_options({**method_defaults(name), **options}), "selective", spec.default_lr,
+                                  spec.needs_data)
         else:
             raise ValueError(f"unknown method {name!r} in --methods; selective: {', '.join(sorted(METHODS))}; "
                              f"PEFT baselines: {', '.join(PEFT_BASELINES)}")

@@ -99,8 +99,8 @@ def compare(train: str, *, out: str, comparison: CompareConfig = CompareConfig()
     if comparison.cv is not None:
         return tune(train, out=out, tuning=_tuning(comparison, split), columns=columns, split=split, base=base, training=training,
                     overwrite=overwrite)
-    contenders = parse_contenders(",".join(comparison.methods))
     the_task = _task(columns, base.max_length)
+    contenders = parse_contenders(",".join(comparison.methods), the_task.method_defaults)
     the_task.use_preprocessing(configs["preprocessing"], base.model)  # a saved base brings its own
     config = training.for_task(the_task.default_metric)
     metric = config.metric
@@ -235,7 +235,7 @@ def _run_one(contender: Contender, lr: float, seed: int, bench: Bench, where: Pa
     for role in ("validation", "test"):
         loader = accelerator.prepare(DataLoader(rows[role], batch_size=config.eval_batch_size, collate_fn=task.collate))
         outputs[role], loss = predict(trained, task, loader, accelerator)
-        metrics[role] = {**score(task, outputs[role], y[role]), "loss": loss}
+        metrics[role] = {**score(task, outputs[role], y[role]), "loss": loss, **task.loss_metrics(loss)}
     weights = prepared.save(where)
     record = {
         "method": contender.text, "kind": contender.kind, "name": contender.name, "options": prepared.options,

@@ -65,7 +65,7 @@ def run_checks(frames: dict[str, pd.DataFrame | None], *, text_col: str | None =
     if label_col is not None and task == "classification":
         results += [class_imbalance(frames, label_col, thresholds.imbalance_ratio),
                     prevalence_shift(frames, label_col, thresholds.max_prevalence_shift)]
-    elif label_col is not None:
+    elif label_col is not None and task == "regression":  # generation: free text has no distribution to compare
         results.append(target_shift(frames, label_col))
     results.append(subgroup_sizes(frames, group_cols, thresholds.min_group_size))
     results.append(missingness(frames, feature_cols, thresholds.max_missingness_shift))
@@ -100,8 +100,8 @@ def validate(frames, text_col, feature_cols, label_col, task, group_cols, phi_po
     if phi_policy not in PHI_POLICIES:
         raise DataError(f"Unknown --phi-policy {phi_policy!r}: use 'warn' (report identifier-like text) "
                         "or 'refuse' (stop when any is found).")
-    if task not in ("classification", "regression"):
-        raise DataError(f"Unknown task {task!r}: use 'classification' or 'regression'.")
+    if task not in ("classification", "regression", "generation"):
+        raise DataError(f"Unknown task {task!r}: use 'classification', 'regression' or 'generation'.")
     if text_col and feature_cols:
         raise DataError("Give either --text-col (text data) or --feature-cols (tabular data), not both.")
     if min_group_size < 1 or imbalance_ratio < 1 or not 0 < max_prevalence_shift < 1:

@@ -13,7 +13,7 @@ from selectune.config import PreprocessingConfig
 
 from .readers import DataError, read_table
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "generation")  # generation: the label column holds free text (no classes)
 
 
 @dataclass
@@ -43,7 +43,7 @@ def load_splits(
     fractions are of the whole train file, so 0.15/0.15 gives a 70/15/15 split.
     """
     if task not in TASKS:
-        raise DataError(f"Unknown task {task!r}: use 'classification' or 'regression'.")
+        raise DataError(f"Unknown task {task!r}: use 'classification', 'regression' or 'generation'.")
     if isinstance(feature_cols, str):
         feature_cols = [c.strip() for c in feature_cols.split(",") if c.strip()]
     elif feature_cols is not None:
@@ -242,7 +242,8 @@ def check_classes(train, others, label_col, train_path, split_roles) -> list[str
         unseen = sorted(set(frame[label_col]) - set(labels))
         if unseen:
             hint = (f"it has too few rows (or groups) in {train_path} to land in every split; add examples or drop that class"
-                    if role in split_roles else "drop those rows or add examples of that class to the training file")
+                    if role in split_roles else "drop those rows or add examples of that class to the training file (free-form "
+                    "responses of a causal LM: train with --task generation)")
             raise DataError(f"Label(s) {', '.join(map(repr, unseen))} in the {role} data never occur in training data, and "
                             f"the model cannot predict a class it never saw; {hint}.")
     return labels

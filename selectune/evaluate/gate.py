@@ -24,6 +24,8 @@ Writes into ``--out`` (all at once, through a partial folder renamed at the end)
     ``environment`` (library versions), ``command``, ``created``.
 ``criteria.yaml``: a byte-identical copy of the criteria file (its sha256 is the one recorded).
 ``predictions.csv``: per test row: label, group columns, each model's probabilities and flag (no input text).
+``answers.json`` (generative tasks only, e.g. causal-lm): ``how``, and per model (``base``, ``update``) the first few test
+    prompts with its greedy answer (``{"prompt", "answer"}``), for the report's side-by-side table.
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ from selectune.tracking import check as check_tracking, log as log_to_mlflow
 from selectune.tracking.logs import gate_log
 
 ROLES = ("base", "update")
+ANSWERS_FILE = "answers.json"
+ANSWERS_HOW = "the first test rows' prompts, each answered greedily by base and update (the task's answer_samples)"
 
 
 @dataclass
@@ -248,7 +252,7 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
     rows = check_data(sources, task, test, validation, settings)
 
     # evaluate: each model on the test rows; its threshold on validation rows
-    outputs, thresholds, losses = evaluate_models(sources, task, rows, settings, batch_size)
+    outputs, thresholds, losses, answers = evaluate_models(sources, task, rows, settings, batch_size)
     evaluation = build_evaluation(sources, task, rows, outputs, thresholds, settings, started, losses)
 
     # judge: one row per criterion, in the file's order
@@ -261,7 +265,7 @@ def gate(*, base: str, update: str, criteria: str, test: str, out: str, validati
                         test=evaluation.data.test, settings=evaluation.settings, command=sys.argv, created=evaluation.created)
     predictions = _predictions(rows.frames["update"], rows.y, outputs, {r: t.value if t else None for r, t in thresholds.items()},
                                task, settings, groups)
-    _write(target, record, evaluation_bytes, rules, predictions)
+    _write(target, record, evaluation_bytes, rules, predictions, answers)
     scores = evaluation.dump()
     run_id = log_to_mlflow(tracking, gate_log, target)  # after OUT is complete: a logging failure leaves it whole
     return {**record.dump(), "out": str(target), "headline": {role: scores["models"][role]["metrics"] for role in ROLES},
@@ -313,10 +317,11 @@ def check_data(sources: dict[str, ModelSource], task: Task, test: str, validatio
 
 
 def evaluate_models(sources: dict[str, ModelSource], task: Task, rows: TestRows, settings: EvaluationSettings,
-                    batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, Threshold | None], dict[str, np.ndarray]]:
+                    batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, Threshold | None], dict[str, np.ndarray], dict[str, list]]:
     """Each model's outputs on the test rows ((N, C) probabilities or (N,) values), its threshold (None: regression) and,
-    where the task has them, its per-row (loss sum, tokens) for loss metrics such as perplexity."""
-    outputs, thresholds, losses = {}, {}, {}
+    where the task has them, its per-row (loss sum, tokens) for loss metrics such as perplexity and its answers to the
+    first few test prompts (a generative task's ``answer_samples``)."""
+    outputs, thresholds, losses, answers = {}, {}, {}, {}
     for role, src in sources.items():
         net, loaded = src.load()
         outputs[role] = model_outputs(net, loaded, rows.frames[role], batch_size)
@@ -324,8 +329,11 @@ def evaluate_models(sources: dict[str, ModelSource], task: Task, rows: TestRows,
         row_losses = loaded.row_losses(net, rows.frames[role], batch_size)
         if row_losses is not None:
             losses[role] = row_losses
+        samples = loaded.answer_samples(net, rows.frames[role])
+        if samples is not None:
+            answers[role] = samples
         del net
-    return outputs, thresholds, losses
+    return outputs, thresholds, losses, answers
 
 
 def choose_model_threshold(role: str, src: ModelSource, net, loaded: Task, task: Task, rows: TestRows, settings: EvaluationSettings,
@@ -387,10 +395,13 @@ def _predictions(frame, y, outputs, thresholds, task, settings, groups) -> bytes
     return table.to_csv(index=False).encode()
 
 
-def _write(target: Path, record: GateRecord, evaluation_bytes: bytes, rules: CriteriaFile, predictions: bytes) -> None:
+def _write(target: Path, record: GateRecord, evaluation_bytes: bytes, rules: CriteriaFile, predictions: bytes,
+           answers: dict[str, list] | None = None) -> None:
     """Everything into a partial folder, renamed into place: a reader sees the old result or the whole new one."""
     with staged_folder(target) as partial:
         atomic_write_bytes(partial / "evaluation.json", evaluation_bytes)
+        if answers:  # a generative task: each model's greedy answers to the same first test prompts
+            atomic_write_json(partial / ANSWERS_FILE, {"how": ANSWERS_HOW, **answers})
         atomic_write_bytes(partial / "criteria.yaml", rules.text.encode("utf-8"))
         atomic_write_bytes(partial / "predictions.csv", predictions)
         atomic_write_json(partial / "gate.json", record.dump())  # last: a folder with gate.json is complete

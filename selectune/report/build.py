@@ -50,6 +50,20 @@ def summary_section(update: RunEvidence, base: RunEvidence | None, gate: GateEvi
     return section
 
 
+def answers_section(gate: GateEvidence | None) -> Section | None:
+    """Base and update answering the same first test prompts (greedy), side by side; every text through ``redact``."""
+    if gate is None or gate.answers is None:
+        return None
+    base, update = gate.answers["base"], gate.answers["update"]
+    rows = [[i + 1, redact(u.get("prompt")), redact(b.get("answer")), redact(u.get("answer"))]
+            for i, (b, u) in enumerate(zip(base, update))]
+    return Section("Answers to fixed prompts").add(
+        Paragraph(f"The first {len(rows)} prompts of the test file, answered greedily by the model in use (base) and the update "
+                  "(as `selectune gate` saved them in answers.json). Identifier-like text (e-mail, phone, record number, date, URL) "
+                  "is replaced by its type."),
+        Table(["#", "prompt", "base", "update"], rows, "Greedy answers; the same prompts for both models."))
+
+
 def gate_identity(gate: GateEvidence) -> Section:
     """How the evidence was produced: the gate's settings, command and library versions."""
     settings, evaluation = gate.evaluation.settings, gate.evaluation
@@ -95,7 +109,7 @@ def build(update: RunEvidence, base: RunEvidence | None, gate: GateEvidence | No
     sections = [summary_section(update, base, gate, rows), identity, change_section(update, base),
                 data_section(update, base, gate.data_rows if gate else None),
                 *evaluation_sections(evaluation, gate.record if gate else None, update.metrics),
-                pccp_section(update, base, gate.record if gate else None, rows), model_card_sections(update, evaluation, rows)]
+                *filter(None, [answers_section(gate)]), pccp_section(update, base, gate.record if gate else None, rows), model_card_sections(update, evaluation, rows)]
     sources = {f"{name} {file}": run.path / file for name, run in runs.items()
                for file in ("run_config.json", "metrics.json", "checks.json", "delta/delta_config.json")}
     if gate:

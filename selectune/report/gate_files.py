@@ -11,7 +11,7 @@ from selectune.evaluate.records import Evaluation, GateRecord, GateRow, parse_re
 from selectune.report.collect import RunEvidence, read_json
 from selectune.report.privacy import redact
 
-GATE_FILE, EVALUATION_FILE = "gate.json", "evaluation.json"
+GATE_FILE, EVALUATION_FILE, ANSWERS_FILE = "gate.json", "evaluation.json", "answers.json"
 REWRITE = "write it again with `selectune gate`."
 
 
@@ -21,6 +21,7 @@ class GateEvidence:
     record: GateRecord  # gate.json
     evaluation: Evaluation  # evaluation.json
     files: list[Path]
+    answers: dict[str, Any] | None = None  # answers.json: base and update answering the first test prompts (generative tasks)
 
     @property
     def rows(self) -> list[GateRow]:
@@ -67,5 +68,8 @@ def read_gate(path: str | Path, update: RunEvidence) -> GateEvidence:
     if recorded and recorded != update.delta.get("weights_sha256"):
         raise DataError(f"gate folder {path} judged an update whose delta sha256 is {recorded}, but {update.path}'s delta is "
                         f"{update.delta.get('weights_sha256')}; give the gate folder of this update or run `selectune gate` on it.")
-    files = [folder / name for name in (GATE_FILE, EVALUATION_FILE, "criteria.yaml")]
-    return GateEvidence(folder, record, evaluation, [f for f in files if f.is_file()])
+    files = [folder / name for name in (GATE_FILE, EVALUATION_FILE, "criteria.yaml", ANSWERS_FILE)]
+    answers = read_json(folder / ANSWERS_FILE, "selectune gate") if (folder / ANSWERS_FILE).is_file() else None
+    if answers is not None and not (isinstance(answers, dict) and all(isinstance(answers.get(r), list) for r in ("base", "update"))):
+        raise DataError(f"{folder / ANSWERS_FILE} lacks the base and update answers; {REWRITE}")
+    return GateEvidence(folder, record, evaluation, [f for f in files if f.is_file()], answers)

@@ -62,7 +62,8 @@ def task_from_options(*, label_col: str, text_col: str | None = None, feature_co
         found = cls.from_options(**{k: v for k, v in options.items() if k in wanted})
         if found is not None:
             return found
-    raise ValueError(f"--task must be classification or regression (regression only for tabular data), got {task!r}")
+    raise ValueError(f"--task must be classification or regression (regression only for tabular data), or generation (free text with --prompt-col/"
+                     f"--response-col or --text-col), got {task!r}")
 
 
 def task_class_for_model_dir(path: str | os.PathLike) -> type[Task]:
@@ -76,7 +77,7 @@ def task_class_for_model_dir(path: str | os.PathLike) -> type[Task]:
     if claiming:
         return claiming[0]
     raise ModelLoadError(f"{path} holds no model a registered task ({', '.join(TASKS)}) runs on; give a Hugging Face "
-                         "sequence-classification model folder or a tabular model folder written by `selectune train`.")
+                         "sequence-classification or causal-LM model folder, or a tabular model folder written by `selectune train`.")
 
 
 def load_base_model(path: str, n_outputs: int = 2, with_tokenizer: bool = True) -> tuple[type[Task], LoadedModel]:
@@ -88,11 +89,13 @@ def load_base_model(path: str, n_outputs: int = 2, with_tokenizer: bool = True) 
 from selectune.tasks.tabular import TabularClassification, TabularRegression  # noqa: E402
 from selectune.tasks.text_classification import TextClassification  # noqa: E402
 from selectune.tasks.causal_lm import CausalLM  # noqa: E402
+from selectune.tasks.text_generation import TextGeneration  # noqa: E402
 
 register_task(TextClassification)
 register_task(TabularClassification)
 register_task(TabularRegression)
 register_task(CausalLM)
+register_task(TextGeneration)
 
-__all__ = ["TASKS", "Task", "TextClassification", "TabularClassification", "TabularRegression", "CausalLM", "LoadedModel", "Example", "ModelLoadError", "InputError", "InputLimits", "register_task",
+__all__ = ["TASKS", "Task", "TextClassification", "TabularClassification", "TabularRegression", "CausalLM", "TextGeneration", "LoadedModel", "Example", "ModelLoadError", "InputError", "InputLimits", "register_task",
            "get_task", "task_from_metadata", "task_from_options", "task_class_for_model_dir", "load_base_model"]

@@ -180,13 +180,19 @@ class Task(ABC):
         the task has no such metric."""
         return None
 
-    def method_defaults(self, method: str) -> dict[str, Any]:
+    @classmethod
+    def method_defaults(cls, method: str) -> dict[str, Any]:
         """Options of ``method`` this task turns on unless the user sets them (causal-lm: BitFit inserts missing biases)."""
         return {}
 
     def generate_columns(self, model: nn.Module, frame: pd.DataFrame, max_new_tokens: int) -> dict[str, Any]:
         """Columns ``predict`` adds by generating (a causal LM's answers); none by default."""
         return {}
+
+    def answer_samples(self, model: nn.Module, frame: pd.DataFrame) -> list[dict[str, str]] | None:
+        """A fixed few rows of FRAME answered by ``model`` ({"prompt", "answer"} each) for ``gate`` to save and ``report`` to
+        show base and update side by side (a generative task's answers); None where the task has no free answers."""
+        return None
 
     def class_weights(self, label_ids: torch.Tensor, mode: str | None) -> torch.Tensor | None:
         """Loss weights per output for ``mode`` (``balanced``), or None where they do not apply."""
@@ -311,12 +317,28 @@ def quiet_transformers():
 
 def read_model_type(path: str | os.PathLike) -> str | None:
     """``model_type`` of the folder's config.json, or None (no config, unreadable)."""
+    return _read_config(path).get("model_type")
+
+
+def is_causal_lm_dir(path: str | os.PathLike) -> bool:
+    """Whether the folder holds a decoder LM with its LM head (config.json's ``architectures``: LlamaForCausalLM,
+    GPT2LMHeadModel), not a sequence classifier of the same family (LlamaForSequenceClassification): a LLaMA or
+    GPT-2 ``model_type`` alone fits both, so the saved architecture decides which task a folder is for."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    architectures = _read_config(path).get("architectures") or []
+    return bool(architectures) and set(architectures) <= set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+def _read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The folder's config.json as a dict, or {} (no config, unreadable)."""
     import json
 
     config = Path(path) / "config.json"
     if not config.is_file():
-        return None
+        return {}
     try:
-        return json.loads(config.read_text()).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        return None
+        data = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

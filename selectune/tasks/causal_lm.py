@@ -9,6 +9,9 @@ The responses of this session's task come from a fixed label set (a classificati
 of constrained scoring (each label's summed token log-likelihood after the prompt, softmaxed over the labels), so
 accuracy, macro-F1, AUROC, calibration, bootstrap CIs, subgroups and the gate apply as for any classifier. The held-out
 loss (mean NLL per response token) gives the perplexity. ``predict`` also writes a greedy generation per row.
+Free-form responses (no label set) and plain language modelling are the sibling task ``text-generation``
+(``text_generation.py``, ``--task generation``); the user picks one, and a "label set" of more than ``MAX_LABELS``
+responses is refused here with that fix.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ from selectune.tasks.causal_lm_serving import CausalLMServing
 from selectune.tasks.errors import ModelLoadError
 from selectune.tasks.outputs import ClassOutputs
 
+MAX_LABELS = 50  # more distinct responses than this are free text (--task generation), not a label set
+SAMPLE_PROMPTS, SAMPLE_NEW_TOKENS = 5, 32  # the report's base-vs-update answers: the first 5 test prompts, up to 32 greedy tokens
 IGNORE = -100  # cross_entropy's ignore_index: prompt and padding positions carry no loss
 # A chat template for tokenizers without one (the conformance example's BERT tokenizer), in the ChatML shape SmolLM2 uses.
 EXAMPLE_CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} </{{ m['role'] }}> {% endfor %}"
@@ -132,7 +137,15 @@ class CausalLM(CausalLMServing, ClassOutputs, Task):
                                  "Give a local Hugging Face decoder model folder (config.json + weights + tokenizer), or `smollm2`.") from None
         names = {n for n, _ in net.named_parameters()}
         new = sorted(n for n in info.get("missing_keys", []) if n in names)
+        self.check_label_set()
         return LoadedModel(net, new, self.tokenizer)
+
+    def check_label_set(self) -> None:
+        """The responses must be a small label set (each scored per prompt): more than MAX_LABELS distinct ones are free text."""
+        if self.labels is not None and len(self.labels) > MAX_LABELS:
+            raise DataError(f"the training responses (--response-col {self.label_col}) hold {len(self.labels)} distinct values, more "
+                            f"than the {MAX_LABELS} a label set may have (each is scored for every prompt); free-form responses train "
+                            "with --task generation (perplexity, greedy answers; no accuracy).")
 
     def save_model(self, model: nn.Module, out_dir: str | os.PathLike) -> None:
         model.save_pretrained(out_dir)
@@ -151,19 +164,23 @@ class CausalLM(CausalLMServing, ClassOutputs, Task):
         loaded.model.eval()
         return loaded
 
-    def method_defaults(self, method: str) -> dict[str, Any]:
+    @classmethod
+    def method_defaults(cls, method: str) -> dict[str, Any]:
         # A decoder LLM (LLaMA, SmolLM2) has no biases: BitFit inserts zero ones, which merge into plain config flags.
         return {"add_missing_biases": True} if method == "bitfit" else {}
 
     # ---- loss, outputs, metrics ---------------------------------------------------------------
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], class_weights: torch.Tensor | None):
         """(mean NLL per response token, (B, C) label log-likelihoods): the scores only in eval mode, where
-        ``predict`` reads them; training needs the loss alone."""
-        nll, tokens = self.response_nll(model, batch)
-        loss = nll.sum() / tokens.sum().clamp_min(1)
+        ``predict`` reads them; training needs the loss alone. In eval mode each row's response is one of the labels, so
+        its NLL is minus its label's score: one forward gives both."""
         if model.training:
-            return loss, nll.new_zeros(len(nll), 0)
-        return loss, self.forward(model, batch)
+            nll, tokens = self.response_nll(model, batch)
+            return nll.sum() / tokens.sum().clamp_min(1), nll.new_zeros(len(nll), 0)
+        scores = self.forward(model, batch)  # (B, C)
+        nll = -scores.gather(1, batch["labels"].unsqueeze(1)).squeeze(1)  # (B,) summed NLL of each row's response tokens
+        tokens = (batch["lm_targets"] != IGNORE).sum(1)
+        return nll.sum() / tokens.sum().clamp_min(1), scores
 
     @staticmethod
     def response_nll(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,18 +203,44 @@ class CausalLM(CausalLMServing, ClassOutputs, Task):
         return torch.cat(out).numpy()
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, C): summed log-likelihood of each label's tokens (end-of-sequence included) after each prompt."""
-        prompts = [row[:n].tolist() for row, n in zip(batch["prompt_ids"], batch["prompt_lengths"])]
-        device = batch["prompt_ids"].device
+        """(B, C): summed log-likelihood of each label's tokens (end-of-sequence included) after each prompt.
+
+        One forward over the prompts (left-padded, so every row's last position is its last prompt token) fills a KV cache
+        that every label continues from: the cost is about one forward per prompt, not one per label. A label's tokens
+        past ``max_length`` (a prompt close to it) are not scored, as in training."""
+        prompt_ids, mask, positions = self._left_padded(batch)  # (B, P) each
+        # logits_to_keep=1: the LM head runs on the last position only ((B, 1, V), not (B, P, V))
+        out = model(input_ids=prompt_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(out.logits[:, -1].float(), -1)  # (B, V): the distribution of the answer's first token
+        cache = out.cache
+        room = self.max_length - batch["prompt_lengths"].to(prompt_ids.device)  # (B,) answer tokens that fit
         columns = []
         for label_ids in self.response_ids(self.labels):
-            rows = [{"prompt_ids": p, "response_ids": label_ids[: self.max_length - len(p)]} for p in prompts]
-            cand = {k: v.to(device) for k, v in self.collate(rows).items()}
-            logits = model(input_ids=cand["input_ids"], attention_mask=cand["attention_mask"]).logits[:, :-1].float()
-            targets = cand["lm_targets"][:, 1:]  # (B, T-1)
-            token_lp = torch.log_softmax(logits, -1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-            columns.append((token_lp * (targets != IGNORE)).sum(1))
+            label = torch.tensor(label_ids, device=prompt_ids.device)  # (L,)
+            token_lp = first[:, label[0]].unsqueeze(1)  # (B, 1)
+            if len(label_ids) > 1:
+                steps = label[:-1].expand(len(prompt_ids), -1)  # (B, L-1): each fed token predicts the next label token
+                step_mask = torch.cat([mask, torch.ones_like(steps)], 1)
+                step_positions = positions[:, -1:] + 1 + torch.arange(steps.shape[1], device=steps.device)
+                logits = model(input_ids=steps, attention_mask=step_mask, position_ids=step_positions, cache=cache,
+                               use_cache=True).logits.float()  # (B, L-1, V)
+                cache.crop(-steps.shape[1])  # back to the prompts alone for the next label
+                rest = torch.log_softmax(logits, -1).gather(-1, label[1:].expand(len(prompt_ids), -1).unsqueeze(-1)).squeeze(-1)
+                token_lp = torch.cat([token_lp, rest], 1)  # (B, L)
+            scored = torch.arange(len(label_ids), device=room.device) < room.unsqueeze(1)  # (B, L)
+            columns.append((token_lp * scored).sum(1))
         return torch.stack(columns, 1)
+
+    def _left_padded(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's right-padded prompts left-padded: (B, P) ids, attention mask and positions (0 from each row's first token)."""
+        lengths = batch["prompt_lengths"]
+        width = int(lengths.max())
+        ids = torch.full((len(lengths), width), self.pad_id, dtype=batch["prompt_ids"].dtype, device=batch["prompt_ids"].device)
+        mask = torch.zeros_like(ids)
+        for row, n in enumerate(lengths.tolist()):
+            ids[row, width - n:] = batch["prompt_ids"][row, :n]
+            mask[row, width - n:] = 1
+        return ids, mask, (mask.cumsum(1) - 1).clamp_min(0)
 
     def outputs(self, model: nn.Module, logits: torch.Tensor) -> np.ndarray:
         """(N, C) label log-likelihoods -> probabilities over the label set."""
@@ -211,18 +254,30 @@ class CausalLM(CausalLMServing, ClassOutputs, Task):
             raise ValueError("--class-weight does not apply to causal-lm (its loss is per response token); drop it")
         return None
 
+    def generation_prompts(self, frame: pd.DataFrame) -> list[list[int]]:
+        """Token ids each greedy answer continues: the prompts as the model reads them."""
+        return self.prompt_ids(frame[self.prompt_col].astype(str).tolist())
+
     def generate_columns(self, model: nn.Module, frame: pd.DataFrame, max_new_tokens: int) -> dict[str, Any]:
         """``generated``: the greedy answer to each prompt (one row at a time, so no padding can change it)."""
         model.eval()
         answers = []
         with torch.no_grad():
-            for ids in self.prompt_ids(frame[self.prompt_col].astype(str).tolist()):
+            for ids in self.generation_prompts(frame):
                 device = next(model.parameters()).device
                 prompt = torch.tensor([ids], device=device)
                 out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_new_tokens,
                                      do_sample=False, pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id)
                 answers.append(self.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip())
         return {"generated": answers}
+
+    def answer_samples(self, model: nn.Module, frame: pd.DataFrame) -> list[dict[str, str]] | None:
+        """The first ``SAMPLE_PROMPTS`` rows' prompts and greedy answers (up to ``SAMPLE_NEW_TOKENS`` tokens): the same rows
+        for every model, so ``report`` can set base and update side by side."""
+        rows = frame.iloc[:SAMPLE_PROMPTS]
+        answers = self.generate_columns(model, rows, SAMPLE_NEW_TOKENS)
+        prompts = rows[self.input_columns[0]].astype(str).tolist()
+        return [{"prompt": p, "answer": a} for p, a in zip(prompts, next(iter(answers.values())))]
 
     def describe(self) -> dict[str, Any]:
         return {"prompt_col": self.prompt_col, "max_length": self.max_length, "labels": self.labels}
@@ -243,7 +298,7 @@ class CausalLM(CausalLMServing, ClassOutputs, Task):
     @classmethod
     def from_options(cls, *, label_col: str, text_col: str | None, feature_cols: list[str], task: str, max_length: int,
                      prompt_col: str | None = None, response_col: str | None = None) -> "CausalLM | None":
-        if not prompt_col:
+        if not prompt_col or task != "classification":  # --task generation: free-form responses (TextGeneration)
             return None
         return cls(label_col=response_col or label_col, prompt_col=prompt_col, max_length=max_length)
 

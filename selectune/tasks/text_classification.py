@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from selectune.tasks.base import EXAMPLE_REVIEWS, Example, LoadedModel, Task, quiet_transformers, read_model_type, write_example_splits
+from selectune.tasks.base import (EXAMPLE_REVIEWS, Example, LoadedModel, Task, is_causal_lm_dir, quiet_transformers, read_model_type,
+                                  write_example_splits)
 from selectune.tasks.errors import InputLimits, ModelLoadError, check_text
 from selectune.tasks.outputs import ClassOutputs
 
@@ -83,10 +84,12 @@ class TextClassification(ClassOutputs, Task):
     @classmethod
     def claims_model_dir(cls, path: str | os.PathLike) -> bool:
         """A local HF folder of a family with a sequence classifier, or a Hub id (not a local folder): loading says
-        what is wrong with it (offline, not found)."""
+        what is wrong with it (offline, not found). A decoder saved with its LM head (LlamaForCausalLM) is causal-lm's."""
         from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
-        return not Path(path).is_dir() or read_model_type(path) in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+        if not Path(path).is_dir():
+            return True
+        return read_model_type(path) in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES and not is_causal_lm_dir(path)
 
     @classmethod
     def load_base(cls, path: str, n_outputs: int = 2, with_tokenizer: bool = True) -> LoadedModel:
