@@ -319,15 +319,38 @@ def causal_lm_tables(result: dict) -> str:
     return "\n\n".join([head, "\n".join(rows), "\n".join(goals)])
 
 
-def render_causal_lm(path: Path | None = None) -> str:
-    """The causal-LM results and goals, or (before the first run) what to run to get them."""
+CAUSAL_SERVE_COMMAND = "python benchmarks/causal_lm_serve.py"
+CAUSAL_SERVE_NAMES = {"mixed": "mixed batch, 16 BitFit deltas (selectune)", "merged": "merged model alone (same decoder)",
+                      "merged_hf_generate": "merged model alone (HF generate)", "lora_mixed": "PEFT LoRA r=8, 16 adapters (generate)"}
+
+
+def causal_serve_table(result: dict) -> str:
+    """The generation-throughput table and its two goals from one causal_lm_serve.json."""
+    config, load = result["config"], result["machine_load"]["at_start"]
+    head = (f"Mixed-batch generation (`{CAUSAL_SERVE_COMMAND}`): {config['prompts']} drug-review prompts, {config['new_tokens']} greedy "
+            f"tokens each, cycling over {config['deltas']} deltas ({result['synthetic']}); median of {config['rounds']} interleaved rounds, "
+            f"{result['torch_threads']} torch threads, load average {load['load_average']['1min']:.2f} on {load['cores']} cores at the start"
+            + (f" (busy: {load['busy_ok']})" if load.get("busy_ok") else "") + ". Delta 0's mixed rows give the merged model's tokens: "
+            + ("yes." if result["mixed_delta0_tokens_equal_merged"] else "NO."))
+    rows = ["| configuration | tokens/s | vs merged |", "|---|---|---|"]
+    for name, c in result["configurations"].items():
+        rows.append(f"| {CAUSAL_SERVE_NAMES.get(name, name)} | {c['tokens_per_s']:.1f} | {c['ratio_vs_merged']:.2f}× |")
+    goals = ["| goal (issue 16) | met |", "|---|---|"] + [f"| {goal} | {'yes' if met else 'no'} |" for goal, met in result["goals"].items()]
+    return "\n\n".join([head, "\n".join(rows), "\n".join(goals)])
+
+
+def render_causal_lm(path: Path | None = None, serve_path: Path | None = None) -> str:
+    """The causal-LM results and goals, or (before the first run) what to run to get them; then generation serving's."""
     path = path or RESULTS / "causal_lm.json"
+    serve_path = serve_path or RESULTS / "causal_lm_serve.json"
     begin, end = markers("causal-lm-results")
     if not path.is_file():
         body = (f"Not measured yet: `{CAUSAL_LM_COMMAND}` writes benchmarks/results/causal_lm.json (about 30 minutes on an idle 2-core "
                 "CPU), then `python benchmarks/readme_table.py --write` puts its methods and goals tables here.")
     else:
         body = causal_lm_tables(json.loads(path.read_text()))
+    if serve_path.is_file():
+        body += "\n\n" + causal_serve_table(json.loads(serve_path.read_text()))
     return "\n\n".join([begin, body, end])
 
 

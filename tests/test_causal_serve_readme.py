@@ -24,8 +24,8 @@ SECTION = (ROOT / "README.md").read_text().split("## Causal LM", 1)[1].split("\n
 
 
 def serving_block() -> list[str]:
-    """The lines of the section's second bash block (the first trains, evaluates, predicts and merges)."""
-    block = re.findall(r"```bash\n(.*?)```", SECTION, flags=re.S)[1]
+    """The lines of the section's one bash block that serves (the first trains, evaluates, predicts and merges)."""
+    [block] = [b for b in re.findall(r"```bash\n(.*?)```", SECTION, flags=re.S) if "selectune serve " in b]
     return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from benchmarks.causal_lm_serve import LABELS, make_causal_deltas
+from benchmarks.readme_table import causal_serve_table
 from selectune.delta import read_delta
 from selectune.models import merge
 from selectune.serve import ServeConfig, create_app, hash_key
@@ -252,3 +253,9 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_llama(tmp_path):
     assert all(c["tokens_per_s"] > 0 for c in result["configurations"].values())
     assert result["configurations"]["merged"]["ratio_vs_merged"] == 1.0 and "random-valued biases" in result["synthetic"]
     assert result["machine_load"]["at_start"]["busy_ok"] == "test run, not for the README"
+    # The README's table is rendered from this JSON (benchmarks/readme_table.py), each configuration and goal on a row.
+    table = causal_serve_table(result)
+    merged = result["configurations"]["merged"]["tokens_per_s"]
+    assert f"| merged model alone (same decoder) | {merged:.1f} | 1.00× |" in table
+    assert "| PEFT LoRA r=8, 16 adapters (generate) |" in table and "(busy: test run, not for the README)" in table
+    assert table.count("| yes |") + table.count("| no |") == 2 and "merged model's tokens: yes." in table
