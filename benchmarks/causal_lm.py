@@ -1,6 +1,6 @@
 """Causal LM: SmolLM2-135M-Instruct rating drug reviews asked as an instruction, zero-shot vs BitFit vs PEFT.
 
-    python benchmarks/causal_lm.py                    # the whole benchmark (~31 min on an idle 2-core CPU, see below)
+    python benchmarks/causal_lm.py                    # the whole benchmark (20 min on an idle 2-core CPU, estimated 31 below)
     python benchmarks/causal_lm.py --quick --model DIR --busy-ok test   # a tiny random LLaMA folder, seconds (the test)
 
 Task: "Review: <review>\\nIs this drug review positive, neutral or negative? Answer with one word." -> the rating word,
@@ -98,10 +98,10 @@ def instruction_files(work: Path, task: CausalLM, recipe: dict[str, Any]) -> dic
     return {name: str(path) for name, path in files.items()}
 
 
-def run_order() -> list[tuple[str, int]]:
+def run_order(methods: dict[str, float] = METHODS) -> list[tuple[str, int]]:
     """(method, seed) seed-major, so methods alternate: seed 0 of every method, then the extra seeds of BitFit and LoRA."""
-    seeds = sorted({s for method in METHODS for s in SEEDS.get(method, [0])})
-    return [(method, seed) for seed in seeds for method in METHODS if seed in SEEDS.get(method, [0])]
+    seeds = sorted({s for method in methods for s in SEEDS.get(method, [0])})
+    return [(method, seed) for seed in seeds for method in methods if seed in SEEDS.get(method, [0])]
 
 
 def zero_shot(task: CausalLM, model_path: str, splits, y_test: np.ndarray, recipe: dict[str, Any]) -> dict[str, Any]:
@@ -119,19 +119,20 @@ def zero_shot(task: CausalLM, model_path: str, splits, y_test: np.ndarray, recip
             "scoring_seconds": time.perf_counter() - started}
 
 
-def train_all(bench: Bench, resamples: int, runs_dir: Path, progress: bool) -> tuple[list[dict], dict[str, dict]]:
+def train_all(bench: Bench, recipe: dict[str, Any], runs_dir: Path, progress: bool) -> tuple[list[dict], dict[str, dict]]:
     """Every (method, seed) in run order through compare's run function; (run records, per-method summaries)."""
-    contenders = {c.text: c for c in parse_contenders(";".join(METHODS), CausalLM.method_defaults)}
+    methods, resamples = recipe["methods"], recipe["bootstrap_resamples"]
+    contenders = {c.text: c for c in parse_contenders(";".join(methods), CausalLM.method_defaults)}
     runs, outputs = [], {}
-    for method, seed in run_order():
-        record, run_outputs = _run_one(contenders[method], METHODS[method], seed, bench, runs_dir / f"{method}-{seed}".replace(":", "_"))
+    for method, seed in run_order(methods):
+        record, run_outputs = _run_one(contenders[method], methods[method], seed, bench, runs_dir / f"{method}-{seed}".replace(":", "_"))
         runs.append(record)
-        outputs[(method, METHODS[method], seed)] = run_outputs
+        outputs[(method, methods[method], seed)] = run_outputs
         if progress:
             print(f"{method} seed {seed}: test macro-F1 {record['test']['macro_f1']:.3f}, accuracy {record['test']['accuracy']:.3f}, "
                   f"step {record['median_step_seconds']:.2f} s, peak {record['peak_memory_mb']} MB", flush=True)
-    summaries = {method: summarise(contenders[method], METHODS[method], [r for r in runs if r["method"] == method], outputs,
-                                   bench.y["test"], bench.task, RECIPE["metric"], resamples, 0) for method in METHODS}
+    summaries = {method: summarise(contenders[method], methods[method], [r for r in runs if r["method"] == method], outputs,
+                                   bench.y["test"], bench.task, recipe["metric"], resamples, 0) for method in methods}
     return runs, summaries
 
 
@@ -159,17 +160,32 @@ def goals(summaries: dict[str, dict]) -> list[dict[str, Any]]:
     ]
 
 
+def recipe_from(recipe: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``recipe`` with the epochs, training subset and learning rates the command line gives (the JSON records them)."""
+    methods = dict(recipe["methods"])
+    for item in args.lr:
+        method, _, lr = item.partition("=")
+        if method not in methods or not lr:
+            raise SystemExit(f"--lr takes METHOD=LR with METHOD one of {', '.join(methods)}; got {item!r}")
+        methods[method] = float(lr)
+    overrides = {"epochs": args.epochs, "train_per_class": args.train_per_class}
+    return {**recipe, **{k: v for k, v in overrides.items() if v is not None}, "methods": methods}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2", help="base causal LM: smollm2 (default) or a local folder (--quick: a tiny one)")
     parser.add_argument("--quick", action="store_true", help="a few rows of each split and short prompts: checks the script, not a result")
     parser.add_argument("--out", default=str(RESULTS / "causal_lm.json"))
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--epochs", type=int, help=f"epochs of every method (default {RECIPE['epochs']})")
+    parser.add_argument("--train-per-class", type=int, help=f"training reviews per class (default {RECIPE['train_per_class']})")
+    parser.add_argument("--lr", nargs="+", default=[], metavar="METHOD=LR", help=f"learning rates instead of {METHODS}")
     add_load_flags(parser)
     args = parser.parse_args(argv)
     load = check_machine(args)  # before anything is loaded or timed
     torch.manual_seed(0)
-    recipe = QUICK if args.quick else RECIPE
+    recipe = recipe_from(QUICK if args.quick else RECIPE, args)
     work = Path(tempfile.mkdtemp(prefix="causal-lm-bench-"))
     model_path = resolve_model(args.model)
     task = CausalLM(label_col="rating", prompt_col="question", max_length=recipe["max_length"])
@@ -184,9 +200,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     y = {role: task.label_ids(getattr(splits, role)) for role in ("validation", "test")}
     bench = Bench(task, model_path, splits, rows, y, dataclasses.replace(config, lr=None, seed=0), [])
     base = zero_shot(task, model_path, splits, y["test"], recipe)
-    runs, summaries = train_all(bench, recipe["bootstrap_resamples"], work / "runs", args.progress)
+    runs, summaries = train_all(bench, recipe, work / "runs", args.progress)
     add_ratios(summaries)
-    result = {"benchmark": "causal_lm", "model": args.model, "model_path": model_path, "quick": args.quick, "recipe": recipe,
+    command = " ".join(["python benchmarks/causal_lm.py", *(sys.argv[1:] if argv is None else argv)])
+    result = {"benchmark": "causal_lm", "command": command, "model": args.model, "model_path": model_path, "quick": args.quick, "recipe": recipe,
               "data_sha256": data_sha256(files), "sizes": {role: len(getattr(splits, role)) for role in ("train", "validation", "test")},
               "label_counts": {role: getattr(splits, role).rating.value_counts().to_dict() for role in ("train", "validation", "test")},
               "zero_shot": base, "methods": summaries, "goals": goals(summaries),

@@ -295,7 +295,7 @@ def causal_lm_tables(result: dict) -> str:
     """The methods table and the goals table of one causal_lm.json."""
     recipe, sizes = result["recipe"], result["sizes"]
     load = result["machine_load"]["at_start"]
-    head = (f"SmolLM2-135M-Instruct rating drug reviews asked as an instruction (`{CAUSAL_LM_COMMAND}`): {sizes['train']} training "
+    head = (f"SmolLM2-135M-Instruct rating drug reviews asked as an instruction (`{result.get('command', CAUSAL_LM_COMMAND)}`): {sizes['train']} training "
             f"reviews (up to {recipe['train_per_class']} per class), {recipe['epochs']} epoch(s) of batch {recipe['batch_size']}, max "
             f"length {recipe['max_length']}; test accuracy and macro-F1 on all {sizes['test']} test reviews by label scoring, mean over "
             f"seeds with the 95% bootstrap CI of that mean. Step time and peak training memory (optimizer state included: "

@@ -136,3 +136,45 @@ def test_compare_on_a_causal_lm_gets_the_bias_insertion_default_unless_told_othe
     assert bitfit.options["add_missing_biases"] is True and off.options["add_missing_biases"] is False
     assert "add_missing_biases" not in lora.options
     assert parse_contenders("bitfit")[0].options["add_missing_biases"] is False  # other tasks: unchanged
+
+
+def test_serve_generates_for_free_text_deltas_and_refuses_label_scoring(example, tmp_path):
+    """/v1/generate answers a free-form delta as `predict` does, and continues plain text (no chat template) as the
+    delta loaded alone does; /v1/score and /v1/predict, which need a label set, answer 400 naming /v1/generate."""
+    import shutil
+
+    import httpx
+
+    from selectune.serve import ServeConfig, create_app
+    from selectune.serve.in_process import serve_in_thread
+
+    folder, ex = example
+    if not (folder / "run").exists():
+        train(ex.train, validation=ex.validation, test=ex.test, out=str(folder / "run"), epochs=2, seed=0, checkpoint=False,
+              progress=False, **ex.train_options)
+    train(ex.train, validation=ex.validation, out=str(tmp_path / "plain"), epochs=1, seed=0, checkpoint=False, progress=False,
+          model=ex.train_options["model"], text_col="answer", task="generation", max_length=48, batch_size=8)
+    shutil.copytree(folder / "run" / "delta", tmp_path / "deltas" / "free")
+    shutil.copytree(tmp_path / "plain" / "delta", tmp_path / "deltas" / "plain")
+    question = pd.read_csv(ex.test).question.iloc[0]
+    pd.DataFrame({"question": [question]}).to_csv(tmp_path / "q.csv", index=False)
+    expected = pd.read_csv(predict(str(tmp_path / "q.csv"), out=str(tmp_path / "p.csv"), delta=str(folder / "run"), max_new_tokens=4))
+    model, task, _ = load_with_delta(str(tmp_path / "plain" / "delta"))
+    model.eval()
+    ids = task.text_ids(["The patient"])[0]
+    with torch.no_grad():
+        continued = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=4, do_sample=False, pad_token_id=task.pad_id,
+                                   eos_token_id=task.tokenizer.eos_token_id)[0, len(ids):]
+    app = create_app(ServeConfig(base=ex.train_options["model"], deltas=str(tmp_path / "deltas"), max_new_tokens=8))
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        free = client.post("/v1/generate", json={"model": "free", "prompt": question, "max_new_tokens": 4})
+        assert free.status_code == 200, free.text
+        assert free.json()["text"] == ("" if pd.isna(expected.prediction[0]) else expected.prediction[0])
+        plain = client.post("/v1/generate", json={"model": "plain", "prompt": "The patient", "max_new_tokens": 4})
+        assert plain.status_code == 200, plain.text
+        assert plain.json()["token_ids"] == continued.tolist()
+        refused = client.post("/v1/generate", json={"model": "plain", "messages": [{"role": "user", "content": "hi"}]})
+        assert refused.status_code == 422 and "send \"prompt\"" in refused.json()["detail"]
+        for route, body in (("/v1/score", {"model": "free", "prompt": question}), ("/v1/predict", {"model": "free", "inputs": [question]})):
+            answer = client.post(route, json=body)
+            assert answer.status_code == 400 and "ask POST /v1/generate" in answer.json()["detail"], (route, answer.text)

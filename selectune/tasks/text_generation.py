@@ -27,10 +27,11 @@ import torch.nn as nn
 
 from selectune.tasks.base import EXAMPLE_REVIEWS, Example, write_example_splits
 from selectune.tasks.causal_lm import CausalLM
-from selectune.tasks.errors import InputError, InputLimits
+from selectune.tasks.errors import InputError, InputLimits, check_text
 
 TASK_OPTION = "generation"  # the --task value that picks this task
-NOT_SERVED = "text-generation models are not served yet; use `selectune predict`."
+NOT_SERVED = ("text-generation models are not served on /v1/predict or /v1/score (free text has no label set to score): "
+              "ask POST /v1/generate for an answer, or `selectune predict`.")
 
 
 @dataclass
@@ -39,7 +40,8 @@ class TextGeneration(CausalLM):
     metric_family: ClassVar[str] = TASK_OPTION
     outputs_probabilities: ClassVar[bool] = False
     served: ClassVar[bool] = False
-    """Not served: ``/v1/generate`` serves label-set causal LMs first."""
+    """``/v1/predict`` and ``/v1/score`` refuse (no label set to score); ``/v1/generate`` answers as for ``causal-lm``
+    (plain text: the prompt is continued as it is, with no chat template)."""
     label_col: str = "response"
     """The response column (``--response-col``), or with no prompt the text column itself (``--text-col``)."""
     labels: list[str] | None = None
@@ -143,6 +145,19 @@ class TextGeneration(CausalLM):
     @classmethod
     def collate_request(cls, examples: list[dict[str, Any]], processor: Any) -> dict[str, torch.Tensor]:
         raise InputError(NOT_SERVED, 400)
+
+    def encode_scoring(self, prompt: Any, messages: Any, labels: Any, limits: InputLimits) -> tuple[Any, dict[str, Any]]:
+        raise InputError(NOT_SERVED, 400)
+
+    def _prompt(self, prompt: Any, messages: Any, limits: InputLimits) -> list[int]:
+        """A request's prompt ids: as ``causal-lm`` with a prompt column; for plain text the text as training read it
+        (special tokens, no chat template), which the answer continues."""
+        if self.prompt_col:
+            return super()._prompt(prompt, messages, limits)
+        if messages is not None or prompt is None:
+            raise InputError('this model continues plain text (trained with --text-col): send "prompt" (a text), not "messages".')
+        check_text(prompt, "prompt", limits, use="answer")
+        return self.text_ids([prompt])[0]
 
     def describe(self) -> dict[str, Any]:
         return {"prompt_col": self.prompt_col, "text_col": None if self.prompt_col else self.label_col, "max_length": self.max_length}
