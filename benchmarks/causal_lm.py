@@ -164,7 +164,7 @@ def recipe_from(recipe: dict[str, Any], args: argparse.Namespace) -> dict[str, A
     """``recipe`` with the epochs, training subset and learning rates the command line gives (the JSON records them)."""
     methods = dict(recipe["methods"])
     for item in args.lr:
-        method, _, lr = item.partition("=")
+        method, _, lr = item.rpartition("=")  # the last "=": a method may carry options (lora:r=8=3e-4)
         if method not in methods or not lr:
             raise SystemExit(f"--lr takes METHOD=LR with METHOD one of {', '.join(methods)}; got {item!r}")
         methods[method] = float(lr)

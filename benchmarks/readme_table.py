@@ -348,7 +348,9 @@ def render_causal_lm(path: Path | None = None, serve_path: Path | None = None) -
         body = (f"Not measured yet: `{CAUSAL_LM_COMMAND}` writes benchmarks/results/causal_lm.json (about 30 minutes on an idle 2-core "
                 "CPU), then `python benchmarks/readme_table.py --write` puts its methods and goals tables here.")
     else:
-        body = causal_lm_tables(json.loads(path.read_text()))
+        # causal_lm.json, then any other recipe's run (`--out benchmarks/results/causal_lm_<recipe>.json`) after it
+        others = sorted(p for p in path.parent.glob(path.stem + "_*.json") if p.name != serve_path.name)
+        body = "\n\n".join(causal_lm_tables(json.loads(p.read_text())) for p in [path, *others])
     if serve_path.is_file():
         body += "\n\n" + causal_serve_table(json.loads(serve_path.read_text()))
     return "\n\n".join([begin, body, end])

@@ -71,3 +71,18 @@ def test_the_readme_tables_render_from_the_json_and_wait_for_it(quick, tmp_path)
     assert "Not measured yet: `python benchmarks/causal_lm.py`" in render_causal_lm(path)
     path.write_text(json.dumps(quick))
     assert text in render_causal_lm(path)
+
+
+def test_the_recipe_takes_epochs_subset_and_learning_rates_from_the_command_line():
+    import argparse
+
+    from benchmarks.causal_lm import RECIPE, recipe_from
+
+    args = argparse.Namespace(epochs=3, train_per_class=None, lr=["bitfit=1e-3", "lora:r=8=3e-4"])
+    recipe = recipe_from(RECIPE, args)
+    assert recipe["epochs"] == 3 and recipe["train_per_class"] == RECIPE["train_per_class"]
+    assert recipe["methods"]["bitfit"] == 1e-3 and recipe["methods"]["lora:r=8"] == 3e-4
+    assert recipe["methods"]["full"] == RECIPE["methods"]["full"] and RECIPE["methods"]["bitfit"] == 5e-3  # the default is untouched
+    for bad in (["ia3=1e-3"], ["bitfit="]):
+        with pytest.raises(SystemExit, match="--lr takes METHOD=LR"):
+            recipe_from(RECIPE, argparse.Namespace(epochs=None, train_per_class=None, lr=bad))
