@@ -13,13 +13,12 @@ A prompt is a text (put through the chat template as a user turn, as in training
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from selectune.tasks.base import is_causal_lm_dir
 from selectune.tasks.errors import InputError, InputLimits, check_text
 
 IGNORE = -100  # as in causal_lm: positions that carry no score
@@ -142,15 +141,9 @@ class CausalLMServing:
     @classmethod
     def prefers_model_dir(cls, path: Any) -> bool:
         """A folder saved as a causal LM (``architectures`` in its config.json: ``LlamaForCausalLM``, ``GPT2LMHeadModel``,
-        ...): `selectune serve` serves causal-lm deltas on it, though a sequence classifier could be built on it too."""
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-        config = Path(path) / "config.json"
-        try:
-            architectures = json.loads(config.read_text()).get("architectures") or []
-        except (OSError, ValueError, AttributeError):
-            return False
-        return bool(set(architectures) & set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()))
+        ...): `selectune serve` serves causal-lm deltas on it, though a sequence classifier could be built on it too.
+        The same test that keeps text classification from claiming such a folder (``base.is_causal_lm_dir``)."""
+        return is_causal_lm_dir(path)
 
     def limited_to(self, model: nn.Module, processor: Any) -> Any:
         """This task with the base's tokenizer (it encodes requests) and position limit (``max_length`` clamped to it)."""
