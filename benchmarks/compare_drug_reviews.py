@@ -75,7 +75,7 @@ def main() -> None:
     tasks = reusable(out, recipe, data).get("tasks", {})
     for task in args.tasks.split(","):
         train, test, label, note = task_files(task, files, work)
-        result = compare(train, test=test, model="minilm", text_col="review", label_col=label, methods=args.methods,
+        result = compare(train, test=test, model="minilm-cls", text_col="review", label_col=label, methods=args.methods,
                          group_cols="period", out=str(work / f"out-{task}"), progress=False, **RECIPE)
         tasks[task] = {"task": note, "sizes": result["split_protocol"]["sizes"], "majority_baseline": result["majority_baseline"],
                        "methods": result["methods"], "recommendation": result["recommendation"], "runs": result["runs"],

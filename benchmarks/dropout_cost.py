@@ -44,7 +44,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.set_verbosity_error()
     torch.manual_seed(0)
-    path = resolve_model("minilm")
+    path = resolve_model("minilm-cls")
     results = {}
     for setting, overrides in SETTINGS.items():
         models, optimizers = {}, {}
@@ -58,7 +58,7 @@ def main() -> None:
         results[setting] = {"full_step_seconds": med["full"], "bitfit_step_seconds": med["bitfit"],
                             "bitfit_ratio_to_full": med["bitfit"] / med["full"]}
         print(f"{setting}: full {med['full']:.3f} s, bitfit {med['bitfit']:.3f} s, ratio {med['bitfit'] / med['full']:.2f}", flush=True)
-    atomic_write_json(Path(args.out), {"benchmark": "dropout_cost", "model": "minilm", "batch": 32, "length": 128,
+    atomic_write_json(Path(args.out), {"benchmark": "dropout_cost", "model": "minilm-cls", "batch": 32, "length": 128,
                                        "rounds": args.rounds, "torch_threads": torch.get_num_threads(),
                                        "settings": results, "machine_load": finished(load),
                                        "environment": environment()})

@@ -77,7 +77,8 @@ def main() -> None:
     parser.add_argument("--dropouts", default="", help="override dropout grids: bitfit=model,0 (model = the model's own)")
     parser.add_argument("--seeds", default="", help="override seeds: bitfit=0,1,2")
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
-    parser.add_argument("--model", default="minilm", help="base model: minilm (CLS pooler) or minilm-mean (mean pooling, selectune.pooling)")
+    parser.add_argument("--model", default="minilm-cls",
+                        help="base model: minilm-cls (CLS pooler; drug_reviews.json) or minilm-mean (mean pooling, selectune.pooling)")
     parser.add_argument("--rerun", action="store_true", help="repeat runs already in the JSON")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "drug_reviews.json"))
     add_load_flags(parser)
@@ -91,7 +92,7 @@ def main() -> None:
     unknown = [m for m in methods if m not in grid or not grid[m]["lr"]]
     if unknown:
         raise SystemExit(f"no learning-rate grid for {unknown}; give one with --lrs")
-    recipe = {**RECIPE, "epochs": args.epochs, **({"model": args.model} if args.model != "minilm" else {})}
+    recipe = {**RECIPE, "epochs": args.epochs, **({"model": args.model} if args.model != "minilm-cls" else {})}
 
     work = Path(tempfile.mkdtemp(prefix="drug-reviews-"))
     files = export_bundled("drug-reviews", str(work / "data"))
@@ -122,7 +123,7 @@ def one_run(work: Path, files: dict, recipe: dict, method: str, lr: float, dropo
     started = time.perf_counter()
     run_dir = work / f"{method.replace(':', '_').replace('=', '-')}-{lr:g}-dropout{dropout}-seed{seed}"
     recipe = dict(recipe)
-    summary = train(files["train"], test=files["test"], model=recipe.pop("model", "minilm"), method=method, lr=lr, dropout=dropout, text_col="review",
+    summary = train(files["train"], test=files["test"], model=recipe.pop("model", "minilm-cls"), method=method, lr=lr, dropout=dropout, text_col="review",
                     label_col="rating", out=str(run_dir), progress=False, **{**recipe, "seed": seed})
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"method": method, "lr": lr, "dropout": dropout, "seed": seed, "val_macro_f1": summary["best_validation"]["macro_f1"],

@@ -94,7 +94,7 @@ def main() -> None:
     for size in args.sizes.split(","):
         limit = None if size == "all" else int(size)
         epochs = epochs_for(limit or 509)  # all: 599 reviews less the 90 of the validation split
-        result = compare(files["train"], test=files["test"], model="minilm", text_col="review", label_col="rating",
+        result = compare(files["train"], test=files["test"], model="minilm-cls", text_col="review", label_col="rating",
                          methods=args.methods, train_limit=limit, seeds=args.seeds or SEEDS[size], epochs=epochs,
                          batch_size=RECIPE["batch_size"], max_length=RECIPE["max_length"], class_weight=RECIPE["class_weight"],
                          val_fraction=RECIPE["val_fraction"], metric=RECIPE["metric"], out=str(work / f"out-{size}"), progress=False)

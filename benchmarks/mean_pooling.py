@@ -71,7 +71,7 @@ def one_run(files: dict, method: str, seed: int) -> dict:
     splits = load_splits(files["train"], None, files["test"], label_col="rating", text_col="review",
                          val_fraction=RECIPE["val_fraction"], seed=seed)
     task = TextClassification(label_col="rating", labels=splits.labels, text_col="review", max_length=RECIPE["max_length"])
-    path = resolve_model("minilm")
+    path = resolve_model("minilm-cls")
     task.load_model(path)  # sets the tokenizer; the CLS model itself is not used
     torch.manual_seed(seed)
     model = MeanPooledClassifier(path, len(splits.labels))

@@ -20,7 +20,7 @@ from selectune.models import resolve_model
 
 
 def main(out: str) -> None:
-    source, target = Path(resolve_model("minilm")), Path(out)
+    source, target = Path(resolve_model("minilm-cls")), Path(out)
     target.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(source / name, target / name)

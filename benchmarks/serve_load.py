@@ -1,6 +1,6 @@
 """Bounded load test of `selectune serve` on loopback: concurrent clients for a fixed time, then it stops by itself.
 
-The server is the real CLI (`selectune serve --base minilm --deltas DIR --keys FILE`) in its own process, with
+The server is the real CLI (`selectune serve --base minilm-cls --deltas DIR --keys FILE`) in its own process, with
 BitFit deltas (mixed path) and one sparse-mask delta (grouped path), one tenant key each. Each client thread sends
 requests of 1-4 real drug reviews to a random delta with its tenant's key, one at a time, until the time is up.
 Reported: requests, errors (any non-200 answer or failed connection) per tenant, latency p50/p95/p99, examples/s,
@@ -117,10 +117,10 @@ def make_deltas(root: Path, args) -> list[str]:
     outside it); return the names of the well-behaved models."""
     names = [f"site{i:02d}" for i in range(args.deltas)]
     extra = [FLOODER] if args.scenario == "hostile" else []
-    make_perturbed_deltas("minilm", "bitfit", [root / "deltas" / n for n in names + extra], labels=LABELS, seed=0)
-    make_perturbed_deltas("minilm", "random", [root / "deltas" / SPARSE], labels=LABELS, seed=100)
+    make_perturbed_deltas("minilm-cls", "bitfit", [root / "deltas" / n for n in names + extra], labels=LABELS, seed=0)
+    make_perturbed_deltas("minilm-cls", "random", [root / "deltas" / SPARSE], labels=LABELS, seed=100)
     if args.scenario == "hostile":
-        make_perturbed_deltas("minilm", "bitfit", [root / "later" / RELOADED], labels=LABELS, seed=1000)  # new weights
+        make_perturbed_deltas("minilm-cls", "bitfit", [root / "later" / RELOADED], labels=LABELS, seed=1000)  # new weights
         float_indices(root / "deltas" / SPARSE, root / "deltas" / HOSTILE)
         float_indices(root / "deltas" / SPARSE, root / "later" / f"{HOSTILE}-late")
     return names + [SPARSE]
@@ -135,7 +135,7 @@ def start_server(root: Path, plan: Plan, args) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     log = open(root / "server.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "selectune.cli", "serve", "--base", "minilm", "--deltas", str(root / "deltas"),
+        [sys.executable, "-m", "selectune.cli", "serve", "--base", "minilm-cls", "--deltas", str(root / "deltas"),
          "--keys", str(root / "keys.json"), "--port", str(port), "--max-batch-size", str(args.max_batch_size),
          "--max-items", "4", "--max-wait-ms", str(args.max_wait_ms), "--max-in-flight-per-tenant", str(args.in_flight),
          "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -322,7 +322,7 @@ def main(argv=None) -> None:
     extra = "; a flooding tenant, a hostile delta refused at start and hot-loaded mid-load, a hot reload" if args.scenario == "hostile" else ""
     result = {
         "benchmark": "serve_load" if args.scenario == "steady" else "serve_load_hostile",
-        "config": vars(args) | {"model": "minilm (all-MiniLM-L6-v2)", "inputs_per_request": "1-4 drug reviews, uniform",
+        "config": vars(args) | {"model": "minilm-cls (all-MiniLM-L6-v2, CLS pooler)", "inputs_per_request": "1-4 drug reviews, uniform",
                                "models": f"{args.deltas} bitfit (mixed path) + 1 random sparse mask (grouped path), one tenant key each{extra}",
                                "transport": "HTTP/1.1 on loopback, server in its own process (selectune serve), clients as threads"},
         "deltas": SYNTHETIC_NOTE,

@@ -1,6 +1,6 @@
 """Resident memory of `selectune serve` with 1,000 BitFit deltas on MiniLM against the same server with one.
 
-Two real server processes (`selectune serve --base minilm --deltas DIR`), one after the other: the base server with
+Two real server processes (`selectune serve --base minilm-cls --deltas DIR`), one after the other: the base server with
 one BitFit delta, and the one with ``--deltas`` of them (all on the mixed path). Each gets the same request once
 (so both have run a forward pass), then its resident set size is read from /proc/PID/status (VmRSS, and VmHWM, the
 peak). Reported: both, the difference, and the difference per delta.
@@ -57,7 +57,7 @@ def measure_server(deltas_dir: Path, model: str, log: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "selectune.cli", "serve", "--base", "minilm", "--deltas", str(deltas_dir),
+        server = subprocess.Popen([sys.executable, "-m", "selectune.cli", "serve", "--base", "minilm-cls", "--deltas", str(deltas_dir),
                                    "--port", str(port), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -97,7 +97,7 @@ def main(argv=None) -> None:
         root = Path(tmp)
         names = [f"site{i:04d}" for i in range(args.deltas)]
         made = time.perf_counter()
-        make_perturbed_deltas("minilm", "bitfit", [root / "many" / n for n in names], labels=LABELS, seed=0)
+        make_perturbed_deltas("minilm-cls", "bitfit", [root / "many" / n for n in names], labels=LABELS, seed=0)
         write_s = time.perf_counter() - made
         (root / "one").mkdir()
         os.symlink(root / "many" / names[0], root / "one" / names[0])
@@ -107,7 +107,7 @@ def main(argv=None) -> None:
     extra = many["rss_mb"] - one["rss_mb"]
     result = {
         "benchmark": "serve_memory",
-        "config": vars(args) | {"model": "minilm (all-MiniLM-L6-v2)", "method": "bitfit", "labels": LABELS,
+        "config": vars(args) | {"model": "minilm-cls (all-MiniLM-L6-v2, CLS pooler)", "method": "bitfit", "labels": LABELS,
                                "measure": "VmRSS of the server process (/proc/PID/status) after one 2-review request"},
         "deltas": SYNTHETIC_NOTE,
         "delta_files_bytes": delta_bytes,

@@ -51,7 +51,7 @@ def review_batches(tokenizer, batch_size: int, n_batches: int, max_length: int) 
 
 def lora_model(n_adapters: int, r: int):
     """PEFT LoRA (query+value, PEFT's default for BERT) with ``n_adapters`` adapters on a fresh MiniLM base."""
-    base = TextClassification(label_col="rating", labels=LABELS).load_model(resolve_model("minilm")).model.eval()
+    base = TextClassification(label_col="rating", labels=LABELS).load_model(resolve_model("minilm-cls")).model.eval()
     return with_lora_adapters(base, "SEQ_CLS", ["query", "value"], n_adapters, r)
 
 
@@ -96,13 +96,13 @@ def main() -> None:
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         names = [f"site{i:02d}" for i in range(max(DELTA_COUNTS))]
-        make_perturbed_deltas("minilm", "bitfit", [Path(tmp) / n for n in names], labels=LABELS, seed=0, scale=0.05)
-        store = DeltaStore("minilm")
+        make_perturbed_deltas("minilm-cls", "bitfit", [Path(tmp) / n for n in names], labels=LABELS, seed=0, scale=0.05)
+        store = DeltaStore("minilm-cls")
         for name in names:
             store.commit(store.prepare_delta(name, Path(tmp) / name))
         assert {d.serving_path for d in store.deltas.values()} == {"mixed"}
         mixed = store.path("mixed")
-        merged = TextClassification(label_col="rating", labels=LABELS).load_model(resolve_model("minilm")).model.eval()
+        merged = TextClassification(label_col="rating", labels=LABELS).load_model(resolve_model("minilm-cls")).model.eval()
         load_delta(merged, Path(tmp) / names[0])
         # Correctness on the real model: each example of a 16-delta batch against its delta merged alone.
         batches = review_batches(store.tokenizer, args.batch_size, args.batches, args.max_length)
@@ -111,7 +111,7 @@ def main() -> None:
         mixed_logits = mixed.model.forward(check_rows, **batches[0])
         worst = 0.0
         for d in range(16):
-            alone = TextClassification(label_col="rating", labels=LABELS).load_model(resolve_model("minilm")).model.eval()
+            alone = TextClassification(label_col="rating", labels=LABELS).load_model(resolve_model("minilm-cls")).model.eval()
             load_delta(alone, Path(tmp) / names[d])
             with torch.inference_mode():
                 expected = alone(**batches[0]).logits
@@ -153,7 +153,7 @@ def main() -> None:
              "rounds": [round(v, 2) for v in rounds[name]]} for name in configs]
     result = {
         "benchmark": "serve_throughput",
-        "config": vars(args) | {"model": "minilm (all-MiniLM-L6-v2)", "delta_counts": DELTA_COUNTS, "method": "bitfit",
+        "config": vars(args) | {"model": "minilm-cls (all-MiniLM-L6-v2, CLS pooler)", "delta_counts": DELTA_COUNTS, "method": "bitfit",
                                "labels": LABELS, "data": "drug-reviews test reviews, tokenised, padded per batch",
                                "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
         "deltas": SYNTHETIC_NOTE,

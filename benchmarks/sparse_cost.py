@@ -43,7 +43,7 @@ def main() -> None:
     task = TextClassification(label_col="rating", labels=splits.labels, text_col="review", max_length=128)
 
     def fresh():
-        return task.load_model(resolve_model("minilm"))
+        return task.load_model(resolve_model("minilm-cls"))
 
     # selectune's masked training: only the (k,) values of each masked tensor reach the optimizer
     loaded = fresh()  # loads the tokenizer too

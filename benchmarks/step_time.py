@@ -36,7 +36,7 @@ from selectune.tasks import LoadedModel, TextClassification
 METHODS = ["full", "bitfit", "head"]
 
 
-MODEL = "minilm"
+MODEL = "minilm-cls"
 
 
 def load(device: str) -> LoadedModel:

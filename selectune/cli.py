@@ -133,7 +133,7 @@ def methods() -> list[dict[str, Any]]:
 def inspect(model: str, *, method: str = "bitfit", num_labels: int = 2) -> dict[str, Any]:
     """Show what METHOD would train on MODEL, per role, without training.
 
-    model: HF model folder (a decoder saved with its LM head, e.g. LlamaForCausalLM, is read as causal-lm), `minilm`, `smollm2`, or a tabular model folder
+    model: HF model folder (a decoder saved with its LM head, e.g. LlamaForCausalLM, is read as causal-lm), `minilm` (mean pooling) or `minilm-cls` (CLS pooler), `smollm2`, or a tabular model folder
     method: method with options, e.g. bitfit:roles=query+mlp_in
     num_labels: labels for the new classifier head (text models)
     """

@@ -101,8 +101,8 @@ class SplitConfig(_Lists):
 @dataclass
 class ModelConfig(_Lists):
     """The base model, and the shape of what is new on it."""
-    model: str = option(help="base model: a local HF folder, `minilm` (bundled all-MiniLM-L6-v2), `minilm-mean` (the same, read by "
-                             "mean pooling), `smollm2` (bundled SmolLM2-135M-Instruct, causal-lm), `mlp` (new tabular MLP) or a tabular model folder")
+    model: str = option(help="base model: a local HF folder, `minilm` (bundled all-MiniLM-L6-v2, read by mean pooling as it "
+                             "was trained; also `minilm-mean`), `minilm-cls` (the same through its leftover CLS pooler), `smollm2` (bundled SmolLM2-135M-Instruct, causal-lm), `mlp` (new tabular MLP) or a tabular model folder")
     hidden: list[int] = option([64, 64], "hidden layer sizes of a new tabular MLP: 64 64 or 64,64")
     max_length: int = option(128, "max tokens per text")
 

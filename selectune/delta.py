@@ -49,11 +49,12 @@ class DeltaError(ValueError):
 class DeltaFingerprintMismatch(DeltaError):
     """The delta was trained on a different base model than the one it is being applied to."""
 
-    def __init__(self, expected: str, actual: str, path: str):
+    def __init__(self, expected: str, actual: str, path: str, hint: str | None = None):
         self.expected, self.actual = expected, actual
         super().__init__(
             f"delta {path} was trained on base fingerprint {expected}, but this model's fingerprint is {actual}. "
-            "Load the base model the delta was trained on (its path is in delta_config.json), "
+            + (f"{hint[0].upper()}{hint[1:]}. " if hint else "")
+            + "Load the base model the delta was trained on (its path is in delta_config.json), "
             "or pass force=True (CLI: --force) to apply it anyway."
         )
 

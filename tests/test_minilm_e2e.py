@@ -30,7 +30,7 @@ def run(tmp_path_factory):
 def test_bitfit_run_writes_delta_metrics_and_config(run):
     metrics = json.loads((run / "run" / "metrics.json").read_text())
     assert metrics["method"] == "bitfit" and metrics["test"]["n"] == 48
-    assert metrics["trainable_parameters"] == 24_963
+    assert metrics["trainable_parameters"] == 28_803  # 24,963 of MiniLM + 3,840 of the appended mean-pooling layer
     assert metrics["majority_baseline"]["n"] == 48
     tensors, config = read_delta(run / "run" / "delta")
     assert {"classifier.weight", "classifier.bias", "bert.pooler.dense.bias"} <= set(tensors)
@@ -69,8 +69,12 @@ def test_inspect_and_methods_cli(capsys):
     assert main(["inspect", "minilm", "--method", "bitfit:roles=query+mlp_in", "--num-labels", "3"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
-    assert rows["query"][1:3] == ["6", "2304"] and rows["mlp_in"][1:3] == ["6", "9216"]  # 6 layers x 384 / 1536 biases
-    assert rows["value"][2] == "0" and rows["all"][2] == str(2304 + 9216 + 1155)  # + the new 3-way classifier
+    # `minilm` is read by mean pooling: MiniLM's 6 layers + the appended pooling layer, x 384 / 1536 biases
+    assert rows["query"][1:3] == ["7", "2688"] and rows["mlp_in"][1:3] == ["7", "10752"]
+    assert rows["value"][2] == "0" and rows["all"][2] == str(2688 + 10752 + 1155)  # + the new 3-way classifier
+    assert main(["inspect", "minilm-cls", "--method", "bitfit:roles=query+mlp_in", "--num-labels", "3"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.split()}
+    assert rows["query"][1:3] == ["6", "2304"] and rows["mlp_in"][1:3] == ["6", "9216"]  # the CLS reading: MiniLM as shipped
     assert "classifier.weight" in out  # new parameters always train
     assert main(["methods"]) == 0
     out = capsys.readouterr().out

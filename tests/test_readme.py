@@ -61,14 +61,18 @@ def test_main_job_trains_bitfit_with_the_benchmarks_chosen_setting():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from drug_reviews import RECIPE
 
-    bench = json.loads((ROOT / "benchmarks" / "results" / "drug_reviews.json").read_text())
+    bench = json.loads((ROOT / "benchmarks" / "results" / "drug_reviews_mean_pooling.json").read_text())
     chosen = bench["chosen"]["bitfit"]
+    assert bench["grid"]["bitfit"]["seeds"][0] == 0 and chosen["test_macro_f1"] == chosen["test_macro_f1_by_seed"][0]
     script = (ROOT / "scripts" / "main-job.sh").read_text().replace("\\\n", " ")
     common = shlex.split(re.search(r"common=\((.*?)\)", script, flags=re.S).group(1))
     line = next(ln for ln in script.splitlines() if ln.startswith("selectune train") and "--method bitfit" in ln)
     argv = common + shlex.split(line)[2:]
     args = build_parser().parse_args(["train", *[a for a in argv if a != "${common[@]}"]])
-    assert bench["recipe"] == RECIPE
+    assert bench["recipe"] == {**RECIPE, "model": "minilm-mean"}
+    from selectune.models import DERIVED_MODELS
+
+    assert args.model == "minilm" and DERIVED_MODELS["minilm"] == DERIVED_MODELS["minilm-mean"]  # one folder, two names
     assert (args.epochs, args.batch_size, args.max_length, args.class_weight, args.seed, args.val_fraction, args.warmup_ratio) == (
         RECIPE["epochs"], RECIPE["batch_size"], RECIPE["max_length"], RECIPE["class_weight"], RECIPE["seed"], RECIPE["val_fraction"],
         RECIPE["warmup_ratio"])

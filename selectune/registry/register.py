@@ -16,7 +16,7 @@ import torch.nn as nn
 from selectune.delta import DELTA_CONFIG, read_delta, save_delta
 from selectune.evaluate.records import GateRecord, parse_record
 from selectune.fingerprint import base_fingerprint, file_sha256
-from selectune.models import BUNDLED_MODELS, TASK_FILE, load_with_delta, resolve_model
+from selectune.models import BUNDLED_MODELS, DERIVED_MODELS, TASK_FILE, load_with_delta, resolve_model
 from selectune.refs import resolve_trained_model
 from selectune.registry.store import IN_REGISTRY, Registry, RegistryError, Version
 from selectune.selection import Selection
@@ -75,7 +75,7 @@ def run_evidence(run: Path | None) -> dict[str, Any]:
 
 def _base_reference(registry: Registry, base: str) -> str:
     """The base as the registry records it: a bundled name, ``@registry/...`` inside it, else an absolute path."""
-    if base in BUNDLED_MODELS:
+    if base in BUNDLED_MODELS or base in DERIVED_MODELS:
         return base
     path = Path(base).resolve()
     if not path.exists():

@@ -10,7 +10,7 @@ from selectune.report.plots import history_figure
 from selectune.report.privacy import redact
 
 # Bundled short names -> the Hugging Face Hub id of the weights they contain (for `base_model`).
-HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+HUB_IDS = {name: "sentence-transformers/all-MiniLM-L6-v2" for name in ("minilm", "minilm-mean", "minilm-cls")}
 HYPERPARAMETERS = ("lr", "new_lr", "epochs", "batch_size", "grad_accum", "weight_decay", "warmup_ratio", "class_weight",
                    "metric", "patience", "keep_best", "mixed_precision", "seed")
 

@@ -93,7 +93,10 @@ async def answer_or_drop(future: Future, request: Request, timeout_s: float) -> 
         left.cancel()
     if answer in done:
         return answer.result()
-    answer.cancel()  # cancels ``future`` too (wrap_future chains them)
+    # Cancel the batcher's future here, synchronously: wrap_future would only pass the cancel on at the loop's next
+    # turn, and by then the 504 may be out and the batcher may have taken the job (it ran once in CI).
+    future.cancel()
+    answer.cancel()
     if left in done:
         raise RequestDropped("disconnected", "the client closed the connection before its answer")
     raise RequestDropped("deadline", f"no answer within the {timeout_s:g} s request deadline; the server is busy, retry later")

@@ -68,7 +68,7 @@ class ServeLimits(_Lists):
 class ServeConfig(ServeLimits):
     """What ``create_app`` serves: the base, its deltas and key file, and the limits (``ServeLimits``: the flags)."""
     base: str
-    """Base model: `minilm`, an HF model folder, or a selectune tabular model folder."""
+    """Base model: `minilm` (or `minilm-cls`), an HF model folder, or a selectune tabular model folder."""
     deltas: str
     """Folder with one sub-folder per delta (its name is the model name clients send)."""
     keys: str | None = None
@@ -516,7 +516,7 @@ def serve(*, base: str, deltas: str, keys: str | None = None, host: str = "127.0
           limits: ServeLimits = ServeLimits(), insecure_no_auth: bool = False, log_level: str = "info", **settings: Any) -> None:
     """Serve many deltas of one base over HTTP, mixing requests for different deltas in one batch.
 
-    base: base model: `minilm`, an HF model folder, or a selectune tabular model folder
+    base: base model: `minilm` (or `minilm-cls`), an HF model folder, or a selectune tabular model folder
     deltas: folder with one sub-folder per delta (delta_config.json + delta.safetensors, or a train run with delta/; the sub-folder name is the model name), a `selectune registry` folder (each name's production version), or NAME=MODEL,... with each MODEL a `selectune train --out` folder, its delta/ folder or a registry reference NAME@VERSION (REGISTRY_DIR/NAME@VERSION)
     keys: JSON key file mapping sha256 hashes of API keys to tenants and deltas (see README); without it model routes are open and admin routes are off
     host: address to listen on; without --keys only a loopback address (127.0.0.1, ::1, localhost) unless --insecure-no-auth

@@ -311,7 +311,7 @@ class CausalLM(CausalLMServing, ClassOutputs, Task):
         from selectune.models import resolve_model
 
         torch.manual_seed(seed)
-        tok = AutoTokenizer.from_pretrained(resolve_model("minilm"))
+        tok = AutoTokenizer.from_pretrained(resolve_model("minilm-cls"))
         tok.chat_template, tok.eos_token = EXAMPLE_CHAT_TEMPLATE, tok.sep_token
         config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                              intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=True,

@@ -147,7 +147,7 @@ class TextClassification(ClassOutputs, Task):
         from selectune.models import resolve_model
 
         torch.manual_seed(seed)
-        tok = AutoTokenizer.from_pretrained(resolve_model("minilm"))
+        tok = AutoTokenizer.from_pretrained(resolve_model("minilm-cls"))
         config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                             intermediate_size=64, max_position_embeddings=128)
         BertModel(config).save_pretrained(folder / "base")
