@@ -74,3 +74,32 @@ def test_only_bert_gets_a_mean_pooling_layer(tmp_path):
     with pytest.raises(ValueError, match="built for BERT models"):
         add_mean_pooling_layer(str(tmp_path / "gpt2"), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_minilm_names_the_mean_reading_and_a_cls_delta_is_refused_on_it_with_the_other_name(tmp_path, capsys):
+    """`minilm` is the mean-pooled reading since 0.2; a delta trained on the CLS reading (what `minilm` named before)
+    still loads from the base it recorded, and on `--model minilm` the fingerprint check names `minilm-cls`."""
+    from selectune.delta import DeltaFingerprintMismatch, save_delta
+    from selectune import select
+    from selectune.models import load_with_delta
+    from selectune.tasks import TextClassification
+
+    assert resolve_model("minilm") == resolve_model("minilm-mean") != resolve_model("minilm-cls")
+    task = TextClassification(text_col="review", label_col="rating", labels=["negative", "neutral", "positive"])
+    cls_path = resolve_model("minilm-cls")
+    loaded = task.load_model(cls_path)
+    selection = select(loaded.model, "bitfit", new_parameters=loaded.new_parameters)
+    with torch.no_grad():
+        loaded.model.classifier.bias.add_(1.0)  # something trained
+    delta = tmp_path / "cls-delta"
+    save_delta(loaded.model, selection, delta, metadata={"task": task.metadata(), "base_model": cls_path})
+    model, _, _ = load_with_delta(str(delta))  # the recorded base: the package's folder, the CLS reading
+    assert model.bert.config.num_hidden_layers == 6
+    with pytest.raises(DeltaFingerprintMismatch, match="try --model minilm-cls"):
+        load_with_delta(str(delta), model="minilm")
+    texts = tmp_path / "t.csv"
+    texts.write_text("review\nworked well\n")
+    assert main(["predict", str(texts), "--delta", str(delta), "--model", "minilm", "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "minilm-cls" in err and "Traceback" not in err and not (tmp_path / "p.csv").exists()
+    assert main(["predict", str(texts), "--delta", str(delta), "--model", "minilm-cls", "--out", str(tmp_path / "p.csv")]) == 0
