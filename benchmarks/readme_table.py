@@ -8,10 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))  # `python benchmarks/readme_table.py`: this repo's benchmarks package
+
+from benchmarks.recipe_goals import METHODS, TASKS, goals  # noqa: E402  (the recipe's goals, one place)
 BEGIN, END = "<!-- results:begin (benchmarks/readme_table.py) -->", "<!-- results:end -->"
 
 
@@ -357,28 +361,18 @@ def render_causal_lm(path: Path | None = None, serve_path: Path | None = None) -
 
 
 RECIPE_COMMAND = "python benchmarks/recipe.py"
-RECIPE_METHODS = ("bitfit", "full", "head", "random:budget=0.005", "lora:r=8", "beft", "ia3")  # benchmarks/recipe.py's seven
-RECIPE_TASKS = ("rating", "condition")
 
 
 def recipe_goals(result: dict | None) -> list[tuple[str, str, str]]:
-    """Issue 14's goals on both tasks as (goal, measured, met): each one the issue names, measured or not (yet)."""
-    tasks = (result or {}).get("tasks", {})
+    """Issue 14's goals on both tasks as (goal, measured, met), from benchmarks/recipe_goals.py: every goal the issue
+    names, measured or not (yet)."""
     seeds = len((result or {}).get("recipe", {}).get("seeds", [0] * 5))
     rows = []
-    for name in RECIPE_TASKS:
-        differences = tasks.get(name, {}).get("bitfit_minus", {})
-        wanted = [(rival, f"BitFit >= {rival}", 0.0) for rival in ("lora:r=8", "beft", "ia3")]
-        allowed = 0.02 if name == "condition" else 0.03
-        wanted.append(("full", f"BitFit within {100 * allowed:.0f} points of full fine-tuning", -allowed))
-        for rival, goal, floor in wanted:
-            if rival not in differences:
-                rows.append((f"{name}: {goal}", "not measured yet", "–"))
-                continue
-            d = differences[rival]["macro_f1"]
-            rows.append((f"{name}: {goal} ({seeds}-seed mean macro-F1)",
-                         f"BitFit − {rival} {100 * d['value']:+.1f} pt [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]",
-                         "yes" if d["value"] >= floor else "no"))
+    for g in goals((result or {}).get("tasks", {}), seeds):
+        d = g["difference"]
+        measured = "not measured yet" if d is None else (f"BitFit − {g['rival']} {100 * d['value']:+.1f} pt "
+                                                        f"[{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]")
+        rows.append((f"{g['task']}: {g['goal']}", measured, {None: "–", True: "yes", False: "no"}[g["met"]]))
     return rows
 
 
@@ -393,7 +387,7 @@ def recipe_tables(result: dict) -> str:
              f"{r['batch_size']}, max length {r['max_length']}, class weight {r['class_weight']}. Test macro-F1 is the mean over "
              f"seeds with its 95% bootstrap CI over test rows; BitFit − method is a paired bootstrap of the seed means on the "
              f"same resampled rows ({r['bootstrap']} resamples) (`{RECIPE_COMMAND}`)."]
-    for name in RECIPE_TASKS:
+    for name in TASKS:
         task = result["tasks"].get(name)
         if not task:
             parts.append(f"Drug reviews, {name}: not measured yet.")
@@ -404,7 +398,7 @@ def recipe_tables(result: dict) -> str:
                  f"majority class {first['majority_baseline']['macro_f1']:.3f} test macro-F1.", "",
                  "| method | lr | epochs | dropout | CV macro-F1 (folds) | test macro-F1 [95% CI] | each seed | BitFit − method [95% CI] | trainable % |",
                  "|---|---|---|---|---|---|---|---|---|"]
-        for method in [m for m in RECIPE_METHODS if m in methods] + sorted(set(methods) - set(RECIPE_METHODS)):
+        for method in [m for m in METHODS if m in methods] + sorted(set(methods) - set(METHODS)):
             row, f1 = methods[method], methods[method]["test"]["macro_f1"]
             folds = ", ".join(f"{v:.3f}" for v in row["cv"]["folds"])
             d = minus.get(method, {}).get("macro_f1")
@@ -413,7 +407,7 @@ def recipe_tables(result: dict) -> str:
             lines.append(f"| {method} | {row['setting']['lr']:g} | {row['setting']['epochs']} | {dropout_text(row['setting']['dropout'])} | "
                          f"{row['cv']['mean']:.3f} ({folds}) | {f1['mean']:.3f} [{f1['ci_low']:.3f}, {f1['ci_high']:.3f}] | {seeds} | "
                          f"{paired} | {row['trainable_percent']:.3f} |")
-        missing = [m for m in RECIPE_METHODS if m not in methods]
+        missing = [m for m in METHODS if m not in methods]
         if missing:
             lines += ["", f"Not measured yet on {name}: {', '.join(missing)}."]
         parts.append("\n".join(lines))

@@ -44,17 +44,15 @@ from selectune.io import atomic_write_json
 from selectune.train.run import environment
 
 from compare_drug_reviews import task_files as drug_review_task  # benchmarks/, beside this script
+from recipe_goals import BITFIT, METHODS, TASKS, goals
 from reuse import data_sha256, reusable
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = "full,bitfit,head,random:budget=0.005,lora:r=8,beft,ia3"
 RECIPE = {"model": "minilm-mean", "cv": 3, "grid": ["dropout=0"], "seeds": [0, 1, 2, 3, 4], "batch_size": 16, "max_length": 128,
           "class_weight": "balanced", "warmup_ratio": 0.1, "metric": "macro_f1", "new_lr": 1e-2, "bootstrap": 2000}
 # --quick: the plumbing on tiny sizes (a test runs it with a tiny model)
 QUICK = {**RECIPE, "cv": 2, "grid": ["epochs=1", "dropout=0"], "seeds": [0, 1], "max_length": 24, "bootstrap": 200}
 QUICK_ROWS = {"train": 8, "test": 4}  # per class
-BITFIT = "bitfit"
-PEFT_RIVALS = ("lora:r=8", "beft", "ia3")
 
 
 def task_files(task: str, files: dict[str, str], work: Path, quick: bool) -> tuple[str, str, str, str]:
@@ -100,29 +98,10 @@ def paired(methods: dict[str, dict], recipe: dict) -> dict:
                                         resamples=recipe["bootstrap"], seed=0)
 
 
-def goals(tasks: dict[str, dict], seeds: int) -> list[dict]:
-    """The issue's goals as measured (``met``: True or False), with the paired difference behind each."""
-    rows = []
-    for name, task in tasks.items():
-        methods, differences = task["methods"], task["bitfit_minus"]
-        for rival in PEFT_RIVALS:
-            if rival in differences:
-                d = differences[rival]["macro_f1"]
-                rows.append({"task": name, "goal": f"BitFit >= {rival} ({seeds}-seed mean macro-F1)", "met": d["value"] >= 0,
-                             "difference": d})
-        allowed = 0.02 if name == "condition" else 0.03
-        if "full" in differences:
-            d = differences["full"]["macro_f1"]
-            rows.append({"task": name, "goal": f"BitFit within {100 * allowed:.0f} points of full fine-tuning",
-                         "met": d["value"] >= -allowed, "difference": d, "bitfit": methods[BITFIT]["test"]["macro_f1"],
-                         "full": methods["full"]["test"]["macro_f1"]})
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="rating,condition")
-    parser.add_argument("--methods", default=METHODS, help="comma-separated; `;` between methods when an option has commas")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated; `;` between methods when an option has commas")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (3 classes, a few rows, 2 folds, 1 epoch, 2 seeds)")
     parser.add_argument("--model", default=None, help="base model (default: minilm-mean; a test passes a tiny one with --quick)")
     parser.add_argument("--out", default=str(RESULTS / "recipe.json"))

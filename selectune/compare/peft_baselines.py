@@ -13,6 +13,7 @@ its weight too). The fresh classifier keeps its own ``--new-lr`` inside the wrap
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -138,7 +139,11 @@ def wrap_with_peft(model: nn.Module, name: str, options: dict[str, Any], new_par
     targets = _names(resolved.get("targets", "")) or default_targets(model, roles)
     task_type = "SEQ_CLS" if isinstance(model, PreTrainedModel) else None
     config = baseline.make_config(resolved, targets, keep or None, task_type)
-    wrapped = get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` while wrapping: a note between the two
+        # libraries that the user can do nothing about, printed once per run (dozens of times in `tune`)
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        wrapped = get_peft_model(model, config)
     wrapped_new = sorted(n for n, p in wrapped.named_parameters() if p.requires_grad and original_name(n) in new)
     # PEFT keeps module lists as sets; JSON (and a reader) wants them sorted.
     as_dict = {k: sorted(v) if isinstance(v, set) else v for k, v in config.to_dict().items()}
