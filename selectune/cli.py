@@ -165,20 +165,20 @@ def data(name: str, out: str) -> dict[str, str]:
     return export_bundled(name, out)
 
 
-def summary(runs: list[str], *, reference: str | None = None) -> dict[str, Any]:
+def summary(runs: list[str], *, reference: str | None = None, reference_task: str | None = None) -> dict[str, Any]:
     """Compare the test metrics of training RUNS side by side, with the majority-class floor; say so when BitFit is not the best.
 
     runs: output folders of `selectune train`
-    reference: a benchmark JSON (benchmarks/results/*.json) whose chosen run per method is added as a row
+    reference: a benchmark JSON whose rows are added: benchmarks/results/recipe.json (per task: settings by cross-validation, 5-seed means with CIs) or another benchmark's `chosen` rows
+    reference_task: the task of a multi-task reference (recipe.json: rating or condition); default: the runs' label column
     """
     from pathlib import Path
 
-    from selectune.compare.recommend import reference_recommendation
-
-    def dropout(value: float | None) -> str:  # None: the model's own dropout
-        return "model" if value is None else f"{value:g}"
+    from selectune.compare.reference import dropout_text, read_reference
 
     rows: list[dict[str, Any]] = []
+    mine: list[dict[str, Any]] = []  # what a run must match to reproduce a reference row
+    label_col = None
     for run in runs:
         path = Path(run) / "metrics.json"
         if not path.is_file():
@@ -188,39 +188,50 @@ def summary(runs: list[str], *, reference: str | None = None) -> dict[str, Any]:
             rows.append({"model": "majority class", "source": "train labels", **m["majority_baseline"]})
         delta = Path(run) / "delta" / "delta.safetensors"
         tc = m["config"]["train_config"]
+        label_col = label_col or m["config"].get("label_col")
         rows.append({"model": m["method"], "source": run, **(m.get("test") or {}), "epochs": tc["epochs"], "lr": f"{tc['lr']:g}",
-                     "dropout": dropout(tc.get("dropout")),
+                     "dropout": dropout_text(tc.get("dropout")),
                      "trainable %": f"{m['trainable_percent']:.3f}",
                      "delta KB": f"{delta.stat().st_size / 1000:.0f}", "train s": f"{m['train_seconds']:.0f}"})
-    if reference:
-        ref = json.loads(Path(reference).read_text())
-        for method, r in ref.get("chosen", {}).items():  # rows of methods run above too: the same recipe reproduces them
-            rows.append({"model": method, "source": Path(reference).name, "accuracy": r["test_accuracy"], "macro_f1": r["test_macro_f1"],
-                         "epochs": ref.get("recipe", {}).get("epochs", ""), "lr": f"{r['lr']:g}",
-                         "dropout": dropout(r.get("dropout")),
-                         "trainable %": f"{r['trainable_percent']:.3f}", "delta KB": f"{r['delta_bytes'] / 1000:.0f}"})
-    advice = reference_recommendation(json.loads(Path(reference).read_text())) if reference else None
-    return {"rows": rows, "notes": flagship_notes(rows, advice), "reference_recommendation": advice}
+        mine.append({"method": m["method"], "source": run, "train_config": tc, "max_length": m["config"].get("max_length"),
+                     "validation_rows": m.get("split_protocol", {}).get("sizes", {}).get("validation"),
+                     "macro_f1": (m.get("test") or {}).get("macro_f1")})
+    ref = read_reference(reference, reference_task, default_task=label_col) if reference else None
+    rows += ref.rows if ref else []
+    return {"rows": rows, "notes": flagship_notes(rows, ref.recommendation if ref else None, ref, mine),
+            "reference_recommendation": ref.recommendation if ref else None}
 
 
-def flagship_notes(rows: list[dict[str, Any]], advice: dict[str, Any] | None) -> list[str]:
-    """A line when BitFit is not the best row by test macro-F1 (RMSE for regression), and what compare recommends."""
+def flagship_notes(rows: list[dict[str, Any]], advice: dict[str, Any] | None, reference=None,
+                   runs: list[dict[str, Any]] = ()) -> list[str]:
+    """A line when BitFit is not the best row by test macro-F1 (RMSE for regression), and what compare recommends.
+
+    With a reference of seed means (recipe.json), BitFit is judged among the reference rows (a mean over five seeds
+    is not compared with one run), with the paired CI of the difference; and each run that has a reference row's
+    setting is checked against that row's seed.
+    """
+    from selectune.compare.reference import paired_text, recommendation_text, reproduction_notes
     from selectune.evaluate.metrics import HIGHER_IS_BETTER
 
     scored = [r for r in rows if r["source"] != "train labels"]
+    if reference is not None and reference.seed_means:
+        scored = reference.rows
+    notes = reproduction_notes(list(runs), reference) if reference is not None else []
     metric = next((m for m in ("macro_f1", "rmse") if any(isinstance(r.get(m), float) for r in scored)), None)
     bitfit = [r for r in scored if r["model"] == "bitfit" and isinstance(r.get(metric), float)]
     if metric is None or not bitfit:
-        return []
+        return notes
     sign = 1 if HIGHER_IS_BETTER.get(metric, True) else -1
     best = max((r for r in scored if isinstance(r.get(metric), float)), key=lambda r: sign * r[metric])
     if best["model"] == "bitfit":
-        return []
+        return notes
     mine = max(bitfit, key=lambda r: sign * r[metric])
-    notes = [f"BitFit is not the best here: {best['model']} ({best['source']}, {best['epochs']} epochs) has test {metric} "
-             f"{best[metric]:.3f}, BitFit {mine[metric]:.3f} ({mine['source']}, {mine['epochs']} epochs)."]
+    paired = paired_text(reference, best["model"], metric) if reference is not None else ""
+    notes.insert(0, f"BitFit is not the best here: {best['model']} ({best['source']}, {best['epochs']} epochs) has test {metric} "
+                    f"{best[metric]:.3f}, BitFit {mine[metric]:.3f} ({mine['source']}, {mine['epochs']} epochs)"
+                    + (f"; {paired}." if paired else "."))
     if advice:
-        notes.append(f"selectune compare on the reference rows would recommend {advice['recommended']}: {advice['reasoning']}")
+        notes.insert(1, recommendation_text(advice))
     return notes
 
 
@@ -249,8 +260,9 @@ def render_inspect(result: dict[str, Any]) -> str:
 
 def render_summary(result: dict[str, Any]) -> str:
     """The table (its `epochs` column: each row's epoch budget), then a blank line and the notes, if any."""
-    text = table(result["rows"], ["model", "accuracy", "macro_f1", "auroc", "epochs", "lr", "dropout", "trainable %", "delta KB",
-                                  "train s", "source"])
+    columns = ["model", "accuracy", "macro_f1", "95% CI", "auroc", "epochs", "lr", "dropout", "trainable %", "delta KB", "train s",
+               "source"]
+    text = table(result["rows"], [c for c in columns if any(r.get(c) not in (None, "") for r in result["rows"])])
     return "\n".join([text, "", *result["notes"]]) if result["notes"] else text
 
 

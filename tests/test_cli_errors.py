@@ -228,6 +228,25 @@ def test_model_folder_does_not_exist(setup, capsys):
     fails(capsys, setup.argv(setup.write(), model=str(folder)), setup.out, *expected)
 
 
+def test_val_fraction_out_of_range_and_patience_without_validation(setup, capsys):
+    fails(capsys, setup.argv(setup.write(), "--val-fraction", "-0.1"), setup.out, "--val-fraction must be between 0 and 1",
+          "0 to train on every row")
+    fails(capsys, setup.argv(setup.write(), "--val-fraction", "0", "--patience", "2"), setup.out, "--patience",
+          "--val-fraction 0 holds out no validation rows", "drop --patience")
+
+
+def test_compare_without_validation_rows_needs_cv(text, capsys):
+    argv = ["compare", text.write(), "--test", text.write(name="test.csv"), "--model", text.model, "--text-col", "text",
+            "--methods", "bitfit", "--val-fraction", "0", "--out", text.tmp / "cmp"]
+    fails(capsys, argv, text.tmp / "cmp", "chooses each method's learning rate on validation rows", "--cv K")
+
+
+def test_update_without_validation_rows_is_refused_before_anything_is_read(tmp_path, capsys):
+    argv = ["update", "--from", "risk@1", "--data", tmp_path / "new.csv", "--registry", tmp_path / "registry", "--val-fraction", "0",
+            "--out", tmp_path / "u"]
+    fails(capsys, argv, tmp_path / "u", "its gate chooses thresholds on them", "--val-fraction above 0 or a --validation FILE")
+
+
 # ---------------------------------------------------------------- evaluate / predict / merge
 
 @pytest.fixture(scope="module")

@@ -319,7 +319,18 @@ def test_empty_and_non_string_text(tmp_path):
 
 def test_empty_split_suggests_fraction(tmp_path):
     expect_error(tmp_path, text_frame(10), "--val-fraction", "empty", val_fraction=0.999)
-    expect_error(tmp_path, text_frame(10), "--val-fraction", val_fraction=0.0)
+    expect_error(tmp_path, text_frame(10), "--val-fraction", "0 to train on every row", val_fraction=-0.1)
+    expect_error(tmp_path, text_frame(10), "--val-fraction", val_fraction=1.0)
+
+
+def test_val_fraction_zero_keeps_every_row_for_training(tmp_path):
+    frame = text_frame(40)
+    train = write_csv(tmp_path, frame)
+    s = load_splits(train, label_col="label", text_col="text", val_fraction=0, test_fraction=0.25, seed=3)
+    assert s.validation is None and len(s.train) == 30 and len(s.test) == 10
+    assert s.protocol["val_fraction"] == 0 and s.protocol["sizes"]["validation"] == 0 and "validation" not in s.source_rows
+    whole = load_splits(train, label_col="label", text_col="text", val_fraction=0)
+    assert list(whole.train["text"]) == list(frame["text"]) and whole.test is None  # every row, in file order
 
 
 # ---------------------------------------------------------------- bundled data

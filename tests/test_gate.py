@@ -237,6 +237,15 @@ def test_validation_split_is_not_rebuilt_from_a_changed_training_file(runs, tmp_
     fails(capsys, gate_argv(runs, tmp_path / "run", out), out, "new.csv", "changed since training", "--validation FILE")
 
 
+def test_a_run_without_validation_rows_needs_a_validation_file(runs, tmp_path, capsys):
+    data = tmp_path / "new.csv"
+    runs["frame"].iloc[250:419].to_csv(data, index=False)
+    train([data, "--model", runs["root"] / "base" / "model", "--out", tmp_path / "run", "--feature-cols", FEATURES,
+           "--method", "bitfit", "--epochs", "1", "--val-fraction", "0"])
+    out = tmp_path / "gate"
+    fails(capsys, gate_argv(runs, tmp_path / "run", out), out, "--val-fraction 0 (no validation rows)", "pass --validation FILE")
+
+
 def test_criteria_file_is_validated_alone():
     with pytest.raises(CriteriaError, match="unknown metric 'f1'"):
         load_criteria_text("criteria:\n  - {metric: f1, rule: min, value: 0.5}\n")

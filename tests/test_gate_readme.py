@@ -1,6 +1,6 @@
 """The README's gate example runs: the drug-review task with its condition_group and period columns, the
-main job's two runs (head-only as the model in use, BitFit as the update) trained here on a tiny BERT
-instead of MiniLM (1 epoch), then the README's `selectune gate` line exactly as written."""
+main job's two runs (head-only as the model in use, BitFit on every training row as the update) trained here on a
+tiny BERT instead of MiniLM (1 epoch), then the README's `selectune gate` line exactly as written."""
 import json
 import re
 import shlex
@@ -41,27 +41,36 @@ def test_readme_gate_example_runs(tmp_path, monkeypatch, tiny_bert_dir, capsys):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model: one thread beats two contending ones on a busy 2-core machine
     try:
-        for method in ("bitfit", "head"):
-            assert main(["train", *common, "--method", method, "--out", f"runs/drug-reviews/{method}"]) == 0
-        # the main job's table: both runs beside the majority class and the benchmark's chosen rows
+        # as scripts/main-job.sh: BitFit on every training row (no validation split), head-only with one
+        assert main(["train", *common, "--method", "bitfit", "--val-fraction", "0", "--out", "runs/drug-reviews/bitfit"]) == 0
+        assert main(["train", *common, "--method", "head", "--out", "runs/drug-reviews/head"]) == 0
+        # the main job's table: both runs beside the majority class and recipe.json's rating rows (5-seed means with CIs)
         capsys.readouterr()
-        reference = ROOT / "benchmarks" / "results" / "drug_reviews_mean_pooling.json"
+        reference = ROOT / "benchmarks" / "results" / "recipe.json"
         assert main(["summary", "runs/drug-reviews/bitfit", "runs/drug-reviews/head", "--reference", str(reference)]) == 0
         printed = capsys.readouterr().out.splitlines()
-        table = printed[:printed.index("")] if "" in printed else printed  # the notes follow the table after a blank line
-        assert table[0].split()[:7] == ["model", "accuracy", "macro_f1", "auroc", "epochs", "lr", "dropout"]
-        rows = [line.split() for line in table[2:]]
-        assert [r[0] for r in rows[:3]] == ["majority", "bitfit", "head"]
-        assert rows[1][5:7] == ["0.001", "model"] and rows[2][5:7] == ["0.001", "model"]  # each method's default lr; no --dropout
-        chosen = json.loads(reference.read_text())["chosen"]
-        for row, (method, c) in zip(rows[3:], chosen.items(), strict=True):
-            assert row[0] == method and row[1] == f"{c['test_accuracy']:.4f}" and row[2] == f"{c['test_macro_f1']:.4f}"
-            assert row[4:6] == [f"{c['lr']:g}", "model" if c["dropout"] is None else f"{c['dropout']:g}"]
-        # The tiny 1-epoch BitFit is not the best row: the printout says so, and what compare recommends from the reference.
+        table = printed[:printed.index("")]  # the notes follow the table after a blank line
+        spans = [m.span() for m in re.finditer(r"-+", table[1])]  # the dashes under each column header
+        rows = [{table[0][a:b].strip(): line[a:b].strip() for a, b in spans} for line in table[2:]]
+        assert list(rows[0]) == ["model", "accuracy", "macro_f1", "95% CI", "auroc", "epochs", "lr", "dropout", "trainable %",
+                                 "delta KB", "train s", "source"]
+        assert [r["model"] for r in rows[:3]] == ["majority class", "bitfit", "head"]
+        assert [(r["lr"], r["dropout"], r["95% CI"]) for r in rows[1:3]] == [("0.001", "model", "")] * 2  # default lr, no --dropout
+        recipe = json.loads(reference.read_text())["tasks"]["rating"]["methods"]
+        for row, (method, r) in zip(rows[3:], recipe.items(), strict=True):
+            f1 = r["test"]["macro_f1"]
+            assert (row["model"], row["macro_f1"], row["95% CI"]) == (method, f"{f1['mean']:.4f}", f"[{f1['ci_low']:.3f}, {f1['ci_high']:.3f}]")
+            assert (row["epochs"], row["lr"], row["source"]) == (str(r["setting"]["epochs"]), f"{r['setting']['lr']:g}",
+                                                                 "recipe.json rating: 5-seed mean")
+        # BitFit's five-seed mean is judged among the reference's means, with the paired CI; then compare's rule on the
+        # CV scores; then each run against the reference row of its method (the tiny 1-epoch runs are not those rows).
         notes = printed[len(table) + 1:]
-        assert notes[0].startswith("BitFit is not the best here: full (drug_reviews_mean_pooling.json, 8 epochs) has test macro_f1 0.469")
-        # on validation (three seeds' mean) BitFit was best, so the reference's own rule recommends it
-        assert notes[1].startswith("selectune compare on the reference rows would recommend bitfit: ")
+        best = max(recipe, key=lambda m: recipe[m]["test"]["macro_f1"]["mean"])
+        assert notes[0].startswith(f"BitFit is not the best here: {best} (recipe.json rating: 5-seed mean, ")
+        assert f"; BitFit − {best} " in notes[0] and "(paired over the same test rows)." in notes[0]
+        assert notes[1].startswith("selectune compare on the reference rows (3-fold cross-validation of the training rows")
+        assert notes[2] == ("runs/drug-reviews/bitfit is not the reference's bitfit setting (lr 0.003, 8 epochs, dropout 0, every "
+                            "training row, batch size 16, max length 128, class weight balanced), so it is not a row of it.")
         argv = readme_gate_command()
         out = Path(argv[argv.index("--out") + 1])
         code = main(argv)

@@ -210,3 +210,47 @@ def test_tune_on_regression_picks_the_lowest_mean_rmse_over_plain_folds(tmp_path
         assert row["test"]["rmse"]["ci_low"] < row["test"]["rmse"]["mean"] < row["test"]["rmse"]["ci_high"]
     best_cv = min(s["validation"]["mean"] for s in result["methods"])
     assert result["recommendation"]["tolerance"] == pytest.approx(0.01 * best_cv)
+
+
+# ---- the refit reproduced by `selectune train --val-fraction 0` ---------------------------------------------------
+
+def test_train_on_every_row_reproduces_the_tune_refit_and_summary_says_so(tiny_bert_dir, tune_data, tmp_path, capsys):
+    """The main job's claim in small: `train --val-fraction 0` with tune's chosen setting and seed is tune's refit (with
+    dropout on, so the random state must match too), so its test score equals the refit's exactly; `summary
+    --reference` checks that against the benchmark row."""
+    from selectune.train.run import train
+
+    settings = {"batch_size": 8, "max_length": 16, "progress": False}
+    tuned = tune(str(tune_data / "train.csv"), test=str(tune_data / "test.csv"), model=tiny_bert_dir, text_col="text",
+                 out=str(tmp_path / "tune"), methods=["bitfit"], cv=2, grid=["lr=1e-2", "epochs=2", "dropout=0.1"], seeds=[0, 1],
+                 bootstrap=100, **settings)
+    refits = {r["seed"]: r for r in tuned["runs"]}
+    trained = train(str(tune_data / "train.csv"), test=str(tune_data / "test.csv"), model=tiny_bert_dir, text_col="text",
+                    out=str(tmp_path / "run"), method="bitfit", lr=1e-2, epochs=2, dropout=0.1, val_fraction=0, seed=1, **settings)
+    assert trained["test"]["macro_f1"] == refits[1]["test"]["macro_f1"]
+    assert trained["test"]["loss"] == pytest.approx(refits[1]["test"]["loss"], abs=1e-6)  # the same weights, to float noise
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["split_protocol"]["sizes"] == {"train": 36, "validation": 0, "test": 16} and saved["split_protocol"]["val_fraction"] == 0
+    assert saved["best_validation"] is None and saved["best_epoch"] == 2  # nothing scored: the last epoch is kept
+    assert [sorted(h) for h in saved["history"]] == [["epoch", "train_loss"]] * 2
+    # a recipe.json-shaped reference holding tune's row: the run is its seed-1 refit
+    row = tuned["methods"][0]
+    reference = {"recipe": {"cv": 2, "seeds": [0, 1]}, "tasks": {"label": {"methods": {"bitfit": {
+        "setting": {"lr": row["lr"], "epochs": row["epochs"], "dropout": row["dropout"]}, "cv": row["validation"],
+        "test": row["test"], "test_macro_f1_by_seed": [refits[s]["test"]["macro_f1"] for s in (0, 1)],
+        "trainable_parameters": row["trainable_parameters"], "trainable_percent": row["trainable_percent"],
+        "train_seconds": row["train_seconds"]}}}}}
+    (tmp_path / "recipe.json").write_text(json.dumps(reference))
+    assert main(["summary", str(tmp_path / "run"), "--reference", str(tmp_path / "recipe.json")]) == 0
+    printed = capsys.readouterr().out
+    assert (f"{tmp_path / 'run'} reproduces the reference's bitfit seed-1 run: test macro_f1 "
+            f"{refits[1]['test']['macro_f1']:.4f} here, {refits[1]['test']['macro_f1']:.4f} there.") in printed
+    f1 = row["test"]["macro_f1"]
+    assert f"[{f1['ci_low']:.3f}, {f1['ci_high']:.3f}]" in printed and "recipe.json label: 2-seed mean" in printed
+    # the same run against another seed's row is not that row; a run with another setting is named as such
+    reference["tasks"]["label"]["methods"]["bitfit"]["test_macro_f1_by_seed"][1] += 0.01
+    (tmp_path / "recipe.json").write_text(json.dumps(reference))
+    main(["summary", str(tmp_path / "run"), "--reference", str(tmp_path / "recipe.json")])
+    assert "does NOT reproduce the reference's bitfit seed-1 run" in capsys.readouterr().out
+    assert main(["summary", str(tmp_path / "run"), "--reference", str(tmp_path / "recipe.json"), "--reference-task", "rating"]) == 2
+    assert "--reference-task 'rating' is not in recipe.json; its tasks: label" in capsys.readouterr().err

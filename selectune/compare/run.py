@@ -154,6 +154,9 @@ def _check_settings(out: str, overwrite: bool, comparison: CompareConfig, column
     if split.test is None and not split.test_fraction:
         raise ValueError("compare reports test metrics: give --test FILE or --test-fraction (e.g. 0.2)")
     comparison.validate()
+    if comparison.cv is None and split.validation is None and split.val_fraction == 0:
+        raise ValueError("compare chooses each method's learning rate on validation rows: give --val-fraction above 0, a "
+                         "--validation FILE, or --cv K (settings chosen by cross-validation of every training row)")
     if training.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {training.epochs}")
     training.validate()

@@ -166,9 +166,9 @@ def refit(contender: Contender, setting: Setting, seed: int, bench: Bench, where
     started = time.perf_counter()
     config = dataclasses.replace(bench.config, lr=setting.lr, epochs=setting.epochs, dropout=setting.dropout, seed=seed,
                                  keep_best=False, patience=None)
-    # fit scores rows after each epoch; with keep_best off that picks nothing, so a batch of training rows serves
-    monitor = bench.rows["train"][:config.eval_batch_size]
-    trained, prepared, fitted, accelerator, peak = train_contender(contender, bench, bench.rows["train"], monitor, config)
+    # No validation rows: nothing is scored between epochs and the last is kept, as `selectune train --val-fraction 0`
+    # does, so that command with this setting and seed trains the very same model.
+    trained, prepared, fitted, accelerator, peak = train_contender(contender, bench, bench.rows["train"], [], config)
     loader = accelerator.prepare(DataLoader(bench.rows["test"], batch_size=config.eval_batch_size, collate_fn=bench.task.collate))
     outputs, loss = predict(trained, bench.task, loader, accelerator)
     weights = prepared.save(where)
@@ -271,12 +271,8 @@ def _check(out: str, overwrite: bool, tuning: TuneConfig, columns: ColumnsConfig
 
 def _bench(train: str, task, split: SplitConfig, base: ModelConfig, training: TrainConfig, seed: int) -> Bench:
     """Every training row (no validation split: the folds validate) and the test rows, encoded once."""
-    # The training file stands in as the validation file so that nothing is split off for validation; it is dropped.
-    splits = load_splits(train, train, split.test, label_col=task.label_col, **task.data_options(), val_fraction=0.15,
+    splits = load_splits(train, None, split.test, label_col=task.label_col, **task.data_options(), val_fraction=0,
                          test_fraction=split.test_fraction, group_col=split.group_col, seed=seed)
-    splits.validation = None
-    splits.protocol["files"]["validation"], splits.protocol["sizes"]["validation"] = None, 0
-    splits.source_rows.pop("validation", None)
     check_splits(splits, id_col=split.group_col)  # leakage between the training and test rows stops here
     task.labels = splits.labels
     model_path = resolve_model(base.model)

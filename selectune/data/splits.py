@@ -19,7 +19,7 @@ TASKS = ("classification", "regression", "generation")  # generation: the label 
 @dataclass
 class Splits:
     train: pd.DataFrame
-    validation: pd.DataFrame
+    validation: pd.DataFrame | None  # None: no validation rows (--val-fraction 0: train on every row)
     test: pd.DataFrame | None
     labels: list[str] | None  # sorted class names for classification; None for regression
     protocol: dict  # how the splits were made, recorded so a run can be reproduced and audited
@@ -52,12 +52,11 @@ def load_splits(
         raise DataError("Give exactly one of --text-col (text data) or --feature-cols (tabular data), not both or neither.")
     if feature_cols and label_col in feature_cols:
         raise DataError(f"The label column {label_col!r} is also listed in --feature-cols; remove it from the features.")
-    split_val, split_test = validation is None, test is None and test_fraction > 0
-    if split_val and not 0 < val_fraction < 1:
-        raise DataError(f"--val-fraction must be between 0 and 1 (got {val_fraction}), or pass a --validation file.")
-    if split_test and not (0 < test_fraction < 1 and test_fraction + split_val * val_fraction < 1):
-        raise DataError(f"--test-fraction ({test_fraction}) plus --val-fraction ({val_fraction}) must stay "
-                        "between 0 and 1; choose smaller fractions.")
+    # val_fraction 0 without a validation file: no validation rows at all (a setting chosen beforehand, e.g. by
+    # `selectune tune`, refitted on every training row); validation is then None.
+    no_val = validation is None and val_fraction == 0
+    split_val, split_test = validation is None and not no_val, test is None and test_fraction > 0
+    check_fractions(val_fraction if split_val else None, test_fraction if split_test else None)
 
     columns = {"--label-col": [label_col], "--group-col": [group_col] if group_col else []}
     columns.update({"--text-col": [text_col]} if text_col else {"--feature-cols": feature_cols})
@@ -94,19 +93,29 @@ def load_splits(
     labels = check_classes(data, frames, label_col, train, split_roles) if task == "classification" else None
 
     source_rows = {"train": data.index.to_numpy(), **{role: frame.index.to_numpy() for role, frame in frames.items()}}
-    result = Splits(data.reset_index(drop=True), frames["validation"].reset_index(drop=True),
+    result = Splits(data.reset_index(drop=True), None if no_val else frames["validation"].reset_index(drop=True),
                     frames["test"].reset_index(drop=True) if "test" in frames else None, labels, {}, source_rows)
     result.protocol = {
         "source": "split" if made else "files",
         "files": {"train": str(train), "validation": validation and str(validation), "test": test and str(test)},
         "task": task, "label_col": label_col, "text_col": text_col, "feature_cols": feature_cols,
-        "val_fraction": val_fraction if split_val else None,
+        "val_fraction": val_fraction if split_val or no_val else None,
         "test_fraction": test_fraction if split_test else None,
         "seed": seed, "stratified": bool(made and stratified and task == "classification"), "group_col": group_col,
-        "sizes": {"train": len(result.train), "validation": len(result.validation),
+        "sizes": {"train": len(result.train), "validation": 0 if no_val else len(result.validation),
                   "test": 0 if result.test is None else len(result.test)},
     }
     return result
+
+
+def check_fractions(val_fraction: float | None, test_fraction: float | None) -> None:
+    """The fractions split off TRAIN (None: that split is not cut from it)."""
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise DataError(f"--val-fraction must be between 0 and 1 (got {val_fraction}), 0 to train on every row with no validation, "
+                        "or pass a --validation file.")
+    if test_fraction is not None and not (0 < test_fraction < 1 and test_fraction + (val_fraction or 0) < 1):
+        raise DataError(f"--test-fraction ({test_fraction}) plus --val-fraction ({val_fraction or 0}) must stay "
+                        "between 0 and 1; choose smaller fractions.")
 
 
 def refuse_empty_features(frame: pd.DataFrame, feature_cols: list[str] | None, path: str) -> None:

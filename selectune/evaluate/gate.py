@@ -171,6 +171,9 @@ def validation_frame(source: ModelSource, validation: str | None) -> tuple[pd.Da
     splits = load_splits(paths["train"], None, paths["test"], label_col=config["label_col"], **source.task.data_options(),
                          val_fraction=config["val_fraction"], test_fraction=config["test_fraction"] or 0.0,
                          group_col=config["group_col"], seed=config["train_config"]["seed"])
+    if splits.validation is None:
+        raise ValueError(f"{source.path} was trained with --val-fraction 0 (no validation rows); thresholds are chosen on "
+                         "validation rows, never on test: pass --validation FILE (rows the model did not train on)")
     return splits.validation, {"source": "validation split of the training run", "protocol": splits.protocol,
                                "train": recorded["train"], "rows": len(splits.validation)}
 

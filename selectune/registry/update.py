@@ -58,6 +58,7 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
 
     configs = with_settings("update", {"split": split, "training": training, "tracking": tracking}, settings)
     split, training, tracking = (configs[k] for k in ("split", "training", "tracking"))
+    _refuse_without_validation(split)
     group_cols = as_list(group_cols, str, "--group-cols")
     target = Path(out)
     registry, from_ = _registry_of(from_, registry)
@@ -111,6 +112,12 @@ def update(*, from_: str, data: str, out: str, registry: str = "registry", metho
               "gate": version.record.get("gate"), "out": str(target)}
     atomic_write_json(target / "update.json", result)
     return _logged(tracking, target, result, registry)
+
+
+def _refuse_without_validation(split: SplitConfig) -> None:
+    if split.validation is None and split.val_fraction == 0:
+        raise ValueError("an update is trained with validation rows (its gate chooses thresholds on them, never on test): "
+                         "give --val-fraction above 0 or a --validation FILE")
 
 
 def _check_before_training(criteria: str | None, tracking: TrackingConfig) -> None:

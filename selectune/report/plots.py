@@ -110,19 +110,24 @@ def subgroup_figure(metric: str, groups: Sequence[str], estimates: dict[str, Seq
 
 
 def history_figure(history: list[dict], metric: str, title: str = "Training history") -> bytes:
-    """Train loss and the validation metric per epoch, from metrics.json's history."""
+    """Train loss and the validation metric per epoch, from metrics.json's history (train loss alone for a run with
+    no validation rows)."""
     epochs = [h["epoch"] for h in history]
+    validated = any("val_loss" in h for h in history)
     fig, left = plt.subplots(figsize=(6.0, 3.4))
     left.plot(epochs, [h.get("train_loss", float("nan")) for h in history], "o-", color="#6c757d", label="train loss")
-    left.plot(epochs, [h.get("val_loss", float("nan")) for h in history], "s--", color="#adb5bd", label="validation loss")
     left.set(xlabel="epoch", ylabel="loss")
     left.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    right = left.twinx()
-    right.plot(epochs, [h.get(f"val_{metric}", float("nan")) for h in history], "o-", color="#1f6fd1", label=f"validation {metric}")
-    right.set_ylabel(f"validation {metric}")
-    lines = left.get_legend_handles_labels()
-    more = right.get_legend_handles_labels()
-    left.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="best")
+    if validated:
+        left.plot(epochs, [h.get("val_loss", float("nan")) for h in history], "s--", color="#adb5bd", label="validation loss")
+        right = left.twinx()
+        right.plot(epochs, [h.get(f"val_{metric}", float("nan")) for h in history], "o-", color="#1f6fd1", label=f"validation {metric}")
+        right.set_ylabel(f"validation {metric}")
+        lines = left.get_legend_handles_labels()
+        more = right.get_legend_handles_labels()
+        left.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="best")
+    else:
+        left.legend(fontsize=8, loc="best")
     left.set_title(title, fontsize=10)
     left.grid(alpha=0.3)
     return _png(fig)

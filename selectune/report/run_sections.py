@@ -109,8 +109,12 @@ def change_section(update: RunEvidence, base: RunEvidence | None) -> Section:
     if history:
         metric = update.config.get("train_config", {}).get("metric", "macro_f1")
         hist = section.sub("Training history (update)")
-        hist.add(Figure("history", history_figure(history, metric), f"Update: training loss and validation {metric} per epoch; "
-                        f"best epoch {m.get('best_epoch')} was kept" + (" (keep-best)" if update.config.get("train_config", {}).get("keep_best") else "")))
+        if m.get("best_validation"):
+            caption = (f"Update: training loss and validation {metric} per epoch; best epoch {m.get('best_epoch')} was kept"
+                       + (" (keep-best)" if update.config.get("train_config", {}).get("keep_best") else ""))
+        else:  # --val-fraction 0: trained on every row, nothing scored during training
+            caption = f"Update: training loss per epoch; no validation rows, so the last epoch ({m.get('best_epoch')}) was kept"
+        hist.add(Figure("history", history_figure(history, metric), caption))
         cols = sorted({k for h in history for k in h if k != "epoch"})
         hist.add(Table(["epoch", *cols], [[h["epoch"], *(h.get(c) for c in cols)] for h in history]))
     return section

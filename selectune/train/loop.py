@@ -95,10 +95,16 @@ def fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[dic
         new_parameters: Iterable[str] = ()) -> FitResult:
     """Train the parameters of ``model`` that require grad; validate each epoch; keep the best.
 
+    No ``val_rows``: nothing is scored during training, ``patience`` must be None, and the last epoch is kept
+    (``best_epoch`` is the last, ``best_metric`` NaN).
+
     ``new_parameters``: the selection's ``new_parameters`` (random at load: they train at ``config.new_lr``).
     ``checkpoints``: write one after each epoch; with ``checkpoints.resume``, start after the last complete one.
     """
     config = config.for_task(task.default_metric)  # metric None: the task's default
+    if not val_rows and config.patience is not None:
+        raise ValueError("--patience stops training when validation stops improving, and there are no validation rows "
+                         "(--val-fraction 0): drop --patience, or hold out validation rows")
     previous = set_dropout(model, config.dropout)
     try:
         return _fit(model, task, train_rows, val_rows, config, lr, accelerator, checkpoints, set(new_parameters))
@@ -117,7 +123,10 @@ def _fit(model: nn.Module, task: Task, train_rows: list[dict], val_rows: list[di
     progress, first_epoch = _start(run, checkpoints, accelerator)
     for epoch in range(first_epoch, config.epochs + 1):
         train_loss = _train_epoch(run, task, class_weights, config, accelerator, epoch, progress)
-        if _validate(run, task, y_val, config, accelerator, epoch, train_loss, progress):
+        if not val_rows:  # no validation rows (--val-fraction 0): every epoch is the latest, and the last is kept
+            progress.result.history.append({"epoch": epoch, "train_loss": train_loss})
+            progress.result.best_epoch = epoch
+        elif _validate(run, task, y_val, config, accelerator, epoch, train_loss, progress):
             break  # early stopping: no checkpoint of this epoch, as before
         if checkpoints is not None and accelerator.is_main_process:
             progress.result.train_seconds = time.perf_counter() - progress.started

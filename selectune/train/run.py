@@ -74,7 +74,7 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
     method_name, method_options = parse_method(method)
     spec = get_method(method_name)
     spec.resolve_options(method_options)  # fail on a bad option before reading any data
-    training.validate()
+    _check_validation_settings(split, training)
     the_task = _task(columns, base.max_length)
     the_task.use_preprocessing(configs["preprocessing"], base.model)  # a saved base brings its own
     method_options = {**the_task.method_defaults(method_name), **method_options}
@@ -108,15 +108,16 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
 
     # train, then test beside the majority-class floor
     checkpoints = _checkpoints(checkpoint_dir, resolved, selection, init_delta, output.resume) if output.checkpoint else None
-    result = fit(net, the_task, the_task.examples(splits.train), the_task.examples(splits.validation), config, lr_used, accelerator,
-                 checkpoints, new_parameters=selection.new_parameters)
+    val_rows = the_task.examples(splits.validation) if splits.validation is not None else []  # --val-fraction 0: last epoch kept
+    result = fit(net, the_task, the_task.examples(splits.train), val_rows, config, lr_used, accelerator, checkpoints,
+                 new_parameters=selection.new_parameters)
     net = accelerator.unwrap_model(net)
     test_metrics, baseline = _test_metrics(net, the_task, splits, config, accelerator)
     summary = {
         "method": method_name, "method_options": selection.options, "lr": lr_used,
         "trainable_parameters": selection.trainable_parameters, "total_parameters": selection.total_parameters,
         "trainable_percent": selection.trainable_percent, "best_epoch": result.best_epoch,
-        "best_validation": {config.metric: result.best_metric}, "test": test_metrics, "majority_baseline": baseline,
+        "best_validation": {config.metric: result.best_metric} if val_rows else None, "test": test_metrics, "majority_baseline": baseline,
         "train_seconds": result.train_seconds, "examples_per_second": result.examples_per_second,
     }
     if not accelerator.is_main_process:
@@ -128,6 +129,13 @@ def train(train: str, *, out: str, method: str = "bitfit", columns: ColumnsConfi
     _save(run, target, save_model=output.save_model or base.model == "mlp")
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete: nothing left to resume
     return _logged(configs["tracking"], target, summary)
+
+
+def _check_validation_settings(split: SplitConfig, training: TrainConfig) -> None:
+    training.validate()
+    if split.validation is None and split.val_fraction == 0 and training.patience is not None:
+        raise ValueError("--patience stops training when validation stops improving, and --val-fraction 0 holds out no "
+                         "validation rows: drop --patience, or give --val-fraction above 0")
 
 
 def _logged(tracking: TrackingConfig, target: Path, summary: dict[str, Any]) -> dict[str, Any]:
@@ -256,8 +264,10 @@ def render(result: dict[str, Any]) -> str:
         rows.append({"model": result["method"], **result["test"], "trainable %": f"{result['trainable_percent']:.3f}"})
     cols = (["model", "n", "accuracy", "macro_f1", "auroc", "trainable %"] if "accuracy" in (result.get("test") or {})
             else ["model", "n", "mae", "rmse", "r2", "trainable %"])
+    kept = (f"best epoch {result['best_epoch']}" if result.get("best_validation") else
+            f"last epoch {result['best_epoch']} kept (no validation rows)")
     lines = [f"\n{result['method']}: {result['trainable_parameters']:,} of {result['total_parameters']:,} parameters "
-             f"({result['trainable_percent']:.3f}%), lr {result['lr']:g}, best epoch {result['best_epoch']}, "
+             f"({result['trainable_percent']:.3f}%), lr {result['lr']:g}, {kept}, "
              f"{result['train_seconds']:.0f} s ({result['examples_per_second']:.1f} ex/s)"]
     if rows:
         lines.append(table(rows, cols))
