@@ -71,7 +71,9 @@ def test_recipe_reference_rows_are_seed_means_with_cis_judged_among_themselves()
     assert f"BitFit − {top['model']} {100 * d['value']:+.1f} pt, 95% CI [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]" in notes[0]
     assert notes[1].startswith("selectune compare on the reference rows (3-fold cross-validation of the training rows, tolerance 1.0 pt) "
                                f"would recommend {ref.recommendation['recommended']}")
-    with pytest.raises(ValueError, match="its tasks: condition, rating"):
+    with pytest.raises(ValueError, match=r"has no task 'drug' \(its tasks: condition, rating\); name one with --reference-task"):
         read_reference(str(path), "drug")
+    with pytest.raises(ValueError, match="has no task None"):
+        read_reference(str(path))  # no runs to take a label column from
     with pytest.raises(ValueError, match="holds one task"):
         read_reference(str(ROOT / "benchmarks" / "results" / "drug_reviews.json"), "rating")

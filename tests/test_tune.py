@@ -253,4 +253,4 @@ def test_train_on_every_row_reproduces_the_tune_refit_and_summary_says_so(tiny_b
     main(["summary", str(tmp_path / "run"), "--reference", str(tmp_path / "recipe.json")])
     assert "does NOT reproduce the reference's bitfit seed-1 run" in capsys.readouterr().out
     assert main(["summary", str(tmp_path / "run"), "--reference", str(tmp_path / "recipe.json"), "--reference-task", "rating"]) == 2
-    assert "--reference-task 'rating' is not in recipe.json; its tasks: label" in capsys.readouterr().err
+    assert "recipe.json has no task 'rating' (its tasks: label); name one with --reference-task" in capsys.readouterr().err

@@ -62,7 +62,7 @@ def _chosen(ref: dict[str, Any], name: str) -> Reference:
 def _recipe(ref: dict[str, Any], name: str, task: str | None) -> Reference:
     tasks = ref["tasks"]
     if task not in tasks:
-        raise ValueError(f"--reference-task {task!r} is not in {name}; its tasks: {', '.join(tasks)}")
+        raise ValueError(f"{name} has no task {task!r} (its tasks: {', '.join(tasks)}); name one with --reference-task")
     methods = tasks[task]["methods"]
     rows, candidates, seed_rows = [], [], {}
     for method, r in methods.items():
