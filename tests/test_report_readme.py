@@ -53,6 +53,8 @@ def test_readme_report_example_runs_on_the_drug_review_gate(tmp_path, monkeypatc
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["calibration.png", "history.png", "pr.png", "roc.png",
                                                                    "subgroups_1.png", "subgroups_2.png"]
     assert "By condition_group" in md and "By period" in md and "| Pain | 17 |" in md
+    # the update trained on every row (as the main job's BitFit): its history is training loss alone, and says why
+    assert "Update: training loss per epoch; no validation rows, so the last epoch (1) was kept" in md
     for row in gate["rows"]:
         assert f"| {row['id']} |" in md
     assert md.count("[TO FILL]") >= 10 and '<div class="fill">' in html
