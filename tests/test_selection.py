@@ -103,7 +103,8 @@ def test_key_bias_gradient_is_zero():
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     path = resolve_model("minilm")
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3)
+    torch.manual_seed(0)  # the new classifier's initialisation
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=3).eval()  # no dropout: one fixed answer
     select(model, "bitfit", include_key_bias=True)
     batch = tok(["the drug worked well", "terrible side effects, stopped after a week of nausea"], padding=True, return_tensors="pt")
     out = model(**batch, labels=torch.tensor([2, 0]))
@@ -111,7 +112,9 @@ def test_key_bias_gradient_is_zero():
     for i in range(6):
         attn = model.bert.encoder.layer[i].attention.self
         assert attn.query.bias.grad.abs().max() > 1e-5
-        assert attn.key.bias.grad.abs().max() <= 1e-6 * attn.query.bias.grad.abs().max()
+        # exactly 0 in exact arithmetic; float32 rounding leaves ~1e-6 of the query bias's gradient (seen up to 2.4e-6
+        # with dropout on), far below the ~1 ratio a key bias that mattered would have
+        assert attn.key.bias.grad.abs().max() <= 1e-4 * attn.query.bias.grad.abs().max()
 
 
 def test_hf_trainer_trains_only_selected_tensors(tmp_path):
