@@ -1,5 +1,6 @@
 """`selectune summary` (the main job's printout): the epoch budget of every row, and a line when BitFit is not the best."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,16 @@ def test_recipe_reference_rows_are_seed_means_with_cis_judged_among_themselves()
         read_reference(str(path))  # no runs to take a label column from
     with pytest.raises(ValueError, match="holds one task"):
         read_reference(str(ROOT / "benchmarks" / "results" / "drug_reviews.json"), "rating")
+
+
+def test_a_bad_reference_file_is_refused_with_the_fix(tmp_path):
+    from selectune.compare.reference import read_reference
+
+    for name, text, expected in (("notes.md", "# not json", "is not JSON"),
+                                 ("cut.json", '{"tasks": {"rating": {"methods": {"bitfit": {}}}}}', "is incomplete (a row lacks 'test')"),
+                                 ("list.json", "[1, 2]", "is not a benchmark JSON with 'chosen' or 'tasks' rows")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            read_reference(str(tmp_path / name), "rating")
+    with pytest.raises(FileNotFoundError, match="not found; give a benchmark JSON"):
+        read_reference(str(tmp_path / "nothing.json"))

@@ -41,13 +41,20 @@ def read_reference(path: str, task: str | None = None, default_task: str | None 
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--reference {path} not found; give a benchmark JSON such as benchmarks/results/recipe.json")
-    ref = json.loads(file.read_text())
-    if "tasks" in ref:
-        return _recipe(ref, file.name, task or default_task)
-    if "chosen" in ref:
-        if task is not None:
-            raise ValueError(f"--reference-task {task}: {path} holds one task (its 'chosen' rows); drop --reference-task")
-        return _chosen(ref, file.name)
+    try:
+        ref = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"--reference {path} is not JSON ({error}); give a benchmark JSON such as benchmarks/results/recipe.json") from None
+    try:
+        if isinstance(ref, dict) and "tasks" in ref:
+            return _recipe(ref, file.name, task or default_task)
+        if isinstance(ref, dict) and "chosen" in ref:
+            if task is not None:
+                raise ValueError(f"--reference-task {task}: {path} holds one task (its 'chosen' rows); drop --reference-task")
+            return _chosen(ref, file.name)
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"--reference {path} is incomplete (a row lacks {error}); give a JSON written by a benchmarks/ script, "
+                         "e.g. benchmarks/results/recipe.json") from None
     raise ValueError(f"--reference {path} is not a benchmark JSON with 'chosen' or 'tasks' rows (e.g. benchmarks/results/recipe.json)")
 
 
